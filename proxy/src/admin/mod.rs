@@ -1,0 +1,207 @@
+//! The admin listener: the seed's endpoints (`/admin/add`, `/admin/remove`,
+//! `/metrics`), backend/config/cluster views, health probes and the dashboard.
+//! [`router`] is a plain function of the state, so tests drive it with `oneshot`.
+
+mod auth;
+mod json;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use switchyard_shared::validate;
+use switchyard_shared::{
+    AddBackendRequest, ChangeResponse, ClusterView, ReadyCheck, ReadyView, RemoveBackendRequest, ReplicaView,
+};
+
+pub use auth::{constant_time_eq, load_token};
+pub use json::{AdminError, JsonBody, MAX_BODY};
+
+use crate::app::App;
+use crate::events::now_ms;
+use crate::state::{MembershipChange, OverlayOp};
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub app: Arc<App>,
+    pub token: Option<String>,
+    pub public_read: bool,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let read = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/backends", get(backends))
+        .route("/admin/config", get(config))
+        .route("/admin/cluster", get(cluster))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_read));
+    let write = Router::new()
+        .route("/admin/add", post(add))
+        .route("/admin/remove", post(remove))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_write));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(read)
+        .merge(write)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> AdminError {
+    AdminError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let app = &s.app;
+    let store = app.store.status();
+    let snap = app.snapshot();
+    let stopping = app.shutting_down.load(Relaxed);
+    let checks = vec![
+        ReadyCheck {
+            name: "config".into(),
+            ok: true,
+            detail: format!("generation {}", app.config_status().generation),
+        },
+        ReadyCheck {
+            name: "store".into(),
+            // A replica with an unreachable store still serves on last-known state.
+            ok: true,
+            detail: if store.connected {
+                format!("{} connected", store.kind)
+            } else {
+                format!("{} unreachable, serving last-known state", store.kind)
+            },
+        },
+        ReadyCheck {
+            name: "backends".into(),
+            ok: true,
+            detail: format!("{} in the running set", snap.members.len()),
+        },
+        ReadyCheck {
+            name: "shutdown".into(),
+            ok: !stopping,
+            detail: if stopping { "draining for shutdown".into() } else { "running".into() },
+        },
+    ];
+    let ready = checks.iter().all(|c| c.ok);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(ReadyView { ready, checks })).into_response()
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    Json(s.app.metrics_entries()).into_response()
+}
+
+async fn backends(State(s): State<AdminState>) -> Response {
+    Json(s.app.backend_views()).into_response()
+}
+
+async fn config(State(s): State<AdminState>) -> Response {
+    Json(s.app.config_status()).into_response()
+}
+
+async fn cluster(State(s): State<AdminState>) -> Response {
+    Json(standalone_view(&s.app)).into_response()
+}
+
+fn standalone_view(app: &App) -> ClusterView {
+    let status = app.config_status();
+    ClusterView {
+        mode: "standalone".into(),
+        name: String::new(),
+        self_id: app.replica.id.clone(),
+        store: app.store.status(),
+        replicas: vec![ReplicaView {
+            id: app.replica.id.clone(),
+            version: app.replica.version.to_string(),
+            started_at_ms: app.replica.started_ms,
+            uptime_s: app.replica.started.elapsed().as_secs(),
+            config_commit: status.commit,
+            config_generation: status.generation,
+            last_heartbeat_ms: now_ms(),
+            is_self: true,
+            ..Default::default()
+        }],
+        converged: true,
+        backends: Vec::new(),
+    }
+}
+
+fn count_error(s: &AdminState, e: AdminError) -> AdminError {
+    if e.status.is_client_error() {
+        s.app.metrics.admin_errors.fetch_add(1, Relaxed);
+    }
+    e
+}
+
+async fn add(
+    State(s): State<AdminState>,
+    body: Result<JsonBody<AddBackendRequest>, AdminError>,
+) -> Result<Json<ChangeResponse>, AdminError> {
+    let JsonBody(req) = body.map_err(|e| count_error(&s, e))?;
+    let target = validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
+    let weight = validate::weight(req.weight.unwrap_or(1)).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
+    let key = target.key();
+    let change = MembershipChange {
+        key: key.clone(),
+        url: req.url.trim().trim_end_matches('/').to_string(),
+        op: OverlayOp::Add,
+        weight,
+    };
+    let overlay = s
+        .app
+        .store
+        .change_membership(change)
+        .await
+        .map_err(|e| AdminError::new(StatusCode::SERVICE_UNAVAILABLE, format!("change not stored: {e}")))?;
+    s.app.apply_overlay(overlay);
+    Ok(Json(ChangeResponse {
+        ok: true,
+        message: format!("backend {key} in the running set with weight {weight}"),
+        url: key,
+    }))
+}
+
+async fn remove(
+    State(s): State<AdminState>,
+    body: Result<JsonBody<RemoveBackendRequest>, AdminError>,
+) -> Result<Json<ChangeResponse>, AdminError> {
+    let JsonBody(req) = body.map_err(|e| count_error(&s, e))?;
+    let target = validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
+    let key = target.key();
+    let snap = s.app.snapshot();
+    let Some(member) = snap.find(&key) else {
+        return Err(count_error(
+            &s,
+            AdminError::new(StatusCode::NOT_FOUND, format!("backend {key} is not in the running set")),
+        ));
+    };
+    let change = MembershipChange {
+        key: key.clone(),
+        url: member.backend.url.to_string(),
+        op: OverlayOp::Remove,
+        weight: member.weight,
+    };
+    let overlay = s
+        .app
+        .store
+        .change_membership(change)
+        .await
+        .map_err(|e| AdminError::new(StatusCode::SERVICE_UNAVAILABLE, format!("change not stored: {e}")))?;
+    s.app.apply_overlay(overlay);
+    Ok(Json(ChangeResponse {
+        ok: true,
+        message: format!("backend {key} draining: no new requests, in-flight ones finish"),
+        url: key,
+    }))
+}

@@ -1,0 +1,304 @@
+//! The running proxy's shared state: the current snapshot, the state store, the
+//! draining backends, metrics and events. Everything that changes the running set
+//! (config apply, admin overlay) goes through [`App::rebuild`], one at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use switchyard_shared::{
+    BackendView, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView, EventKind, MetricsEntry,
+};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, Member};
+use crate::config::Config;
+use crate::events::{EventLog, now_ms};
+use crate::ratelimit::RateLimiter;
+use crate::snapshot::{self, Diff, Snapshot};
+use crate::state::{Overlay, OverlayOp, StateStore};
+use crate::telemetry::metrics::Metrics;
+
+/// Who this replica is.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub id: String,
+    pub version: &'static str,
+    pub started_ms: u64,
+    pub started: Instant,
+}
+
+pub struct App {
+    snapshot: ArcSwap<Snapshot>,
+    pub store: Arc<dyn StateStore>,
+    pub metrics: Metrics,
+    pub events: EventLog,
+    pub replica: Replica,
+    pub source: ConfigSourceView,
+    /// Set when shutdown begins: `/readyz` turns 503 so load balancers move away.
+    pub shutting_down: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    overlay: Overlay,
+    /// Removed from the running set, finishing their in-flight requests.
+    draining: Vec<Arc<Backend>>,
+    status: AppliedConfig,
+}
+
+#[derive(Default)]
+struct AppliedConfig {
+    commit: Option<String>,
+    generation: u64,
+    applied_at_ms: u64,
+    last_error: Option<ConfigErrorView>,
+}
+
+impl App {
+    pub fn new(config: Config, store: Arc<dyn StateStore>, replica_id: String, source: ConfigSourceView) -> Arc<Self> {
+        let config = Arc::new(config);
+        let app = Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty(config.clone())),
+            store,
+            metrics: Metrics::default(),
+            events: EventLog::new(replica_id.clone()),
+            replica: Replica {
+                id: replica_id,
+                version: env!("CARGO_PKG_VERSION"),
+                started_ms: now_ms(),
+                started: Instant::now(),
+            },
+            source,
+            shutting_down: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                config: config.clone(),
+                overlay: Overlay::default(),
+                draining: Vec::new(),
+                status: AppliedConfig::default(),
+            }),
+        });
+        {
+            let mut inner = app.inner.lock();
+            inner.status.generation = 1;
+            inner.status.applied_at_ms = now_ms();
+            app.rebuild(&mut inner);
+        }
+        app
+    }
+
+    /// The snapshot requests read (one atomic load and a reference count).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.lock().config.clone()
+    }
+
+    /// Swaps in a new, already validated config; live backends are kept.
+    pub fn apply_config(&self, config: Config, commit: Option<String>) -> Diff {
+        let mut inner = self.inner.lock();
+        inner.config = Arc::new(config);
+        inner.status.commit = commit.clone();
+        inner.status.generation += 1;
+        inner.status.applied_at_ms = now_ms();
+        inner.status.last_error = None;
+        let diff = self.rebuild(&mut inner);
+        let what = match &commit {
+            Some(c) => format!("config {} applied", short(c)),
+            None => format!("config generation {} applied", inner.status.generation),
+        };
+        self.events.emit(
+            EventKind::ConfigApplied,
+            None,
+            format!(
+                "{what}: {} added, {} removed, {} changed",
+                diff.added.len(),
+                diff.removed.len(),
+                diff.changed.len()
+            ),
+        );
+        diff
+    }
+
+    /// Records a refused config; the running one stays.
+    pub fn refuse_config(&self, error: ConfigErrorView) {
+        self.events.emit(
+            EventKind::ConfigRefused,
+            None,
+            format!(
+                "config refused: {}{}: {}",
+                error.file,
+                error.line.map(|l| format!(":{l}")).unwrap_or_default(),
+                error.reason
+            ),
+        );
+        self.inner.lock().status.last_error = Some(error);
+    }
+
+    /// Applies an overlay read from the store, unless it is older than the one in
+    /// force (changes are ordered by the store's version).
+    pub fn apply_overlay(&self, overlay: Overlay) -> Option<Diff> {
+        let mut inner = self.inner.lock();
+        if overlay.version < inner.overlay.version || overlay == inner.overlay {
+            return None;
+        }
+        inner.overlay = overlay;
+        Some(self.rebuild(&mut inner))
+    }
+
+    pub fn overlay(&self) -> Overlay {
+        self.inner.lock().overlay.clone()
+    }
+
+    fn rebuild(&self, inner: &mut Inner) -> Diff {
+        let old = self.snapshot.load_full();
+        let desired = snapshot::desired(&inner.config, &inner.overlay);
+        let diff = snapshot::diff(&old.members, &desired);
+        let limiter = match (&inner.config.rate_limit, &old.limiter) {
+            (Some(cfg), Some(l)) if l.config == *cfg => Some(l.clone()),
+            (Some(cfg), _) => Some(Arc::new(RateLimiter::new(cfg, &inner.config.server.trusted_proxies))),
+            (None, _) => None,
+        };
+        let draining = &inner.draining;
+        let reuse = |key: &str| {
+            old.find(key)
+                .map(|m| m.backend.clone())
+                .or_else(|| draining.iter().find(|b| &*b.key == key).cloned())
+        };
+        let next = Snapshot::build(old.generation + 1, inner.config.clone(), &inner.overlay, limiter, &reuse);
+        // Backends coming back from draining keep their state and stop draining.
+        inner.draining.retain(|b| {
+            let back = next.find(&b.key).is_some();
+            if back {
+                b.draining.store(false, Relaxed);
+            }
+            !back
+        });
+        for key in &diff.removed {
+            if let Some(m) = old.find(key) {
+                m.backend.draining.store(true, Relaxed);
+                inner.draining.push(m.backend.clone());
+            }
+        }
+        self.snapshot.store(Arc::new(next));
+        for key in &diff.added {
+            self.events.emit(EventKind::BackendAdded, Some(key), format!("backend {key} added"));
+        }
+        for key in &diff.removed {
+            self.events
+                .emit(EventKind::BackendDraining, Some(key), format!("backend {key} draining"));
+        }
+        diff
+    }
+
+    /// Forgets drained backends whose last request has finished.
+    pub fn prune_draining(&self) {
+        let done: Vec<Arc<Backend>> = {
+            let mut inner = self.inner.lock();
+            let (done, keep): (Vec<_>, Vec<_>) = inner.draining.drain(..).partition(|b| b.active() == 0);
+            inner.draining = keep;
+            done
+        };
+        for b in done {
+            b.pool.clear();
+            self.events
+                .emit(EventKind::BackendRemoved, Some(&b.key), format!("backend {} drained and removed", b.key));
+        }
+    }
+
+    pub fn draining(&self) -> Vec<Arc<Backend>> {
+        self.inner.lock().draining.clone()
+    }
+
+    /// Every backend the admin API shows: the running set, then the draining ones.
+    pub fn backend_views(&self) -> Vec<BackendView> {
+        let snap = self.snapshot();
+        let now = Instant::now();
+        let mut out: Vec<BackendView> = snap.members.iter().map(|m| view(m, now)).collect();
+        for b in self.draining() {
+            let m = Member {
+                backend: b,
+                weight: 0,
+                source: switchyard_shared::BackendSource::Admin,
+                health_path: None,
+            };
+            out.push(view(&m, now));
+        }
+        out
+    }
+
+    /// The seed's `/metrics` array.
+    pub fn metrics_entries(&self) -> Vec<MetricsEntry> {
+        self.backend_views()
+            .into_iter()
+            .map(|v| MetricsEntry {
+                alive: v.available,
+                active_conns: v.active_conns,
+                latency: v.latency_ns,
+                fails: v.errors,
+                url: v.url,
+            })
+            .collect()
+    }
+
+    pub fn config_status(&self) -> ConfigStatus {
+        let inner = self.inner.lock();
+        ConfigStatus {
+            source: self.source.clone(),
+            commit: inner.status.commit.clone(),
+            generation: inner.status.generation,
+            applied_at_ms: inner.status.applied_at_ms,
+            last_error: inner.status.last_error.clone(),
+            drift: drift(&inner.config, &inner.overlay),
+            replicas: Vec::new(),
+            converged: true,
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn view(m: &Member, now: Instant) -> BackendView {
+    let b = &m.backend;
+    let health = b.health.status();
+    BackendView {
+        url: b.url.to_string(),
+        weight: m.weight,
+        source: m.source,
+        healthy: b.health.is_healthy(),
+        health,
+        health_reason: None,
+        circuit: b.circuit.state(),
+        ejected: b.outlier.is_ejected(),
+        ejection: None,
+        draining: b.is_draining(),
+        available: b.available(now),
+        active_conns: b.active(),
+        requests: b.stats.requests.load(Relaxed),
+        errors: b.stats.errors.load(Relaxed),
+        latency_ns: b.latency.raw_ns(),
+        status_classes: b.stats.status_classes(),
+        latency_buckets: b.stats.latency.counts(),
+    }
+}
+
+/// Where the running set differs from the config.
+fn drift(config: &Config, overlay: &Overlay) -> DriftView {
+    let mut d = DriftView::default();
+    for (key, e) in &overlay.entries {
+        let in_config = config.backends.iter().find(|b| &b.url.parsed.key() == key);
+        match (e.op, in_config) {
+            (OverlayOp::Add, None) => d.only_runtime.push(key.clone()),
+            (OverlayOp::Add, Some(b)) if b.weight.0 != e.weight => d.weight_changed.push(key.clone()),
+            (OverlayOp::Remove, Some(_)) => d.only_config.push(key.clone()),
+            _ => {}
+        }
+    }
+    d
+}

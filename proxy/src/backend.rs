@@ -1,0 +1,294 @@
+//! A backend's live state: counters, latency estimate, connection pool, health,
+//! circuit and ejection. One `Backend` lives as long as the backend stays in the
+//! running set, across config reloads, so its state is kept when the config changes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use switchyard_shared::validate::BackendUrl;
+use switchyard_shared::BackendSource;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::forward::pool::Pool;
+use crate::health::HealthCell;
+use crate::resilience::{Circuit, Outlier};
+use crate::telemetry::metrics::Histogram;
+
+/// One upstream server.
+pub struct Backend {
+    /// As written in the config or the admin call (`http://backend1:80`).
+    pub url: Arc<str>,
+    /// Canonical identity (`http://backend1:80`, port explicit).
+    pub key: Arc<str>,
+    pub target: BackendUrl,
+    /// `host:port`, sent as `Host` when the client's is not preserved.
+    pub authority: HeaderValue,
+    pub stats: Stats,
+    pub latency: PeakEwma,
+    pub pool: Pool,
+    pub draining: AtomicBool,
+    pub health: HealthCell,
+    pub circuit: Circuit,
+    pub outlier: Outlier,
+    /// Time origin for the atomics that store instants.
+    epoch: Instant,
+}
+
+impl Backend {
+    pub fn new(url: &str, target: BackendUrl) -> Arc<Self> {
+        let epoch = Instant::now();
+        let authority = HeaderValue::from_str(&target.authority())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Arc::new(Self {
+            url: url.into(),
+            key: target.key().into(),
+            target,
+            authority,
+            stats: Stats::default(),
+            latency: PeakEwma::default(),
+            pool: Pool::default(),
+            draining: AtomicBool::new(false),
+            health: HealthCell::default(),
+            circuit: Circuit::default(),
+            outlier: Outlier::default(),
+            epoch,
+        })
+    }
+
+    /// Nanoseconds from this backend's epoch to `now`.
+    pub fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// The instant `nanos` after this backend's epoch.
+    pub fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    pub fn active(&self) -> u64 {
+        self.stats.active.load(Relaxed)
+    }
+}
+
+/// How one attempt on a backend ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend answered (a 5xx still counts as a failure).
+    Response { status: StatusCode, ttfb: Duration },
+    ConnectFailed,
+    /// No response headers within `timeouts.request`.
+    TimedOut,
+    /// The connection broke before the response.
+    Lost,
+}
+
+impl Outcome {
+    pub fn failed(&self) -> bool {
+        match self {
+            Outcome::Response { status, .. } => status.is_server_error(),
+            _ => true,
+        }
+    }
+}
+
+impl Backend {
+    /// Accounts one attempt that began at `started`: counters, latency estimate,
+    /// and the passive-health and circuit policies.
+    pub fn record(&self, outcome: Outcome, started: Instant, cfg: &Config) {
+        let now = Instant::now();
+        let failed = outcome.failed();
+        if let Outcome::Response { status, ttfb } = outcome {
+            self.stats.requests.fetch_add(1, Relaxed);
+            let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+            self.stats.status[class].fetch_add(1, Relaxed);
+            self.stats.latency.record(ttfb);
+        }
+        if failed {
+            self.stats.errors.fetch_add(1, Relaxed);
+        }
+        let mut rtt = now.saturating_duration_since(started);
+        if failed {
+            rtt = rtt.max(cfg.adaptive.failure_penalty.get());
+        }
+        let tau = cfg.adaptive.decay.get().as_nanos().max(1) as f64;
+        self.latency.observe(rtt.as_nanos() as f64, failed, self.nanos(now), tau);
+    }
+
+    /// Whether new requests may go here now.
+    pub fn available(&self, _now: Instant) -> bool {
+        !self.is_draining() && self.health.is_healthy() && !self.outlier.is_ejected()
+    }
+
+    /// Whether requests may go here when too few backends are available and the
+    /// balancer stops trusting health (panic mode): anything not draining whose
+    /// circuit is not open.
+    pub fn routable_in_panic(&self, _now: Instant) -> bool {
+        !self.is_draining()
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// A backend in one snapshot: the shared live state plus this config's view of it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub backend: Arc<Backend>,
+    pub weight: u32,
+    pub source: BackendSource,
+    /// Health-check path for this backend (config override or the default).
+    pub health_path: Option<Arc<str>>,
+}
+
+// === impl Stats ===
+
+/// Request counters; all relaxed atomics (figures, not synchronisation).
+#[derive(Default)]
+pub struct Stats {
+    /// Requests in flight (response not finished).
+    pub active: AtomicU64,
+    /// Attempts that got a response.
+    pub requests: AtomicU64,
+    /// Failed attempts: connect error, timeout, lost connection, 5xx.
+    pub errors: AtomicU64,
+    /// Responses by status class (1xx..5xx).
+    pub status: [AtomicU64; 5],
+    /// Time to response headers.
+    pub latency: Histogram,
+}
+
+impl Stats {
+    pub fn status_classes(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.status[i].load(Relaxed))
+    }
+}
+
+// === impl PeakEwma ===
+
+/// Peak-EWMA latency estimate (Finagle/linkerd): a sample above the estimate
+/// replaces it at once (peaks are believed immediately); a sample below it is
+/// blended in with weight `1 - e^(-Δt/τ)`, so the estimate decays with *time*, not
+/// with request count. Read back, the estimate keeps decaying towards zero while no
+/// samples arrive, so a backend that was avoided for being slow gets re-probed after
+/// a while instead of being shunned forever.
+///
+/// The recent error rate is tracked beside it as an EWMA over attempts
+/// (α = 1/16), read back with the same time decay.
+pub struct PeakEwma {
+    /// f64 bits, nanoseconds. Meaningful once `samples > 0`.
+    cost: AtomicU64,
+    /// f64 bits, share of failed attempts.
+    errors: AtomicU64,
+    /// Backend-epoch nanoseconds of the last sample.
+    stamp: AtomicU64,
+    samples: AtomicU64,
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        Self {
+            cost: AtomicU64::new(0f64.to_bits()),
+            errors: AtomicU64::new(0f64.to_bits()),
+            stamp: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Weight given to one attempt in the error-rate EWMA.
+const ERROR_ALPHA: f64 = 1.0 / 16.0;
+
+impl PeakEwma {
+    /// Records one attempt that took `rtt` and failed or not, at `now_ns`.
+    /// Concurrent updates may lose one sample; this is an estimate, not an account.
+    pub fn observe(&self, rtt_ns: f64, failed: bool, now_ns: u64, tau_ns: f64) {
+        let prev = f64::from_bits(self.cost.load(Relaxed));
+        let last = self.stamp.load(Relaxed);
+        let first = self.samples.fetch_add(1, Relaxed) == 0;
+        let next = if first || rtt_ns > prev {
+            rtt_ns
+        } else {
+            let w = (-(now_ns.saturating_sub(last) as f64) / tau_ns).exp();
+            prev * w + rtt_ns * (1.0 - w)
+        };
+        self.cost.store(next.to_bits(), Relaxed);
+        let err = f64::from_bits(self.errors.load(Relaxed));
+        let err = err * (1.0 - ERROR_ALPHA) + if failed { ERROR_ALPHA } else { 0.0 };
+        self.errors.store(err.to_bits(), Relaxed);
+        self.stamp.store(now_ns.max(last), Relaxed);
+    }
+
+    /// Latency estimate at `now_ns` (decayed since the last sample), or `None`
+    /// before the first sample.
+    pub fn latency_ns(&self, now_ns: u64, tau_ns: f64) -> Option<f64> {
+        if self.samples.load(Relaxed) == 0 {
+            return None;
+        }
+        Some(f64::from_bits(self.cost.load(Relaxed)) * self.decay(now_ns, tau_ns))
+    }
+
+    /// Recent share of failed attempts at `now_ns`.
+    pub fn error_rate(&self, now_ns: u64, tau_ns: f64) -> f64 {
+        f64::from_bits(self.errors.load(Relaxed)) * self.decay(now_ns, tau_ns)
+    }
+
+    /// The raw estimate without decay (for display), nanoseconds.
+    pub fn raw_ns(&self) -> u64 {
+        f64::from_bits(self.cost.load(Relaxed)) as u64
+    }
+
+    fn decay(&self, now_ns: u64, tau_ns: f64) -> f64 {
+        let idle = now_ns.saturating_sub(self.stamp.load(Relaxed)) as f64;
+        (-idle / tau_ns).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAU: f64 = 10e9;
+
+    #[test]
+    fn peaks_are_believed_at_once_and_decay_with_time() {
+        let e = PeakEwma::default();
+        assert_eq!(e.latency_ns(0, TAU), None);
+        e.observe(1e6, false, 0, TAU);
+        assert_eq!(e.latency_ns(0, TAU), Some(1e6));
+        e.observe(50e6, false, 1_000, TAU);
+        assert_eq!(e.latency_ns(1_000, TAU), Some(50e6));
+        // a fast sample right after barely moves a peak ...
+        e.observe(1e6, false, 2_000, TAU);
+        assert!(e.latency_ns(2_000, TAU).unwrap() > 49e6);
+        // ... one a τ later moves it most of the way
+        e.observe(1e6, false, 10_000_002_000, TAU);
+        let v = e.latency_ns(10_000_002_000, TAU).unwrap();
+        assert!(v < 20e6 && v > 1e6, "{v}");
+        // unobserved, it decays towards zero
+        let later = e.latency_ns(100_000_000_000, TAU).unwrap();
+        assert!(later < v / 1000.0, "{later}");
+    }
+
+    #[test]
+    fn error_rate_tracks_failures() {
+        let e = PeakEwma::default();
+        for _ in 0..64 {
+            e.observe(1e6, true, 0, TAU);
+        }
+        assert!(e.error_rate(0, TAU) > 0.9);
+        for _ in 0..64 {
+            e.observe(1e6, false, 0, TAU);
+        }
+        assert!(e.error_rate(0, TAU) < 0.1);
+    }
+}

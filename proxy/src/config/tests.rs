@@ -1,0 +1,166 @@
+use super::*;
+
+const SEED: &str = r#"server:
+  port: 8080
+  admin_port: 8081
+strategy: "round-robin"
+backends:
+  - url: "http://backend1:80"
+    weight: 1
+"#;
+
+fn err(text: &str) -> ConfigError {
+    match parse(text, "c.yaml") {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.0.into_iter().next().unwrap(),
+    }
+}
+
+#[test]
+fn seed_file_loads_unchanged() {
+    let c = parse(SEED, "config.yaml").unwrap();
+    assert_eq!(c.server.port, 8080);
+    assert_eq!(c.server.admin_port, 8081);
+    assert_eq!(c.strategy(), Strategy::RoundRobin);
+    assert_eq!(c.backends.len(), 1);
+    assert_eq!(c.backends[0].url.raw, "http://backend1:80");
+    assert_eq!(c.backends[0].weight, Weight(1));
+}
+
+#[test]
+fn strategy_under_server_is_accepted() {
+    let c = parse(
+        "server:\n  port: 8080\n  admin_port: 8081\n  strategy: least-connections\nbackends: []\n",
+        "c.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.strategy(), Strategy::LeastConnections);
+}
+
+#[test]
+fn repo_example_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            if let Err(e) = load(&path) {
+                panic!("{} is invalid:\n{e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example configs found in {}", dir.display());
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let c = parse("", "c.yaml").unwrap();
+    assert_eq!(c.server.port, 8080);
+    assert!(c.backends.is_empty());
+}
+
+#[test]
+fn unknown_key_names_line_and_field() {
+    let e = err("server:\n  port: 8080\n  prot: 1\n");
+    assert_eq!(e.line, Some(3));
+    assert_eq!(e.field.as_deref(), Some("server.prot"));
+    assert!(e.reason.contains("unknown field `prot`"), "{e}");
+    let e = err("strategy: round-robin\nbackend: []\n");
+    assert_eq!(e.line, Some(2));
+    assert!(e.reason.contains("unknown field `backend`"), "{e}");
+}
+
+#[test]
+fn bad_url_names_line_and_field() {
+    let e = err("backends:\n  - url: http://a:80\n  - url: ftp://b\n");
+    assert_eq!(e.line, Some(3));
+    assert_eq!(e.field.as_deref(), Some("backends[1].url"));
+    assert!(e.reason.contains("unsupported scheme"), "{e}");
+    assert_eq!(e.to_string(), format!("c.yaml:3: backends[1].url: {}", e.reason));
+}
+
+#[test]
+fn bad_weights_are_refused() {
+    for (w, needle) in [("0", "from 1 to 1000"), ("-2", "from 1 to 1000"), ("100000", "from 1 to 1000"), ("1.5", "integer"), ("heavy", "")] {
+        let e = err(&format!("backends:\n  - url: http://a:80\n    weight: {w}\n"));
+        assert_eq!(e.line, Some(3), "{w}: {e}");
+        assert_eq!(e.field.as_deref(), Some("backends[0].weight"), "{w}: {e}");
+        assert!(e.reason.contains(needle), "{w}: {e}");
+    }
+}
+
+#[test]
+fn duplicate_backends_are_refused_with_the_second_line() {
+    let e = err("backends:\n  - url: http://a:80\n  - url: http://b:80\n  - url: HTTP://A/\n");
+    assert_eq!(e.line, Some(4));
+    assert_eq!(e.field.as_deref(), Some("backends[2].url"));
+    assert!(e.reason.contains("duplicate backend http://a:80"), "{e}");
+}
+
+#[test]
+fn unknown_strategy_is_refused() {
+    let e = err("strategy: random\n");
+    assert_eq!(e.line, Some(1));
+    assert_eq!(e.field.as_deref(), Some("strategy"));
+    assert!(e.reason.contains("unknown strategy `random`"), "{e}");
+    assert!(e.reason.contains("least-connections"), "{e}");
+}
+
+#[test]
+fn durations_must_be_strings_with_units() {
+    let e = err("timeouts:\n  connect: 5\n");
+    assert_eq!(e.line, Some(2));
+    assert_eq!(e.field.as_deref(), Some("timeouts.connect"));
+    assert!(e.reason.contains("\"5s\""), "{e}");
+    let c = parse("timeouts:\n  connect: 500ms\n  request: \"10s\"\n", "c.yaml").unwrap();
+    assert_eq!(c.timeouts.connect.get(), std::time::Duration::from_millis(500));
+    assert_eq!(c.timeouts.request.get(), std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = err("server:\n  port: [8080\n");
+    assert!(e.line.is_some(), "{e}");
+}
+
+#[test]
+fn resilience_values_are_checked() {
+    let e = err("circuit_breaker:\n  failure_threshold: -1\n");
+    assert_eq!(e.field.as_deref(), Some("circuit_breaker.failure_threshold"));
+    assert!(e.reason.contains("from 1 to"), "{e}");
+    let e = err("rate_limit:\n  requests_per_second: 0\n  burst: 5\n");
+    assert_eq!(e.field.as_deref(), Some("rate_limit.requests_per_second"));
+    assert!(e.reason.contains("greater than 0"), "{e}");
+    let e = err("rate_limit:\n  requests_per_second: 5\n  burst: 5\n  key: cookie:session\n");
+    assert_eq!(e.field.as_deref(), Some("rate_limit.key"));
+    assert!(e.reason.contains("unknown key kind `cookie:session`"), "{e}");
+    let e = err("health_check:\n  unhealthy_threshold: 0\n");
+    assert_eq!(e.field.as_deref(), Some("health_check.unhealthy_threshold"));
+    let e = err("health_check:\n  interval: 1s\n  timeout: 5s\n");
+    assert_eq!(e.field.as_deref(), Some("health_check.timeout"));
+    assert_eq!(e.line, Some(3));
+    let e = err("health_check:\n  expected_status: \"300-200\"\n");
+    assert_eq!(e.field.as_deref(), Some("health_check.expected_status"));
+    let e = err("outlier_detection:\n  max_ejection_percent: 150\n");
+    assert_eq!(e.field.as_deref(), Some("outlier_detection.max_ejection_percent"));
+}
+
+#[test]
+fn several_cross_field_problems_are_all_reported() {
+    let errs = parse(
+        "server:\n  port: 9000\n  admin_port: 9000\nbackends:\n  - url: http://a\n  - url: http://a:80\n",
+        "c.yaml",
+    )
+    .unwrap_err();
+    assert_eq!(errs.0.len(), 2, "{errs}");
+}
+
+#[test]
+fn status_ranges() {
+    let r = StatusRanges::parse("200-299, 304").unwrap();
+    assert!(r.contains(200) && r.contains(299) && r.contains(304));
+    assert!(!r.contains(300) && !r.contains(500));
+    assert!(StatusRanges::parse("").is_err());
+    assert!(StatusRanges::parse("99").is_err());
+}

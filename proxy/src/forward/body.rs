@@ -1,0 +1,158 @@
+//! Body types of the data path: what goes upstream ([`ReqBody`]) and what goes back
+//! to the client ([`ProxyBody`]). Both stream frame by frame; nothing is buffered.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::pool::Sender;
+use crate::app::App;
+use crate::backend::Backend;
+
+/// A request body on its way upstream.
+pub enum ReqBody {
+    /// No body (also used to replay a bodiless request on another backend).
+    Empty,
+    /// The client's body, streamed.
+    Incoming(Incoming),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Incoming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Incoming(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+pub enum ProxyBody {
+    /// A short body we made ourselves (errors, 429, 503).
+    Full(Option<Bytes>),
+    /// The backend's body, with the bookkeeping that ends with it.
+    Upstream(Incoming, ResponseGuard),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+
+    pub fn upstream(body: Incoming, mut guard: ResponseGuard) -> Self {
+        if body.is_end_stream() {
+            // HEAD, 204, 304, empty bodies: hyper may never poll them.
+            guard.finish(true);
+        }
+        ProxyBody::Upstream(body, guard)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(body, guard) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => guard.finish(true),
+                    Poll::Ready(Some(Err(_))) => guard.finish(false),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => guard.finish(true),
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Upstream(body, _) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Upstream(body, _) => body.size_hint(),
+        }
+    }
+}
+
+/// Ends a proxied request when its response body ends (or is dropped): gives the
+/// upstream connection back to the pool if the exchange completed cleanly, and
+/// settles the in-flight counts and the duration histogram.
+pub struct ResponseGuard {
+    app: Arc<App>,
+    backend: Arc<Backend>,
+    conn: Option<Sender>,
+    max_idle: usize,
+    started: Instant,
+    done: bool,
+}
+
+impl ResponseGuard {
+    /// Takes over one in-flight count on `backend` and one on the proxy.
+    pub fn new(app: Arc<App>, backend: Arc<Backend>, conn: Option<Sender>, max_idle: usize, started: Instant) -> Self {
+        Self {
+            app,
+            backend,
+            conn,
+            max_idle,
+            started,
+            done: false,
+        }
+    }
+
+    pub fn finish(&mut self, clean: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(conn) = self.conn.take() {
+            if clean {
+                self.backend.pool.put(conn, self.max_idle);
+            }
+        }
+        self.backend.stats.active.fetch_sub(1, Relaxed);
+        self.app.metrics.finish_request(self.started.elapsed());
+    }
+}
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}

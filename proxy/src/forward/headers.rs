@@ -1,0 +1,192 @@
+//! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1)
+//! and `X-Forwarded-For`/`-Proto`/`-Host`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (plus any the
+/// `Connection` header names).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sends
+/// `Connection: upgrade` so a WebSocket handshake survives the hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        // Names listed in Connection are hop-by-hop too (rare; allocate only then).
+        let listed: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && n == header::UPGRADE))
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether a request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// Sets `X-Forwarded-*`. From a trusted peer the existing chain is extended and its
+/// proto/host kept; from anyone else all three are replaced, so a client cannot
+/// forge its address to a backend or to our rate limiter.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<HeaderValue>) {
+    let ip = ip_value(peer);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if trusted => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or(ip)
+        }
+        _ => ip,
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    // An IP address always renders as a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The client address as the trust rules allow: the right-most untrusted entry of
+/// `X-Forwarded-For` when the peer is trusted, else the peer itself.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &dyn Fn(IpAddr) -> bool) -> IpAddr {
+    if !trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(s) = v.to_str() else { return client };
+        for part in s.rsplit(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted(ip) {
+                        return ip;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn upgrade_survives_when_asked() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn forwarded_headers_replaced_for_untrusted_peers() {
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil")]);
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, Some(HeaderValue::from_static("api.local")));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.local");
+    }
+
+    #[test]
+    fn forwarded_headers_extended_for_trusted_peers() {
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, Some(HeaderValue::from_static("api.local")));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.local");
+    }
+
+    #[test]
+    fn client_ip_walks_trusted_hops() {
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let h = map(&[("x-forwarded-for", "7.7.7.7, 1.2.3.4, 10.0.0.9")]);
+        assert_eq!(client_ip(&h, "10.0.0.1".parse().unwrap(), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // untrusted peer: its own address, whatever it claims
+        assert_eq!(client_ip(&h, "5.5.5.5".parse().unwrap(), &trusted), "5.5.5.5".parse::<IpAddr>().unwrap());
+        // garbage stops the walk
+        let h = map(&[("x-forwarded-for", "nonsense, 10.0.0.2")]);
+        assert_eq!(client_ip(&h, "10.0.0.1".parse().unwrap(), &trusted), "10.0.0.2".parse::<IpAddr>().unwrap());
+    }
+}

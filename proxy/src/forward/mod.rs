@@ -1,0 +1,302 @@
+//! Forwarding one request: rate limit → pick a backend → send → stream the answer.
+//!
+//! Retries (on a backend not tried yet, up to `retries.attempts`):
+//! - a connect failure, for any method: nothing was sent;
+//! - a pooled connection found closed before the request went out (hyper hands the
+//!   request back): tried again on a fresh connection, not held against the backend;
+//! - a connection lost after sending, only for idempotent requests without a body
+//!   (the request can be replayed exactly).
+//!
+//! A backend that answers, even with a 5xx, is not retried: the answer goes to the
+//! client and the failure to the passive-health and circuit accounting.
+
+pub mod body;
+pub mod headers;
+pub mod pool;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
+use tokio::time::Instant;
+use tracing::debug;
+
+use self::body::{ProxyBody, ReqBody, ResponseGuard};
+use self::pool::{ConnectError, Sender};
+use crate::app::App;
+use crate::backend::{Backend, Outcome};
+use crate::config::{Config, types::in_any};
+use crate::errors::ProxyError;
+use crate::snapshot::Snapshot;
+
+/// Handles one client request end to end; never fails (errors become responses).
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let started = Instant::now();
+    app.metrics.start_request();
+    let snap = app.snapshot();
+    match forward(&app, &snap, req, peer, started).await {
+        Ok(resp) => {
+            app.metrics.count_status(resp.status());
+            resp
+        }
+        Err(e) => {
+            debug!(error = %e, client = %peer, "request failed");
+            app.metrics.count_status(e.status());
+            app.metrics.finish_request(started.elapsed());
+            e.into_response()
+        }
+    }
+}
+
+async fn forward(
+    app: &Arc<App>,
+    snap: &Snapshot,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let cfg = &*snap.config;
+    if let Some(limiter) = &snap.limiter {
+        limiter.check(&req, peer, &app.metrics)?;
+    }
+    let upgrade = headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    prepare(&mut parts, peer, cfg, upgrade);
+
+    let bodiless = incoming.is_end_stream();
+    let replayable = bodiless && is_idempotent(&parts.method);
+    let mut body = Some(if bodiless { ReqBody::Empty } else { ReqBody::Incoming(incoming) });
+    let mut parts = Some(parts);
+
+    let attempts = 1 + cfg.retries.attempts.as_usize();
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    let mut stale = 0u32;
+    let mut last_err = ProxyError::NoBackend;
+
+    while tried.len() < attempts {
+        let Some(idx) = snap.pick(&tried, Instant::now()) else {
+            break;
+        };
+        if !tried.is_empty() {
+            app.metrics.retries.fetch_add(1, Relaxed);
+        }
+        tried.push(idx);
+        let member = &snap.members[idx];
+        let backend = &member.backend;
+        let inflight = Inflight::new(backend);
+        let attempt_start = Instant::now();
+
+        let mut tx = match checkout(backend, cfg).await {
+            Ok(tx) => tx,
+            Err(source) => {
+                backend.record(Outcome::ConnectFailed, attempt_start, cfg);
+                debug!(backend = %backend.url, error = %source, "connect failed");
+                last_err = ProxyError::Connect {
+                    backend: backend.url.clone(),
+                    source,
+                };
+                continue;
+            }
+        };
+
+        let (Some(p), Some(b)) = (parts.take(), body.take()) else {
+            break;
+        };
+        let may_replay = replayable && tried.len() < attempts;
+        let (mut send_parts, kept) = if may_replay {
+            (clone_parts(&p), Some(p))
+        } else {
+            (p, None)
+        };
+        if !cfg.upstream.preserve_host {
+            send_parts.headers.insert(header::HOST, backend.authority.clone());
+        }
+        let request = Request::from_parts(send_parts, b);
+        let timeout = cfg.timeouts.request.get();
+
+        let resp = match tokio::time::timeout(timeout, tx.try_send_request(request)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(mut e)) => {
+                if let Some(unsent) = e.take_message() {
+                    // The pooled connection closed under us; nothing reached the backend.
+                    let (p, b) = unsent.into_parts();
+                    parts = Some(kept.unwrap_or(p));
+                    body = Some(b);
+                    tried.pop();
+                    stale += 1;
+                    if stale <= 3 {
+                        continue;
+                    }
+                    last_err = ProxyError::Upstream {
+                        backend: backend.url.clone(),
+                        source: e.into_error(),
+                    };
+                    break;
+                }
+                backend.record(Outcome::Lost, attempt_start, cfg);
+                debug!(backend = %backend.url, error = %e.error(), "upstream connection lost");
+                last_err = ProxyError::Upstream {
+                    backend: backend.url.clone(),
+                    source: e.into_error(),
+                };
+                match kept {
+                    Some(p) => {
+                        parts = Some(p);
+                        body = Some(ReqBody::Empty);
+                        continue;
+                    }
+                    None => return Err(last_err),
+                }
+            }
+            Err(_) => {
+                backend.record(Outcome::TimedOut, attempt_start, cfg);
+                return Err(ProxyError::Timeout {
+                    backend: backend.url.clone(),
+                    timeout,
+                });
+            }
+        };
+
+        backend.record(
+            Outcome::Response {
+                status: resp.status(),
+                ttfb: attempt_start.elapsed(),
+            },
+            attempt_start,
+            cfg,
+        );
+        inflight.hand_over();
+        return Ok(respond(app, backend, tx, resp, client_upgrade, cfg, started));
+    }
+    Err(last_err)
+}
+
+/// Turns the backend's response into the client's.
+fn respond(
+    app: &Arc<App>,
+    backend: &Arc<Backend>,
+    tx: Sender,
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    cfg: &Config,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let max_idle = cfg.upstream.max_idle_per_backend.as_usize();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let guard = ResponseGuard::new(app.clone(), backend.clone(), None, max_idle, started);
+            tokio::spawn(tunnel(client, upstream, guard));
+            let (mut parts, _) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let guard = ResponseGuard::new(app.clone(), backend.clone(), Some(tx), max_idle, started);
+    Response::from_parts(parts, ProxyBody::upstream(body, guard))
+}
+
+/// Splices an upgraded (WebSocket) connection to the backend's; the guard keeps the
+/// backend's in-flight count until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: ResponseGuard) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    if let (Ok(client), Ok(upstream)) = (client, upstream) {
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+    drop(guard);
+}
+
+/// Rewrites the client's request head for the backend.
+fn prepare(parts: &mut Parts, peer: SocketAddr, cfg: &Config, upgrade: bool) {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // HTTP/2 and absolute-form requests: the backend gets origin form.
+        let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(h) = &host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
+    parts.headers.remove(header::EXPECT);
+    let trusted = in_any(&cfg.server.trusted_proxies, peer.ip());
+    headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host);
+    parts.version = Version::HTTP_11;
+}
+
+fn clone_parts(p: &Parts) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A pooled connection ready for a request, or a new one.
+async fn checkout(backend: &Backend, cfg: &Config) -> Result<Sender, ConnectError> {
+    while let Some(mut tx) = backend.pool.take() {
+        if tx.is_ready() {
+            return Ok(tx);
+        }
+        // Still settling its previous exchange; normally a matter of microseconds.
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(50), tx.ready()).await {
+            return Ok(tx);
+        }
+    }
+    pool::connect(backend, cfg.timeouts.connect.get()).await
+}
+
+/// One in-flight count on a backend for an attempt; released on drop unless a
+/// [`ResponseGuard`] takes it over.
+struct Inflight<'a> {
+    backend: &'a Backend,
+    armed: bool,
+}
+
+impl<'a> Inflight<'a> {
+    fn new(backend: &'a Backend) -> Self {
+        backend.stats.active.fetch_add(1, Relaxed);
+        Self { backend, armed: true }
+    }
+
+    fn hand_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.backend.stats.active.fetch_sub(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The proxy listener: accepts client connections (HTTP/1.1 and h2c), enforces the
+//! connection-level limits and drains gracefully on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::config::ServerConfig;
+use crate::forward;
+
+/// The connection builder for the configured limits. Listener settings are read
+/// once at start; changing them needs a restart.
+pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout.get())
+        .max_headers(cfg.max_headers.as_usize())
+        .max_buf_size(cfg.max_header_bytes.as_usize().max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(cfg.max_header_bytes.as_u32())
+        .keep_alive_interval(Duration::from_secs(30));
+    if cfg.http2 { b } else { b.http1_only() }
+}
+
+/// Accepts until `stop` fires, then lets open connections finish within the grace
+/// period.
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let config = app.config();
+    let builder = builder(&config.server);
+    let max_conns = config.server.max_connections.as_u64();
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        if app.metrics.connections_active.load(Relaxed) >= max_conns {
+            app.metrics.connections_rejected.fetch_add(1, Relaxed);
+            tokio::spawn(reject(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let guard = ConnGuard::new(app.clone());
+        let svc_app = app.clone();
+        let svc = service_fn(move |req| {
+            let app = svc_app.clone();
+            async move { Ok::<_, Infallible>(forward::handle(app, req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(guard);
+        });
+    }
+    drop(listener);
+    let grace = app.config().server.grace_period.get();
+    let open = graceful.count();
+    info!(connections = open, grace = ?grace, "proxy listener closed; draining connections");
+    tokio::select! {
+        _ = graceful.shutdown() => info!("all client connections finished"),
+        _ = tokio::time::sleep(grace) => warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Over `max_connections`: a plain 503 and close, so the client knows why.
+async fn reject(mut stream: TcpStream) {
+    let body = "too many connections\n";
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+struct ConnGuard(Arc<App>);
+
+impl ConnGuard {
+    fn new(app: Arc<App>) -> Self {
+        app.metrics.connections_active.fetch_add(1, Relaxed);
+        Self(app)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Binds `addr`, with a message that says which listener failed.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot bind the {what} listener on {addr}: {e}"))
+}

@@ -1,0 +1,211 @@
+//! Starting and stopping a replica: binds the listeners, spawns the proxy, the
+//! admin API and the background tasks, and drains on shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use switchyard_shared::ConfigSourceView;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::app::App;
+use crate::config::Config;
+use crate::forward::tls;
+use crate::listener;
+use crate::state::{MemoryStore, StateStore, StoreEvent};
+
+/// A running replica.
+pub struct Running {
+    pub app: Arc<App>,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    proxy: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Where the config came from, for `/admin/config`.
+pub fn file_source(path: &str) -> ConfigSourceView {
+    ConfigSourceView {
+        kind: "file".into(),
+        path: path.into(),
+        repo: None,
+        r#ref: None,
+    }
+}
+
+/// The default replica id: host name and proxy port.
+pub fn default_replica_id(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "switchyard".into());
+    format!("{host}:{port}")
+}
+
+/// Starts a replica on the embedded store.
+pub async fn start(config: Config, source: ConfigSourceView) -> Result<Running, String> {
+    start_with_store(config, source, Arc::new(MemoryStore::default())).await
+}
+
+pub async fn start_with_store(
+    config: Config,
+    source: ConfigSourceView,
+    store: Arc<dyn StateStore>,
+) -> Result<Running, String> {
+    tls::configure(config.upstream.ca_file.as_deref())?;
+    let token = admin::load_token(config.admin.token_file.as_deref())?;
+    let proxy_listener = listener::bind(SocketAddr::new(config.server.bind, config.server.port), "proxy").await?;
+    let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
+
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let admin_ip = match (&token, config.server.admin_bind) {
+        (Some(_), Some(ip)) => ip,
+        (Some(_), None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, Some(ip)) if !ip.is_loopback() => {
+            warn!(requested = %ip, "no admin token configured: admin listener bound to loopback only");
+            loopback
+        }
+        (None, Some(ip)) => ip,
+        (None, None) => loopback,
+    };
+    if token.is_none() {
+        warn!("no admin token configured (SWITCHYARD_ADMIN_TOKEN or admin.token_file): admin API open on loopback only");
+    }
+    let admin_listener = listener::bind(SocketAddr::new(admin_ip, config.server.admin_port), "admin").await?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+
+    let replica_id = config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.replica_id.clone())
+        .unwrap_or_else(|| default_replica_id(proxy_addr.port()));
+    let public_read = config.admin.public_read;
+    let app = App::new(config, store.clone(), replica_id, source);
+    // Pick up an overlay the store already holds (a restart, or other replicas).
+    if let Ok(overlay) = store.membership().await {
+        app.apply_overlay(overlay);
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let proxy = tokio::spawn(listener::serve(proxy_listener, app.clone(), stop_rx.clone()));
+    let router = admin::router(AdminState {
+        app: app.clone(),
+        token,
+        public_read,
+    });
+    let mut admin_stop = stop_rx.clone();
+    let admin = tokio::spawn(async move {
+        let serve = axum::serve(admin_listener, router).with_graceful_shutdown(async move {
+            let _ = admin_stop.changed().await;
+        });
+        if let Err(e) = serve.await {
+            warn!(error = %e, "admin listener failed");
+        }
+    });
+    let background = vec![
+        tokio::spawn(housekeeping(app.clone(), stop_rx.clone())),
+        tokio::spawn(follow_store(app.clone(), stop_rx)),
+    ];
+    info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        replica = %app.replica.id,
+        version = app.replica.version,
+        "listening"
+    );
+    Ok(Running {
+        app,
+        proxy_addr,
+        admin_addr,
+        stop,
+        proxy,
+        admin,
+        background,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within the grace period,
+    /// stops the background tasks.
+    pub async fn shutdown(self) {
+        self.app.shutting_down.store(true, Relaxed);
+        let _ = self.stop.send(true);
+        let _ = self.proxy.await;
+        let grace = self.app.config().server.grace_period.get();
+        let _ = tokio::time::timeout(grace.min(Duration::from_secs(5)), self.admin).await;
+        for t in self.background {
+            t.abort();
+        }
+        info!("stopped");
+    }
+}
+
+/// Periodic chores: forget drained backends, age out idle upstream connections.
+async fn housekeeping(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_evict = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        app.prune_draining();
+        let now = Instant::now();
+        if now.duration_since(last_evict) >= Duration::from_secs(1) {
+            last_evict = now;
+            let snap = app.snapshot();
+            let idle = snap.config.timeouts.idle.get();
+            for m in &snap.members {
+                m.backend.pool.evict(idle, now);
+            }
+        }
+    }
+}
+
+/// Applies membership changes made elsewhere (other replicas, or a store resync).
+async fn follow_store(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut events = app.store.subscribe();
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = stop.changed() => return,
+        };
+        let resync = match ev {
+            Ok(StoreEvent::Membership(v)) => v > app.overlay().version,
+            Ok(StoreEvent::Reconnected) => true,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if resync {
+            if let Ok(overlay) = app.store.membership().await {
+                app.apply_overlay(overlay);
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+}

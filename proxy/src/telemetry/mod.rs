@@ -1,0 +1,4 @@
+//! Metrics, logs and (with an OTLP endpoint) traces.
+
+pub mod logging;
+pub mod metrics;
