@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use switchyard_shared::{
-    BackendView, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView, EventKind, MetricsEntry,
+    BackendView, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView, EventKind,
+    MetricsEntry,
 };
 use tokio::time::Instant;
 
@@ -58,7 +59,12 @@ struct AppliedConfig {
 }
 
 impl App {
-    pub fn new(config: Config, store: Arc<dyn StateStore>, replica_id: String, source: ConfigSourceView) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn StateStore>,
+        replica_id: String,
+        source: ConfigSourceView,
+    ) -> Arc<Self> {
         let config = Arc::new(config);
         let app = Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::empty(config.clone())),
@@ -160,7 +166,10 @@ impl App {
         let diff = snapshot::diff(&old.members, &desired);
         let limiter = match (&inner.config.rate_limit, &old.limiter) {
             (Some(cfg), Some(l)) if l.config == *cfg => Some(l.clone()),
-            (Some(cfg), _) => Some(Arc::new(RateLimiter::new(cfg, &inner.config.server.trusted_proxies))),
+            (Some(cfg), _) => Some(Arc::new(RateLimiter::new(
+                cfg,
+                &inner.config.server.trusted_proxies,
+            ))),
             (None, _) => None,
         };
         let draining = &inner.draining;
@@ -169,7 +178,13 @@ impl App {
                 .map(|m| m.backend.clone())
                 .or_else(|| draining.iter().find(|b| &*b.key == key).cloned())
         };
-        let next = Snapshot::build(old.generation + 1, inner.config.clone(), &inner.overlay, limiter, &reuse);
+        let next = Snapshot::build(
+            old.generation + 1,
+            inner.config.clone(),
+            &inner.overlay,
+            limiter,
+            &reuse,
+        );
         // Backends coming back from draining keep their state and stop draining.
         inner.draining.retain(|b| {
             let back = next.find(&b.key).is_some();
@@ -186,11 +201,18 @@ impl App {
         }
         self.snapshot.store(Arc::new(next));
         for key in &diff.added {
-            self.events.emit(EventKind::BackendAdded, Some(key), format!("backend {key} added"));
+            self.events.emit(
+                EventKind::BackendAdded,
+                Some(key),
+                format!("backend {key} added"),
+            );
         }
         for key in &diff.removed {
-            self.events
-                .emit(EventKind::BackendDraining, Some(key), format!("backend {key} draining"));
+            self.events.emit(
+                EventKind::BackendDraining,
+                Some(key),
+                format!("backend {key} draining"),
+            );
         }
         diff
     }
@@ -199,14 +221,18 @@ impl App {
     pub fn prune_draining(&self) {
         let done: Vec<Arc<Backend>> = {
             let mut inner = self.inner.lock();
-            let (done, keep): (Vec<_>, Vec<_>) = inner.draining.drain(..).partition(|b| b.active() == 0);
+            let (done, keep): (Vec<_>, Vec<_>) =
+                inner.draining.drain(..).partition(|b| b.active() == 0);
             inner.draining = keep;
             done
         };
         for b in done {
             b.pool.clear();
-            self.events
-                .emit(EventKind::BackendRemoved, Some(&b.key), format!("backend {} drained and removed", b.key));
+            self.events.emit(
+                EventKind::BackendRemoved,
+                Some(&b.key),
+                format!("backend {} drained and removed", b.key),
+            );
         }
     }
 
@@ -295,7 +321,9 @@ fn drift(config: &Config, overlay: &Overlay) -> DriftView {
         let in_config = config.backends.iter().find(|b| &b.url.parsed.key() == key);
         match (e.op, in_config) {
             (OverlayOp::Add, None) => d.only_runtime.push(key.clone()),
-            (OverlayOp::Add, Some(b)) if b.weight.0 != e.weight => d.weight_changed.push(key.clone()),
+            (OverlayOp::Add, Some(b)) if b.weight.0 != e.weight => {
+                d.weight_changed.push(key.clone())
+            }
             (OverlayOp::Remove, Some(_)) => d.only_config.push(key.clone()),
             _ => {}
         }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
-use switchyard_shared::validate::BackendUrl;
 use switchyard_shared::BackendSource;
+use switchyard_shared::validate::BackendUrl;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -81,7 +81,10 @@ impl Backend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The backend answered (a 5xx still counts as a failure).
-    Response { status: StatusCode, ttfb: Duration },
+    Response {
+        status: StatusCode,
+        ttfb: Duration,
+    },
     ConnectFailed,
     /// No response headers within `timeouts.request`.
     TimedOut,
@@ -118,7 +121,8 @@ impl Backend {
             rtt = rtt.max(cfg.adaptive.failure_penalty.get());
         }
         let tau = cfg.adaptive.decay.get().as_nanos().max(1) as f64;
-        self.latency.observe(rtt.as_nanos() as f64, failed, self.nanos(now), tau);
+        self.latency
+            .observe(rtt.as_nanos() as f64, failed, self.nanos(now), tau);
     }
 
     /// Whether new requests may go here now.
@@ -136,7 +140,9 @@ impl Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Backend")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 

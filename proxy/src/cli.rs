@@ -13,13 +13,23 @@ use crate::server;
 use crate::telemetry::logging;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "An adaptive HTTP API load balancer")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An adaptive HTTP API load balancer"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
     /// Config file.
-    #[arg(short, long, env = "SWITCHYARD_CONFIG", default_value = "config/config.yaml", global = true)]
+    #[arg(
+        short,
+        long,
+        env = "SWITCHYARD_CONFIG",
+        default_value = "config/config.yaml",
+        global = true
+    )]
     pub config: PathBuf,
 
     /// Proxy listen address (overrides server.bind and server.port).
@@ -73,14 +83,23 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
         match config::load(f) {
-            Ok(c) => println!("{}: ok ({} backends, strategy {})", f.display(), c.backends.len(), c.strategy().as_str()),
+            Ok(c) => println!(
+                "{}: ok ({} backends, strategy {})",
+                f.display(),
+                c.backends.len(),
+                c.strategy().as_str()
+            ),
             Err(errs) => {
                 ok = false;
                 eprintln!("{errs}");
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Loads the config file (or defaults when only `--backend` is given) and applies
@@ -141,7 +160,9 @@ fn run(cli: &Cli) -> ExitCode {
     };
     logging::init(&config.logging.format);
     let threads = match config.server.threads.as_usize() {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         n => n,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

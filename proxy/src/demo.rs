@@ -71,7 +71,8 @@ impl Control {
     }
 
     pub fn set_fail_rate(&self, share: f64) {
-        self.fail_ppm.store((share.clamp(0.0, 1.0) * 1e6) as u64, Relaxed);
+        self.fail_ppm
+            .store((share.clamp(0.0, 1.0) * 1e6) as u64, Relaxed);
     }
 
     pub fn set_fail_health(&self, fail: bool) {
@@ -122,7 +123,9 @@ impl DemoServer {
     }
 
     pub fn serve(listener: TcpListener, control: Arc<Control>) -> Self {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let ctl = control.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
@@ -146,7 +149,11 @@ impl DemoServer {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Self { addr, control, task }
+        Self {
+            addr,
+            control,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -165,17 +172,25 @@ impl Drop for DemoServer {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json<T: Serialize>(v: &T) -> Response<Body> {
     let mut r = text(StatusCode::OK, serde_json::to_vec(v).unwrap_or_default());
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -203,7 +218,9 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
             };
         }
         (&Method::GET, "/_demo/stats") => {
-            return json(&serde_json::json!({ "name": ctl.name, "requests": ctl.requests.load(Relaxed) }));
+            return json(
+                &serde_json::json!({ "name": ctl.name, "requests": ctl.requests.load(Relaxed) }),
+            );
         }
         _ => {}
     }
@@ -224,7 +241,10 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
     }
     let ppm = ctl.fail_ppm.load(Relaxed);
     if ppm > 0 && fastrand::u64(0..1_000_000) < ppm {
-        let mut r = text(StatusCode::INTERNAL_SERVER_ERROR, format!("{} failed (injected)\n", ctl.name));
+        let mut r = text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{} failed (injected)\n", ctl.name),
+        );
         add_name(&mut r, &ctl.name);
         return r;
     }
@@ -264,18 +284,27 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
                         return None;
                     }
                     let take = left.min(chunk.len() as u64);
-                    Some((Ok::<_, hyper::Error>(Frame::data(chunk.slice(..take as usize))), left - take))
+                    Some((
+                        Ok::<_, hyper::Error>(Frame::data(chunk.slice(..take as usize))),
+                        left - take,
+                    ))
                 }
             });
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-            r.headers_mut().insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
             r
         }
         "/headers" => {
             let map: std::collections::BTreeMap<String, String> = req
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             json(&map)
         }
@@ -298,8 +327,11 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -309,11 +341,18 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
             }
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert("sec-websocket-accept", v);
     }

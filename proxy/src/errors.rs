@@ -29,7 +29,10 @@ pub enum ProxyError {
         source: hyper::Error,
     },
     #[error("upstream {backend} sent no response within {timeout:?}")]
-    Timeout { backend: Arc<str>, timeout: Duration },
+    Timeout {
+        backend: Arc<str>,
+        timeout: Duration,
+    },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
 }
@@ -69,13 +72,19 @@ impl ProxyError {
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         match &self {
             ProxyError::NoBackend => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::RateLimited(rl) => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(rl.retry_after.max(1)));
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(rl.retry_after.max(1)),
+                );
                 h.insert("ratelimit-limit", HeaderValue::from(rl.limit));
                 h.insert("ratelimit-remaining", HeaderValue::from(rl.remaining));
                 h.insert("ratelimit-reset", HeaderValue::from(rl.reset));

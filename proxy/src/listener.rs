@@ -70,7 +70,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
             let app = svc_app.clone();
             async move { Ok::<_, Infallible>(forward::handle(app, req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

@@ -67,12 +67,20 @@ impl RateLimiter {
         };
         Self {
             key: config.key.clone(),
-            trusted: config.trusted_proxies.clone().unwrap_or_else(|| server_trusted.to_vec()),
+            trusted: config
+                .trusted_proxies
+                .clone()
+                .unwrap_or_else(|| server_trusted.to_vec()),
             default: limit(config.requests_per_second.0, config.burst.get()),
             rules: config
                 .rules
                 .iter()
-                .map(|r| (r.path_prefix.clone(), limit(r.requests_per_second.0, r.burst.get())))
+                .map(|r| {
+                    (
+                        r.path_prefix.clone(),
+                        limit(r.requests_per_second.0, r.burst.get()),
+                    )
+                })
                 .collect(),
             buckets: Buckets::new(config.max_keys.as_usize()),
             config: config.clone(),
@@ -82,7 +90,12 @@ impl RateLimiter {
     }
 
     /// Takes a token for `req` or says why not.
-    pub fn check<B>(&self, req: &Request<B>, peer: SocketAddr, metrics: &Metrics) -> Result<(), ProxyError> {
+    pub fn check<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        metrics: &Metrics,
+    ) -> Result<(), ProxyError> {
         let (rule, limit) = self.limit_for(req.uri().path());
         let Some(key) = self.key_of(req, peer, rule) else {
             // No key (header absent): not limited by this rule.
@@ -200,7 +213,9 @@ impl Buckets {
         b.stamp = b.stamp.max(now_ns);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            Decision::Admit { remaining: b.tokens }
+            Decision::Admit {
+                remaining: b.tokens,
+            }
         } else {
             Decision::Reject {
                 retry_after_s: (1.0 - b.tokens) / limit.rate,
@@ -245,7 +260,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn burst_then_rate() {
         let b = Buckets::new(100);
-        let limit = Limit { rate: 5.0, burst: 5.0 };
+        let limit = Limit {
+            rate: 5.0,
+            burst: 5.0,
+        };
         let admitted = (0..30)
             .filter(|_| matches!(b.take(1, limit, Instant::now()), Decision::Admit { .. }))
             .count();
@@ -268,17 +286,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keys_are_independent() {
         let b = Buckets::new(100);
-        let limit = Limit { rate: 1.0, burst: 1.0 };
-        assert!(matches!(b.take(1, limit, Instant::now()), Decision::Admit { .. }));
-        assert!(matches!(b.take(1, limit, Instant::now()), Decision::Reject { .. }));
-        assert!(matches!(b.take(2, limit, Instant::now()), Decision::Admit { .. }));
+        let limit = Limit {
+            rate: 1.0,
+            burst: 1.0,
+        };
+        assert!(matches!(
+            b.take(1, limit, Instant::now()),
+            Decision::Admit { .. }
+        ));
+        assert!(matches!(
+            b.take(1, limit, Instant::now()),
+            Decision::Reject { .. }
+        ));
+        assert!(matches!(
+            b.take(2, limit, Instant::now()),
+            Decision::Admit { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn memory_is_capped_under_a_flood_of_keys() {
         let cap = 10_000;
         let b = Buckets::new(cap);
-        let limit = Limit { rate: 1.0, burst: 10.0 };
+        let limit = Limit {
+            rate: 1.0,
+            burst: 10.0,
+        };
         for k in 0..200_000u64 {
             b.take(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), limit, Instant::now());
         }
@@ -288,13 +321,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refilled_buckets_are_evicted_first() {
         let b = Buckets::new(SHARDS); // one key per shard
-        let limit = Limit { rate: 100.0, burst: 1.0 };
+        let limit = Limit {
+            rate: 100.0,
+            burst: 1.0,
+        };
         let k1 = 0u64;
         let k2 = 1u64; // same shard (they differ only in low bits)
-        assert!(matches!(b.take(k1, limit, Instant::now()), Decision::Admit { .. }));
+        assert!(matches!(
+            b.take(k1, limit, Instant::now()),
+            Decision::Admit { .. }
+        ));
         tokio::time::advance(Duration::from_secs(1)).await;
         // k1 has refilled: evicting it loses nothing; k2 gets a place
-        assert!(matches!(b.take(k2, limit, Instant::now()), Decision::Admit { .. }));
-        assert!(matches!(b.take(k2, limit, Instant::now()), Decision::Reject { .. }));
+        assert!(matches!(
+            b.take(k2, limit, Instant::now()),
+            Decision::Admit { .. }
+        ));
+        assert!(matches!(
+            b.take(k2, limit, Instant::now()),
+            Decision::Reject { .. }
+        ));
     }
 }

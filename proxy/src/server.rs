@@ -63,7 +63,11 @@ pub async fn start_with_store(
 ) -> Result<Running, String> {
     tls::configure(config.upstream.ca_file.as_deref())?;
     let token = admin::load_token(config.admin.token_file.as_deref())?;
-    let proxy_listener = listener::bind(SocketAddr::new(config.server.bind, config.server.port), "proxy").await?;
+    let proxy_listener = listener::bind(
+        SocketAddr::new(config.server.bind, config.server.port),
+        "proxy",
+    )
+    .await?;
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
 
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -78,9 +82,12 @@ pub async fn start_with_store(
         (None, None) => loopback,
     };
     if token.is_none() {
-        warn!("no admin token configured (SWITCHYARD_ADMIN_TOKEN or admin.token_file): admin API open on loopback only");
+        warn!(
+            "no admin token configured (SWITCHYARD_ADMIN_TOKEN or admin.token_file): admin API open on loopback only"
+        );
     }
-    let admin_listener = listener::bind(SocketAddr::new(admin_ip, config.server.admin_port), "admin").await?;
+    let admin_listener =
+        listener::bind(SocketAddr::new(admin_ip, config.server.admin_port), "admin").await?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
     let replica_id = config
@@ -96,7 +103,11 @@ pub async fn start_with_store(
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let proxy = tokio::spawn(listener::serve(proxy_listener, app.clone(), stop_rx.clone()));
+    let proxy = tokio::spawn(listener::serve(
+        proxy_listener,
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let router = admin::router(AdminState {
         app: app.clone(),
         token,
@@ -185,10 +196,8 @@ async fn follow_store(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        if resync {
-            if let Ok(overlay) = app.store.membership().await {
-                app.apply_overlay(overlay);
-            }
+        if resync && let Ok(overlay) = app.store.membership().await {
+            app.apply_overlay(overlay);
         }
     }
 }

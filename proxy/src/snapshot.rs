@@ -114,7 +114,10 @@ pub fn diff(old: &[Member], new: &[Desired]) -> Diff {
         match old_by_key.get(n.key.as_str()) {
             None => d.added.push(n.key.clone()),
             Some(m) => {
-                if m.weight != n.weight || m.source != n.source || m.health_path.as_deref() != n.health_path.as_deref() {
+                if m.weight != n.weight
+                    || m.source != n.source
+                    || m.health_path.as_deref() != n.health_path.as_deref()
+                {
                     d.changed.push(n.key.clone());
                 } else {
                     d.kept.push(n.key.clone());
@@ -155,7 +158,8 @@ impl Snapshot {
         let members: Vec<Member> = desired(&config, overlay)
             .into_iter()
             .map(|d| {
-                let backend = reuse(&d.key).unwrap_or_else(|| Backend::new(&d.url, d.target.clone()));
+                let backend =
+                    reuse(&d.key).unwrap_or_else(|| Backend::new(&d.url, d.target.clone()));
                 Member {
                     backend,
                     weight: d.weight,
@@ -189,9 +193,15 @@ impl Snapshot {
         }
         let threshold = self.config.panic_threshold.as_usize();
         if threshold > 0 {
-            let up = self.members.iter().filter(|m| m.backend.available(now)).count();
+            let up = self
+                .members
+                .iter()
+                .filter(|m| m.backend.available(now))
+                .count();
             if up * 100 < threshold * n {
-                let ok = |i: usize| !exclude.contains(&i) && self.members[i].backend.routable_in_panic(now);
+                let ok = |i: usize| {
+                    !exclude.contains(&i) && self.members[i].backend.routable_in_panic(now)
+                };
                 return self.balancer.pick(&self.members, &ok, now);
             }
         }
@@ -237,7 +247,10 @@ mod tests {
             ("http://b", OverlayOp::Add, 5),
         ]);
         let d = desired(&c, &o);
-        let keys: Vec<_> = d.iter().map(|d| (d.key.as_str(), d.weight, d.source)).collect();
+        let keys: Vec<_> = d
+            .iter()
+            .map(|d| (d.key.as_str(), d.weight, d.source))
+            .collect();
         assert_eq!(
             keys,
             vec![
@@ -257,22 +270,36 @@ mod tests {
         let old = members_of(&cfg(
             "backends:\n  - url: http://a:80\n  - url: http://b:80\n  - url: http://c:80\n",
         ));
-        let new_cfg = cfg("backends:\n  - url: http://a:80\n  - url: http://b:80\n    weight: 4\n  - url: http://d:80\n");
+        let new_cfg = cfg(
+            "backends:\n  - url: http://a:80\n  - url: http://b:80\n    weight: 4\n  - url: http://d:80\n",
+        );
         let d = diff(&old, &desired(&new_cfg, &Overlay::default()));
         assert_eq!(d.added, vec!["http://d:80"]);
         assert_eq!(d.removed, vec!["http://c:80"]);
         assert_eq!(d.changed, vec!["http://b:80"]);
         assert_eq!(d.kept, vec!["http://a:80"]);
         assert!(!d.is_empty());
-        let same = diff(&old, &desired(&cfg("backends:\n  - url: http://a:80\n  - url: http://b:80\n  - url: http://c:80\n"), &Overlay::default()));
+        let same = diff(
+            &old,
+            &desired(
+                &cfg(
+                    "backends:\n  - url: http://a:80\n  - url: http://b:80\n  - url: http://c:80\n",
+                ),
+                &Overlay::default(),
+            ),
+        );
         assert!(same.is_empty());
     }
 
     #[test]
     fn rebuild_reuses_live_backends() {
-        let c = Arc::new(cfg("backends:\n  - url: http://a:80\n  - url: http://b:80\n"));
+        let c = Arc::new(cfg(
+            "backends:\n  - url: http://a:80\n  - url: http://b:80\n",
+        ));
         let first = Snapshot::build(1, c.clone(), &Overlay::default(), None, &|_| None);
-        let second = Snapshot::build(2, c, &Overlay::default(), None, &|k| first.find(k).map(|m| m.backend.clone()));
+        let second = Snapshot::build(2, c, &Overlay::default(), None, &|k| {
+            first.find(k).map(|m| m.backend.clone())
+        });
         for (a, b) in first.members.iter().zip(&second.members) {
             assert!(Arc::ptr_eq(&a.backend, &b.backend));
         }

@@ -155,7 +155,11 @@ pub fn quantile_from_buckets(counts: &[u64], q: f64) -> Option<f64> {
             continue;
         }
         if (seen + c) as f64 >= rank {
-            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS_S[i - 1] };
+            let lower = if i == 0 {
+                0.0
+            } else {
+                LATENCY_BUCKETS_S[i - 1]
+            };
             let Some(&upper) = LATENCY_BUCKETS_S.get(i) else {
                 // +Inf bucket: the best we can say is "above the last bound".
                 return Some(LATENCY_BUCKETS_S[LATENCY_BUCKETS_S.len() - 1]);
@@ -423,9 +427,18 @@ mod tests {
 
     #[test]
     fn circuit_state_names_are_the_contract() {
-        assert_eq!(serde_json::to_string(&CircuitState::HalfOpen).unwrap(), "\"half-open\"");
-        assert_eq!(serde_json::to_string(&CircuitState::Open).unwrap(), "\"open\"");
-        assert_eq!(serde_json::to_string(&BackendSource::Admin).unwrap(), "\"admin\"");
+        assert_eq!(
+            serde_json::to_string(&CircuitState::HalfOpen).unwrap(),
+            "\"half-open\""
+        );
+        assert_eq!(
+            serde_json::to_string(&CircuitState::Open).unwrap(),
+            "\"open\""
+        );
+        assert_eq!(
+            serde_json::to_string(&BackendSource::Admin).unwrap(),
+            "\"admin\""
+        );
     }
 
     #[test]

@@ -94,7 +94,9 @@ pub fn backend_url(input: &str) -> Result<BackendUrl, String> {
         ));
     }
     if rest.contains('@') {
-        return Err(format!("`{s}` has user info: credentials do not belong in a backend URL"));
+        return Err(format!(
+            "`{s}` has user info: credentials do not belong in a backend URL"
+        ));
     }
     let (host, port) = split_host_port(rest).map_err(|e| format!("`{s}`: {e}"))?;
     let port = match port {
@@ -109,7 +111,11 @@ fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
         let (host, after) = rest
             .split_once(']')
             .ok_or_else(|| "unclosed `[` in IPv6 host".to_string())?;
-        if host.is_empty() || !host.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return Err(format!("`[{host}]` is not an IPv6 address"));
         }
         let port = match after {
@@ -131,7 +137,9 @@ fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
         let valid = host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -171,10 +179,19 @@ mod tests {
         assert_eq!(u.host, "backend1");
         assert_eq!(u.port, 80);
         assert_eq!(u.key(), "http://backend1:80");
-        assert_eq!(backend_url("HTTP://Backend1/").unwrap().key(), "http://backend1:80");
+        assert_eq!(
+            backend_url("HTTP://Backend1/").unwrap().key(),
+            "http://backend1:80"
+        );
         assert_eq!(backend_url("https://api.example.com").unwrap().port, 443);
-        assert_eq!(backend_url("http://127.0.0.1:9001").unwrap().authority(), "127.0.0.1:9001");
-        assert_eq!(backend_url("http://[::1]:9001").unwrap().authority(), "[::1]:9001");
+        assert_eq!(
+            backend_url("http://127.0.0.1:9001").unwrap().authority(),
+            "127.0.0.1:9001"
+        );
+        assert_eq!(
+            backend_url("http://[::1]:9001").unwrap().authority(),
+            "[::1]:9001"
+        );
     }
 
     #[test]

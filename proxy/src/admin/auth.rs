@@ -25,7 +25,8 @@ pub fn load_token(token_file: Option<&str>) -> Result<Option<String>, String> {
     match token_file {
         None => Ok(None),
         Some(path) => {
-            let t = std::fs::read_to_string(path).map_err(|e| format!("cannot read admin token file {path}: {e}"))?;
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read admin token file {path}: {e}"))?;
             let t = t.trim().to_string();
             if t.is_empty() {
                 return Err(format!("admin token file {path} is empty"));
@@ -51,10 +52,16 @@ fn check(state: &AdminState, req: &Request) -> Result<(), AdminError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match presented {
-        None => Err(AdminError::new(StatusCode::UNAUTHORIZED, "missing bearer token")),
+        None => Err(AdminError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        )),
         Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(AdminError::new(StatusCode::FORBIDDEN, "invalid token")),
     }
@@ -64,7 +71,11 @@ pub async fn require_write(State(state): State<AdminState>, req: Request, next: 
     match check(&state, &req) {
         Ok(()) => next.run(req).await,
         Err(e) => {
-            state.app.metrics.admin_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .app
+                .metrics
+                .admin_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             e.into_response()
         }
     }

@@ -67,6 +67,12 @@ impl AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ApiError { error: self.message })).into_response()
+        (
+            self.status,
+            axum::Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }

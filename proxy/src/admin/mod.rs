@@ -16,7 +16,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use switchyard_shared::validate;
 use switchyard_shared::{
-    AddBackendRequest, ChangeResponse, ClusterView, ReadyCheck, ReadyView, RemoveBackendRequest, ReplicaView,
+    AddBackendRequest, ChangeResponse, ClusterView, ReadyCheck, ReadyView, RemoveBackendRequest,
+    ReplicaView,
 };
 
 pub use auth::{constant_time_eq, load_token};
@@ -90,11 +91,19 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         ReadyCheck {
             name: "shutdown".into(),
             ok: !stopping,
-            detail: if stopping { "draining for shutdown".into() } else { "running".into() },
+            detail: if stopping {
+                "draining for shutdown".into()
+            } else {
+                "running".into()
+            },
         },
     ];
     let ready = checks.iter().all(|c| c.ok);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(ReadyView { ready, checks })).into_response()
 }
 
@@ -149,8 +158,10 @@ async fn add(
     body: Result<JsonBody<AddBackendRequest>, AdminError>,
 ) -> Result<Json<ChangeResponse>, AdminError> {
     let JsonBody(req) = body.map_err(|e| count_error(&s, e))?;
-    let target = validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
-    let weight = validate::weight(req.weight.unwrap_or(1)).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
+    let target =
+        validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
+    let weight = validate::weight(req.weight.unwrap_or(1))
+        .map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
     let key = target.key();
     let change = MembershipChange {
         key: key.clone(),
@@ -158,12 +169,12 @@ async fn add(
         op: OverlayOp::Add,
         weight,
     };
-    let overlay = s
-        .app
-        .store
-        .change_membership(change)
-        .await
-        .map_err(|e| AdminError::new(StatusCode::SERVICE_UNAVAILABLE, format!("change not stored: {e}")))?;
+    let overlay = s.app.store.change_membership(change).await.map_err(|e| {
+        AdminError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("change not stored: {e}"),
+        )
+    })?;
     s.app.apply_overlay(overlay);
     Ok(Json(ChangeResponse {
         ok: true,
@@ -177,13 +188,17 @@ async fn remove(
     body: Result<JsonBody<RemoveBackendRequest>, AdminError>,
 ) -> Result<Json<ChangeResponse>, AdminError> {
     let JsonBody(req) = body.map_err(|e| count_error(&s, e))?;
-    let target = validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
+    let target =
+        validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
     let key = target.key();
     let snap = s.app.snapshot();
     let Some(member) = snap.find(&key) else {
         return Err(count_error(
             &s,
-            AdminError::new(StatusCode::NOT_FOUND, format!("backend {key} is not in the running set")),
+            AdminError::new(
+                StatusCode::NOT_FOUND,
+                format!("backend {key} is not in the running set"),
+            ),
         ));
     };
     let change = MembershipChange {
@@ -192,12 +207,12 @@ async fn remove(
         op: OverlayOp::Remove,
         weight: member.weight,
     };
-    let overlay = s
-        .app
-        .store
-        .change_membership(change)
-        .await
-        .map_err(|e| AdminError::new(StatusCode::SERVICE_UNAVAILABLE, format!("change not stored: {e}")))?;
+    let overlay = s.app.store.change_membership(change).await.map_err(|e| {
+        AdminError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("change not stored: {e}"),
+        )
+    })?;
     s.app.apply_overlay(overlay);
     Ok(Json(ChangeResponse {
         ok: true,

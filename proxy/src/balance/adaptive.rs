@@ -55,7 +55,12 @@ impl Adaptive {
 }
 
 impl Balance for Adaptive {
-    fn pick(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, now: Instant) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &[Member],
+        eligible: &dyn Fn(usize) -> bool,
+        now: Instant,
+    ) -> Option<usize> {
         let n = members.len();
         let first = draw(n, eligible, None)?;
         let Some(second) = draw(n, eligible, Some(first)) else {

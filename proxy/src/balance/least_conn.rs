@@ -19,7 +19,12 @@ pub struct LeastConnections {
 }
 
 impl Balance for LeastConnections {
-    fn pick(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, _now: Instant) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &[Member],
+        eligible: &dyn Fn(usize) -> bool,
+        _now: Instant,
+    ) -> Option<usize> {
         let n = members.len();
         if n == 0 {
             return None;

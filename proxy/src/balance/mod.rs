@@ -25,7 +25,12 @@ use crate::config::{Config, Strategy};
 pub trait Balance: Send + Sync {
     /// Index into `members` of the chosen backend among those `eligible` allows,
     /// or `None` when it allows none.
-    fn pick(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, now: Instant) -> Option<usize>;
+    fn pick(
+        &self,
+        members: &[Member],
+        eligible: &dyn Fn(usize) -> bool,
+        now: Instant,
+    ) -> Option<usize>;
 }
 
 /// Builds the configured strategy for `members`.

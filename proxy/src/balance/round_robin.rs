@@ -29,7 +29,12 @@ impl RoundRobin {
 }
 
 impl Balance for RoundRobin {
-    fn pick(&self, members: &[Member], eligible: &dyn Fn(usize) -> bool, _now: Instant) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &[Member],
+        eligible: &dyn Fn(usize) -> bool,
+        _now: Instant,
+    ) -> Option<usize> {
         let mut current = self.current.lock();
         if current.len() != members.len() {
             current.resize(members.len(), 0);

@@ -120,13 +120,19 @@ async fn adaptive_reprobes_an_avoided_backend_eventually() {
     let m = members(&[1, 1]);
     let a = Adaptive::new(&cfg);
     let t0 = Instant::now();
-    m[0].backend.latency.observe(1e6, false, m[0].backend.nanos(t0), tau);
-    m[1].backend.latency.observe(50e6, false, m[1].backend.nanos(t0), tau);
+    m[0].backend
+        .latency
+        .observe(1e6, false, m[0].backend.nanos(t0), tau);
+    m[1].backend
+        .latency
+        .observe(50e6, false, m[1].backend.nanos(t0), tau);
     assert_eq!(a.pick(&m, &all, t0), Some(0));
     // backend 0 keeps being sampled; backend 1 is not, and decays
     tokio::time::advance(std::time::Duration::from_secs(120)).await;
     let later = Instant::now();
-    m[0].backend.latency.observe(1e6, false, m[0].backend.nanos(later), tau);
+    m[0].backend
+        .latency
+        .observe(1e6, false, m[0].backend.nanos(later), tau);
     assert_eq!(a.pick(&m, &all, later), Some(1));
 }
 

@@ -8,7 +8,11 @@ use switchyard::config::types::parse_duration;
 use switchyard::demo::{Behaviour, Control, DemoServer};
 
 #[derive(Debug, Parser)]
-#[command(name = "demo-upstream", version, about = "A demo backend that can be made slow, failing or hung")]
+#[command(
+    name = "demo-upstream",
+    version,
+    about = "A demo backend that can be made slow, failing or hung"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001")]
@@ -32,7 +36,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("demo-upstream: {e}");
@@ -48,7 +56,9 @@ fn main() -> ExitCode {
             }
         };
         let addr = listener.local_addr().unwrap_or(args.listen);
-        let name = args.name.unwrap_or_else(|| format!("backend-{}", addr.port()));
+        let name = args
+            .name
+            .unwrap_or_else(|| format!("backend-{}", addr.port()));
         let control = Control::new(&name);
         control.apply(&Behaviour {
             latency_ms: args.latency.map(|d| d.as_secs_f64() * 1e3),

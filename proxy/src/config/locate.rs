@@ -80,11 +80,11 @@ impl MarkedEventReceiver for Builder {
         match ev {
             Event::Scalar(value, ..) => {
                 // A scalar in key position names the next value.
-                if let Some((Frame::Map { key }, _)) = self.stack.last_mut() {
-                    if key.is_none() {
-                        *key = Some(value);
-                        return;
-                    }
+                if let Some((Frame::Map { key }, _)) = self.stack.last_mut()
+                    && key.is_none()
+                {
+                    *key = Some(value);
+                    return;
                 }
                 self.enter(line);
             }

@@ -668,7 +668,8 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         Config::default()
     } else {
         let de = yaml_serde::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigErrors(vec![from_yaml_error(&e, text, file)]))?
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| ConfigErrors(vec![from_yaml_error(&e, text, file)]))?
     };
     let problems = validate(&config);
     if problems.is_empty() {
@@ -688,17 +689,22 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     ))
 }
 
-fn from_yaml_error(e: &serde_path_to_error::Error<yaml_serde::Error>, text: &str, file: &str) -> ConfigError {
+fn from_yaml_error(
+    e: &serde_path_to_error::Error<yaml_serde::Error>,
+    text: &str,
+    file: &str,
+) -> ConfigError {
     let inner = e.inner();
     // The message reads "[path: ]reason at line L column C"; keep the reason.
     let mut reason = inner.to_string();
     if let Some(cut) = reason.rfind(" at line ") {
         reason.truncate(cut);
     }
-    if let Some((prefix, rest)) = reason.split_once(": ") {
-        if !prefix.contains(' ') && !prefix.is_empty() {
-            reason = rest.to_string();
-        }
+    if let Some((prefix, rest)) = reason.split_once(": ")
+        && !prefix.contains(' ')
+        && !prefix.is_empty()
+    {
+        reason = rest.to_string();
     }
     let path = e.path().to_string();
     let field = (path != "." && !path.is_empty()).then_some(path);
@@ -720,16 +726,16 @@ fn from_yaml_error(e: &serde_path_to_error::Error<yaml_serde::Error>, text: &str
 /// Cross-field rules the types cannot express: `(field path, reason)` each.
 fn validate(c: &Config) -> Vec<(String, String)> {
     let mut errs = Vec::new();
-    if let (Some(top), Some(inner)) = (c.strategy, c.server.strategy) {
-        if top != inner {
-            errs.push((
-                "server.strategy".into(),
-                format!(
-                    "conflicts with top-level strategy `{}` (set it in one place)",
-                    top.as_str()
-                ),
-            ));
-        }
+    if let (Some(top), Some(inner)) = (c.strategy, c.server.strategy)
+        && top != inner
+    {
+        errs.push((
+            "server.strategy".into(),
+            format!(
+                "conflicts with top-level strategy `{}` (set it in one place)",
+                top.as_str()
+            ),
+        ));
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, b) in c.backends.iter().enumerate() {
@@ -742,13 +748,13 @@ fn validate(c: &Config) -> Vec<(String, String)> {
         } else {
             seen.insert(key, i);
         }
-        if let Some(p) = &b.health_check_path {
-            if !p.starts_with('/') {
-                errs.push((
-                    format!("backends[{i}].health_check_path"),
-                    format!("must start with `/`, got `{p}`"),
-                ));
-            }
+        if let Some(p) = &b.health_check_path
+            && !p.starts_with('/')
+        {
+            errs.push((
+                format!("backends[{i}].health_check_path"),
+                format!("must start with `/`, got `{p}`"),
+            ));
         }
     }
     if c.server.port != 0 && c.server.port == c.server.admin_port {
@@ -758,7 +764,10 @@ fn validate(c: &Config) -> Vec<(String, String)> {
         ));
     }
     if c.server.header_read_timeout.get().is_zero() {
-        errs.push(("server.header_read_timeout".into(), "must be greater than 0".into()));
+        errs.push((
+            "server.header_read_timeout".into(),
+            "must be greater than 0".into(),
+        ));
     }
     for (name, d) in [
         ("timeouts.connect", c.timeouts.connect),
@@ -771,13 +780,22 @@ fn validate(c: &Config) -> Vec<(String, String)> {
     }
     if let Some(h) = &c.health_check {
         if !h.path.starts_with('/') {
-            errs.push(("health_check.path".into(), format!("must start with `/`, got `{}`", h.path)));
+            errs.push((
+                "health_check.path".into(),
+                format!("must start with `/`, got `{}`", h.path),
+            ));
         }
         if h.interval.get().is_zero() {
-            errs.push(("health_check.interval".into(), "must be greater than 0".into()));
+            errs.push((
+                "health_check.interval".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if h.timeout.get().is_zero() {
-            errs.push(("health_check.timeout".into(), "must be greater than 0".into()));
+            errs.push((
+                "health_check.timeout".into(),
+                "must be greater than 0".into(),
+            ));
         } else if h.timeout > h.interval {
             errs.push((
                 "health_check.timeout".into(),
@@ -790,10 +808,16 @@ fn validate(c: &Config) -> Vec<(String, String)> {
     }
     if let Some(o) = &c.outlier_detection {
         if o.window.get().is_zero() {
-            errs.push(("outlier_detection.window".into(), "must be greater than 0".into()));
+            errs.push((
+                "outlier_detection.window".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if o.base_ejection_time.get().is_zero() {
-            errs.push(("outlier_detection.base_ejection_time".into(), "must be greater than 0".into()));
+            errs.push((
+                "outlier_detection.base_ejection_time".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if o.max_ejection_time < o.base_ejection_time {
             errs.push((
@@ -804,10 +828,16 @@ fn validate(c: &Config) -> Vec<(String, String)> {
     }
     if let Some(cb) = &c.circuit_breaker {
         if cb.window.get().is_zero() {
-            errs.push(("circuit_breaker.window".into(), "must be greater than 0".into()));
+            errs.push((
+                "circuit_breaker.window".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if cb.open_duration.get().is_zero() {
-            errs.push(("circuit_breaker.open_duration".into(), "must be greater than 0".into()));
+            errs.push((
+                "circuit_breaker.open_duration".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if cb.max_open_duration < cb.open_duration {
             errs.push((
@@ -827,15 +857,23 @@ fn validate(c: &Config) -> Vec<(String, String)> {
         }
     }
     if let Some(cl) = &c.cluster {
-        if let Some(url) = &cl.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-                errs.push((
-                    "cluster.redis_url".into(),
-                    "must start with redis:// or rediss://".into(),
-                ));
-            }
+        if let Some(url) = &cl.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+        {
+            errs.push((
+                "cluster.redis_url".into(),
+                "must start with redis:// or rediss://".into(),
+            ));
         }
-        if cl.name.is_empty() || !cl.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if cl.name.is_empty()
+            || !cl
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             errs.push((
                 "cluster.name".into(),
                 format!("`{}`: use letters, digits, `-`, `_` or `.`", cl.name),
@@ -863,10 +901,13 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             format!("`{}`: expected text or json", c.logging.format),
         ));
     }
-    if let Some(g) = &c.gitops {
-        if g.poll_interval.get().is_zero() {
-            errs.push(("gitops.poll_interval".into(), "must be greater than 0".into()));
-        }
+    if let Some(g) = &c.gitops
+        && g.poll_interval.get().is_zero()
+    {
+        errs.push((
+            "gitops.poll_interval".into(),
+            "must be greater than 0".into(),
+        ));
     }
     errs
 }

@@ -77,13 +77,24 @@ fn bad_url_names_line_and_field() {
     assert_eq!(e.line, Some(3));
     assert_eq!(e.field.as_deref(), Some("backends[1].url"));
     assert!(e.reason.contains("unsupported scheme"), "{e}");
-    assert_eq!(e.to_string(), format!("c.yaml:3: backends[1].url: {}", e.reason));
+    assert_eq!(
+        e.to_string(),
+        format!("c.yaml:3: backends[1].url: {}", e.reason)
+    );
 }
 
 #[test]
 fn bad_weights_are_refused() {
-    for (w, needle) in [("0", "from 1 to 1000"), ("-2", "from 1 to 1000"), ("100000", "from 1 to 1000"), ("1.5", "integer"), ("heavy", "")] {
-        let e = err(&format!("backends:\n  - url: http://a:80\n    weight: {w}\n"));
+    for (w, needle) in [
+        ("0", "from 1 to 1000"),
+        ("-2", "from 1 to 1000"),
+        ("100000", "from 1 to 1000"),
+        ("1.5", "integer"),
+        ("heavy", ""),
+    ] {
+        let e = err(&format!(
+            "backends:\n  - url: http://a:80\n    weight: {w}\n"
+        ));
         assert_eq!(e.line, Some(3), "{w}: {e}");
         assert_eq!(e.field.as_deref(), Some("backends[0].weight"), "{w}: {e}");
         assert!(e.reason.contains(needle), "{w}: {e}");
@@ -113,8 +124,15 @@ fn durations_must_be_strings_with_units() {
     assert_eq!(e.line, Some(2));
     assert_eq!(e.field.as_deref(), Some("timeouts.connect"));
     assert!(e.reason.contains("\"5s\""), "{e}");
-    let c = parse("timeouts:\n  connect: 500ms\n  request: \"10s\"\n", "c.yaml").unwrap();
-    assert_eq!(c.timeouts.connect.get(), std::time::Duration::from_millis(500));
+    let c = parse(
+        "timeouts:\n  connect: 500ms\n  request: \"10s\"\n",
+        "c.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.timeouts.connect.get(),
+        std::time::Duration::from_millis(500)
+    );
     assert_eq!(c.timeouts.request.get(), std::time::Duration::from_secs(10));
 }
 
@@ -127,14 +145,20 @@ fn syntax_errors_have_a_line() {
 #[test]
 fn resilience_values_are_checked() {
     let e = err("circuit_breaker:\n  failure_threshold: -1\n");
-    assert_eq!(e.field.as_deref(), Some("circuit_breaker.failure_threshold"));
+    assert_eq!(
+        e.field.as_deref(),
+        Some("circuit_breaker.failure_threshold")
+    );
     assert!(e.reason.contains("from 1 to"), "{e}");
     let e = err("rate_limit:\n  requests_per_second: 0\n  burst: 5\n");
     assert_eq!(e.field.as_deref(), Some("rate_limit.requests_per_second"));
     assert!(e.reason.contains("greater than 0"), "{e}");
     let e = err("rate_limit:\n  requests_per_second: 5\n  burst: 5\n  key: cookie:session\n");
     assert_eq!(e.field.as_deref(), Some("rate_limit.key"));
-    assert!(e.reason.contains("unknown key kind `cookie:session`"), "{e}");
+    assert!(
+        e.reason.contains("unknown key kind `cookie:session`"),
+        "{e}"
+    );
     let e = err("health_check:\n  unhealthy_threshold: 0\n");
     assert_eq!(e.field.as_deref(), Some("health_check.unhealthy_threshold"));
     let e = err("health_check:\n  interval: 1s\n  timeout: 5s\n");
@@ -143,7 +167,10 @@ fn resilience_values_are_checked() {
     let e = err("health_check:\n  expected_status: \"300-200\"\n");
     assert_eq!(e.field.as_deref(), Some("health_check.expected_status"));
     let e = err("outlier_detection:\n  max_ejection_percent: 150\n");
-    assert_eq!(e.field.as_deref(), Some("outlier_detection.max_ejection_percent"));
+    assert_eq!(
+        e.field.as_deref(),
+        Some("outlier_detection.max_ejection_percent")
+    );
 }
 
 #[test]

@@ -52,7 +52,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{s}` is not a duration: expected e.g. \"500ms\" or \"10s\""));
+            return Err(format!(
+                "`{s}` is not a duration: expected e.g. \"500ms\" or \"10s\""
+            ));
         }
         let number: f64 = rest[..digits]
             .parse()
@@ -93,7 +95,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 && ms > 0 {
+        if ms.is_multiple_of(1000) && ms > 0 {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -179,17 +181,23 @@ impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Int<MIN, MAX> {
                 if (MIN..=MAX).contains(&v) {
                     Ok(Int(v))
                 } else {
-                    Err(E::custom(format!("must be an integer from {MIN} to {MAX}, got {v}")))
+                    Err(E::custom(format!(
+                        "must be an integer from {MIN} to {MAX}, got {v}"
+                    )))
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
                 match i64::try_from(v) {
                     Ok(v) => self.visit_i64(v),
-                    Err(_) => Err(E::custom(format!("must be an integer from {MIN} to {MAX}, got {v}"))),
+                    Err(_) => Err(E::custom(format!(
+                        "must be an integer from {MIN} to {MAX}, got {v}"
+                    ))),
                 }
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("must be an integer from {MIN} to {MAX}, got {v}")))
+                Err(E::custom(format!(
+                    "must be an integer from {MIN} to {MAX}, got {v}"
+                )))
             }
         }
         d.deserialize_any(V::<MIN, MAX>)
@@ -238,7 +246,9 @@ impl<'de> Deserialize<'de> for Ratio {
         if v.is_finite() && (0.0..=1.0).contains(&v) {
             Ok(Ratio(v))
         } else {
-            Err(de::Error::custom(format!("must be a number from 0 to 1, got {v}")))
+            Err(de::Error::custom(format!(
+                "must be a number from 0 to 1, got {v}"
+            )))
         }
     }
 }
@@ -249,7 +259,9 @@ impl<'de> Deserialize<'de> for Positive {
         if v.is_finite() && v > 0.0 && v <= 1e9 {
             Ok(Positive(v))
         } else {
-            Err(de::Error::custom(format!("must be a number greater than 0, got {v}")))
+            Err(de::Error::custom(format!(
+                "must be a number greater than 0, got {v}"
+            )))
         }
     }
 }
@@ -282,9 +294,13 @@ impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = deserialize_number(d)?;
         if v.fract() != 0.0 {
-            return Err(de::Error::custom(format!("weight must be an integer, got {v}")));
+            return Err(de::Error::custom(format!(
+                "weight must be an integer, got {v}"
+            )));
         }
-        validate::weight(v as i64).map(Weight).map_err(de::Error::custom)
+        validate::weight(v as i64)
+            .map(Weight)
+            .map_err(de::Error::custom)
     }
 }
 

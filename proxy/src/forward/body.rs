@@ -27,7 +27,10 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
@@ -79,7 +82,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(body, guard) => {
@@ -125,7 +131,13 @@ pub struct ResponseGuard {
 
 impl ResponseGuard {
     /// Takes over one in-flight count on `backend` and one on the proxy.
-    pub fn new(app: Arc<App>, backend: Arc<Backend>, conn: Option<Sender>, max_idle: usize, started: Instant) -> Self {
+    pub fn new(
+        app: Arc<App>,
+        backend: Arc<Backend>,
+        conn: Option<Sender>,
+        max_idle: usize,
+        started: Instant,
+    ) -> Self {
         Self {
             app,
             backend,
@@ -141,10 +153,10 @@ impl ResponseGuard {
             return;
         }
         self.done = true;
-        if let Some(conn) = self.conn.take() {
-            if clean {
-                self.backend.pool.put(conn, self.max_idle);
-            }
+        if let Some(conn) = self.conn.take()
+            && clean
+        {
+            self.backend.pool.put(conn, self.max_idle);
         }
         self.backend.stats.active.fetch_sub(1, Relaxed);
         self.app.metrics.finish_request(self.started.elapsed());

@@ -52,15 +52,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
 }
 
 /// Sets `X-Forwarded-*`. From a trusted peer the existing chain is extended and its
 /// proto/host kept; from anyone else all three are replaced, so a client cannot
 /// forge its address to a backend or to our rate limiter.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, host: Option<HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    host: Option<HeaderValue>,
+) {
     let ip = ip_value(peer);
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) if trusted => {
@@ -128,7 +135,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -152,7 +162,11 @@ mod tests {
 
     #[test]
     fn upgrade_survives_when_asked() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
         assert!(wants_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
@@ -162,8 +176,17 @@ mod tests {
 
     #[test]
     fn forwarded_headers_replaced_for_untrusted_peers() {
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil")]);
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, Some(HeaderValue::from_static("api.local")));
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "10.0.0.1".parse().unwrap(),
+            false,
+            Some(HeaderValue::from_static("api.local")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.local");
@@ -171,8 +194,16 @@ mod tests {
 
     #[test]
     fn forwarded_headers_extended_for_trusted_peers() {
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, Some(HeaderValue::from_static("api.local")));
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "10.0.0.1".parse().unwrap(),
+            true,
+            Some(HeaderValue::from_static("api.local")),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.local");
@@ -182,11 +213,20 @@ mod tests {
     fn client_ip_walks_trusted_hops() {
         let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
         let h = map(&[("x-forwarded-for", "7.7.7.7, 1.2.3.4, 10.0.0.9")]);
-        assert_eq!(client_ip(&h, "10.0.0.1".parse().unwrap(), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&h, "10.0.0.1".parse().unwrap(), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // untrusted peer: its own address, whatever it claims
-        assert_eq!(client_ip(&h, "5.5.5.5".parse().unwrap(), &trusted), "5.5.5.5".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&h, "5.5.5.5".parse().unwrap(), &trusted),
+            "5.5.5.5".parse::<IpAddr>().unwrap()
+        );
         // garbage stops the walk
         let h = map(&[("x-forwarded-for", "nonsense, 10.0.0.2")]);
-        assert_eq!(client_ip(&h, "10.0.0.1".parse().unwrap(), &trusted), "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&h, "10.0.0.1".parse().unwrap(), &trusted),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
     }
 }

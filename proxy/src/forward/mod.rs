@@ -38,7 +38,11 @@ use crate::errors::ProxyError;
 use crate::snapshot::Snapshot;
 
 /// Handles one client request end to end; never fails (errors become responses).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     app.metrics.start_request();
     let snap = app.snapshot();
@@ -74,7 +78,11 @@ async fn forward(
 
     let bodiless = incoming.is_end_stream();
     let replayable = bodiless && is_idempotent(&parts.method);
-    let mut body = Some(if bodiless { ReqBody::Empty } else { ReqBody::Incoming(incoming) });
+    let mut body = Some(if bodiless {
+        ReqBody::Empty
+    } else {
+        ReqBody::Incoming(incoming)
+    });
     let mut parts = Some(parts);
 
     let attempts = 1 + cfg.retries.attempts.as_usize();
@@ -118,7 +126,9 @@ async fn forward(
             (p, None)
         };
         if !cfg.upstream.preserve_host {
-            send_parts.headers.insert(header::HOST, backend.authority.clone());
+            send_parts
+                .headers
+                .insert(header::HOST, backend.authority.clone());
         }
         let request = Request::from_parts(send_parts, b);
         let timeout = cfg.timeouts.request.get();
@@ -175,7 +185,15 @@ async fn forward(
             cfg,
         );
         inflight.hand_over();
-        return Ok(respond(app, backend, tx, resp, client_upgrade, cfg, started));
+        return Ok(respond(
+            app,
+            backend,
+            tx,
+            resp,
+            client_upgrade,
+            cfg,
+            started,
+        ));
     }
     Err(last_err)
 }
@@ -191,15 +209,15 @@ fn respond(
     started: Instant,
 ) -> Response<ProxyBody> {
     let max_idle = cfg.upstream.max_idle_per_backend.as_usize();
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let guard = ResponseGuard::new(app.clone(), backend.clone(), None, max_idle, started);
-            tokio::spawn(tunnel(client, upstream, guard));
-            let (mut parts, _) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, true);
-            return Response::from_parts(parts, ProxyBody::empty());
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = client_upgrade
+    {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let guard = ResponseGuard::new(app.clone(), backend.clone(), None, max_idle, started);
+        tokio::spawn(tunnel(client, upstream, guard));
+        let (mut parts, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        return Response::from_parts(parts, ProxyBody::empty());
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -209,7 +227,11 @@ fn respond(
 
 /// Splices an upgraded (WebSocket) connection to the backend's; the guard keeps the
 /// backend's in-flight count until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: ResponseGuard) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: ResponseGuard,
+) {
     let (client, upstream) = tokio::join!(client, upstream);
     if let (Ok(client), Ok(upstream)) = (client, upstream) {
         let mut client = TokioIo::new(client);
@@ -229,13 +251,17 @@ fn prepare(parts: &mut Parts, peer: SocketAddr, cfg: &Config, upgrade: bool) {
     });
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // HTTP/2 and absolute-form requests: the backend gets origin form.
-        let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
         parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(h) = &host {
-            parts.headers.insert(header::HOST, h.clone());
-        }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(h) = &host
+    {
+        parts.headers.insert(header::HOST, h.clone());
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
@@ -285,7 +311,10 @@ struct Inflight<'a> {
 impl<'a> Inflight<'a> {
     fn new(backend: &'a Backend) -> Self {
         backend.stats.active.fetch_add(1, Relaxed);
-        Self { backend, armed: true }
+        Self {
+            backend,
+            armed: true,
+        }
     }
 
     fn hand_over(mut self) {

@@ -33,7 +33,9 @@ fn build(ca_file: Option<&str>) -> Result<TlsConnector, String> {
             return Err(format!("no certificates in CA file {path}"));
         }
         for c in certs {
-            roots.add(c).map_err(|e| format!("bad certificate in {path}: {e}"))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("bad certificate in {path}: {e}"))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -48,10 +50,10 @@ fn build(ca_file: Option<&str>) -> Result<TlsConnector, String> {
 /// Makes `ca_file` the trust source for new upstream TLS connections; an error
 /// leaves the previous one in force (the caller refuses the config).
 pub fn configure(ca_file: Option<&str>) -> Result<(), String> {
-    if let Some(cur) = CURRENT.load().as_ref() {
-        if cur.ca_file.as_deref() == ca_file {
-            return Ok(());
-        }
+    if let Some(cur) = CURRENT.load().as_ref()
+        && cur.ca_file.as_deref() == ca_file
+    {
+        return Ok(());
     }
     let connector = build(ca_file)?;
     CURRENT.store(Some(Arc::new(Current {
@@ -72,7 +74,8 @@ pub async fn connect(host: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>,
             }
         }
     };
-    let name = ServerName::try_from(host.to_string()).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|e| ConnectError::Tls(e.to_string()))?;
     connector
         .connect(name, tcp)
         .await

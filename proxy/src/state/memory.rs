@@ -32,7 +32,10 @@ impl StateStore for MemoryStore {
         async move { Ok(overlay) }.boxed()
     }
 
-    fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<Overlay, StoreError>> {
+    fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> BoxFuture<'_, Result<Overlay, StoreError>> {
         let overlay = {
             let mut o = self.overlay.lock();
             o.version += 1;

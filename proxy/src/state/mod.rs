@@ -82,7 +82,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Applies one change atomically and returns the overlay after it. Changes are
     /// ordered by the store, never by replica clocks.
-    fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<Overlay, StoreError>>;
+    fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> BoxFuture<'_, Result<Overlay, StoreError>>;
 
     /// Changes made anywhere, as they happen. Receivers that lag simply resync.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;

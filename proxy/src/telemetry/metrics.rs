@@ -121,7 +121,6 @@ impl Histogram {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,366 @@
+//! The admin API: seed shapes, runtime add/remove, every bad-input case, tokens,
+//! and `switchyard check` / startup errors of the binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use switchyard::admin::{self, AdminState};
+use switchyard::app::App;
+use switchyard::state::MemoryStore;
+use tower::ServiceExt;
+
+fn app(yaml: &str) -> Arc<App> {
+    let config = switchyard::config::parse(yaml, "t.yaml").unwrap();
+    App::new(
+        config,
+        Arc::new(MemoryStore::default()),
+        "test".into(),
+        switchyard::server::file_source("t.yaml"),
+    )
+}
+
+async fn oneshot(
+    app: &Arc<App>,
+    token: Option<&str>,
+    req: Request<AxumBody>,
+) -> (StatusCode, serde_json::Value) {
+    let router = admin::router(AdminState {
+        app: app.clone(),
+        token: token.map(str::to_string),
+        public_read: false,
+    });
+    let resp = router.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+fn post_json(path: &str, body: impl Into<AxumBody>) -> Request<AxumBody> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bad_add_requests_get_400_with_one_line_messages() {
+    let a = app("backends:\n  - url: http://127.0.0.1:9\n");
+    let cases: &[(&str, &str)] = &[
+        ("{", "invalid JSON body: EOF while parsing"),
+        ("", "invalid JSON body: EOF while parsing"),
+        (
+            "[1,2]",
+            "invalid JSON body: invalid type: integer `1`, expected a string",
+        ),
+        (
+            "\"just a string\"",
+            "invalid JSON body: invalid type: string",
+        ),
+        (
+            r#"{"url": 5}"#,
+            "invalid JSON body: invalid type: integer `5`, expected a string",
+        ),
+        (
+            r#"{"url": "http://x:80", "weight": "3"}"#,
+            "invalid JSON body: invalid type: string \"3\"",
+        ),
+        (r#"{"weight": 3}"#, "invalid JSON body: missing field `url`"),
+        (
+            r#"{"url": "http://x:80", "wieght": 3}"#,
+            "invalid JSON body: unknown field `wieght`",
+        ),
+        (r#"{"url": "ftp://x"}"#, "unsupported scheme `ftp`"),
+        (r#"{"url": "x:80"}"#, "is not a URL"),
+        (r#"{"url": "http://x/api"}"#, "has a path"),
+        (r#"{"url": "http://x:99999"}"#, "not a valid port"),
+        (
+            r#"{"url": "http://x", "weight": 0}"#,
+            "weight must be an integer from 1 to 1000, got 0",
+        ),
+        (
+            r#"{"url": "http://x", "weight": -2}"#,
+            "weight must be an integer from 1 to 1000, got -2",
+        ),
+        (
+            r#"{"url": "http://x", "weight": 100000}"#,
+            "weight must be an integer from 1 to 1000, got 100000",
+        ),
+    ];
+    for (body, expect) in cases {
+        let (status, v) = oneshot(&a, None, post_json("/admin/add", body.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {v}");
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body} -> {v}"));
+        assert!(msg.contains(expect), "{body}: {msg:?} lacks {expect:?}");
+        assert!(!msg.contains('\n'), "{msg:?}");
+    }
+    // Nothing was added by any of them.
+    assert_eq!(a.snapshot().members.len(), 1);
+    assert_eq!(
+        a.metrics
+            .admin_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        cases.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let a = app("");
+    let big = format!(r#"{{"url":"http://x","pad":"{}"}}"#, "p".repeat(70 * 1024));
+    let (status, v) = oneshot(&a, None, post_json("/admin/add", big.clone())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["error"], "request body over 64 KiB");
+    // Without a Content-Length (chunked), the limit still holds.
+    let stream = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(4096)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let (status, _) = oneshot(
+        &a,
+        None,
+        post_json("/admin/remove", AxumBody::from_stream(stream)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn remove_unknown_backend_is_404_and_bad_url_is_400() {
+    let a = app("backends:\n  - url: http://127.0.0.1:9\n");
+    let (status, v) = oneshot(
+        &a,
+        None,
+        post_json("/admin/remove", r#"{"url":"http://127.0.0.1:10"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        v["error"],
+        "backend http://127.0.0.1:10 is not in the running set"
+    );
+    let (status, v) = oneshot(&a, None, post_json("/admin/remove", r#"{"url":"nope"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = oneshot(
+        &a,
+        None,
+        post_json("/admin/remove", r#"{"url":"http://127.0.0.1:9","x":1}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = oneshot(
+        &a,
+        None,
+        Request::get("/admin/nothing")
+            .body(AxumBody::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"], "no such endpoint");
+}
+
+#[tokio::test]
+async fn tokens_guard_mutations_and_reads() {
+    let a = app("backends:\n  - url: http://127.0.0.1:9\n");
+    let add = || post_json("/admin/add", r#"{"url":"http://127.0.0.1:10"}"#);
+    let (status, v) = oneshot(&a, Some("s3cret"), add()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"], "missing bearer token");
+    let mut req = add();
+    req.headers_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let (status, v) = oneshot(&a, Some("s3cret"), req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(v["error"], "invalid token");
+    let (status, _) = oneshot(
+        &a,
+        Some("s3cret"),
+        Request::get("/admin/backends")
+            .body(AxumBody::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // probes stay open
+    let (status, _) = oneshot(
+        &a,
+        Some("s3cret"),
+        Request::get("/healthz").body(AxumBody::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut req = add();
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let (status, v) = oneshot(&a, Some("s3cret"), req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(a.snapshot().members.len(), 2);
+}
+
+#[tokio::test]
+async fn seed_endpoints_keep_their_shapes_and_runtime_add_routes_traffic() {
+    let (a, b) = (demo("a").await, demo("b").await);
+    let p = proxy(&format!("{}{}", server_yaml(), backends_yaml(&[(&a, 1)]))).await;
+    let admin = p.admin_addr;
+    let m = get(&url(admin, "/metrics")).await.json();
+    let entry = &m.as_array().unwrap()[0];
+    let mut keys: Vec<_> = entry.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["active_conns", "alive", "fails", "latency", "url"]);
+    assert_eq!(entry["url"], a.url());
+    assert_eq!(entry["alive"], true);
+
+    let r = post(
+        &url(admin, "/admin/add"),
+        &format!(r#"{{"url":"{}","weight":2}}"#, b.url()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["ok"], true);
+    let v = backend_view(admin, &b.url()).await.unwrap();
+    assert_eq!(v["source"], "admin");
+    assert_eq!(v["weight"], 2);
+    assert_eq!(v["circuit"], "closed");
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["draining"], false);
+    let c = client();
+    let mut to_b = 0;
+    for _ in 0..30 {
+        let r = send(&c, Method::GET, &url(p.proxy_addr, "/"), None)
+            .await
+            .unwrap();
+        if r.backend() == "b" {
+            to_b += 1;
+        }
+    }
+    assert_eq!(to_b, 20, "weight 2 of 3");
+
+    // Remove, then re-add: state (request counts) survives the round trip.
+    let before = backend_view(admin, &b.url()).await.unwrap()["requests"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        post(
+            &url(admin, "/admin/remove"),
+            &format!(r#"{{"url":"{}"}}"#, b.url())
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    wait_until(Duration::from_secs(5), "b to finish draining", || {
+        let key = b.url();
+        async move { backend_view(admin, &key).await.is_none() }
+    })
+    .await;
+    let r = post(
+        &url(admin, "/admin/add"),
+        &format!(r#"{{"url":"{}/"}}"#, b.url()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = backend_view(admin, &b.url()).await.unwrap();
+    assert_eq!(v["weight"], 1);
+    assert!(v["requests"].as_u64().unwrap() <= before);
+
+    let h = get(&url(admin, "/healthz")).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let r = get(&url(admin, "/readyz")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["ready"], true);
+    let cfg = get(&url(admin, "/admin/config")).await.json();
+    assert_eq!(cfg["drift"]["only_runtime"][0], b.url());
+    p.shutdown().await;
+}
+
+#[test]
+fn check_command_reports_file_line_field_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "server:\n  port: 8080\nstrategy: fastest\n").unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "server:\n  port: 8080\n  admin_port: 8081\nstrategy: \"round-robin\"\nbackends:\n  - url: \"http://backend1:80\"\n    weight: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:3: strategy: unknown strategy `fastest`",
+            bad.display()
+        )),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn startup_errors_are_clear_and_exit_nonzero() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--backend",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot bind the proxy listener on 127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml: cannot read"));
+}
+
+#[tokio::test]
+async fn admin_binds_loopback_without_a_token() {
+    let p =
+        proxy("server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  admin_bind: 0.0.0.0\n")
+            .await;
+    assert!(p.admin_addr.ip().is_loopback(), "{}", p.admin_addr);
+    p.shutdown().await;
+}

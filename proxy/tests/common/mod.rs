@@ -1,0 +1,266 @@
+//! Test harness: real sockets on ephemeral loopback ports, in-process demo upstreams
+//! and proxies, and real `switchyard` processes where a test needs one (signals, RSS).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use switchyard::demo::DemoServer;
+use switchyard::server::{self, Running};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn backend(&self) -> String {
+        self.headers
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn send(
+    c: &Client<HttpConnector, Body>,
+    method: Method,
+    url: &str,
+    body: Option<&str>,
+) -> Result<Resp, String> {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(b) => full(b.to_string()),
+            None => full(Bytes::new()),
+        })
+        .map_err(|e| e.to_string())?;
+    let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+pub async fn get(url: &str) -> Resp {
+    send(&client(), Method::GET, url, None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub async fn post(url: &str, body: &str) -> Resp {
+    send(&client(), Method::POST, url, Some(body))
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// A demo upstream on a free loopback port.
+pub async fn demo(name: &str) -> DemoServer {
+    DemoServer::start("127.0.0.1:0".parse().unwrap(), name)
+        .await
+        .unwrap()
+}
+
+/// The config prefix that binds everything to free loopback ports.
+pub fn server_yaml() -> &'static str {
+    "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n"
+}
+
+/// `backends:` YAML for the given upstreams and weights.
+pub fn backends_yaml(servers: &[(&DemoServer, u32)]) -> String {
+    let mut s = String::from("backends:\n");
+    for (d, w) in servers {
+        s.push_str(&format!("  - url: \"{}\"\n    weight: {w}\n", d.url()));
+    }
+    s
+}
+
+/// Starts an in-process proxy from config YAML.
+pub async fn proxy(yaml: &str) -> Running {
+    let config =
+        switchyard::config::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    server::start(config, server::file_source("test.yaml"))
+        .await
+        .unwrap()
+}
+
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `switchyard` process; killed on drop if still running.
+pub struct Proc {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    /// Starts `switchyard` with `yaml` written to a temp file, plus `args`.
+    pub fn start(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut all = vec!["--config", path.to_str().unwrap(), "--log-format", "json"];
+        all.extend_from_slice(args);
+        let mut p = Self::spawn(&all, env);
+        p._dir = Some(dir);
+        p
+    }
+
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn switchyard");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"listening\"")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
+                }
+                log2.lock().push(line);
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let log3 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log3.lock().push(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("switchyard did not start: {:?}", log.lock());
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Proc {
+            child,
+            proxy: v["proxy"].as_str().unwrap().parse().unwrap(),
+            admin: v["admin"].as_str().unwrap().parse().unwrap(),
+            log,
+            _dir: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().join("\n")
+    }
+
+    /// Waits for the process to exit (bounded), returning its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Fetches `/admin/backends` and returns the entry for `url`.
+pub async fn backend_view(admin: SocketAddr, key: &str) -> Option<serde_json::Value> {
+    let v = get(&url(admin, "/admin/backends")).await.json();
+    v.as_array()?.iter().find(|b| b["url"] == key).cloned()
+}
