@@ -40,7 +40,8 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
-    /// Backend URL (repeatable, or comma-separated); replaces the config's backends.
+    /// Backend URL (repeatable, or comma-separated; bare host:port means http);
+    /// replaces the config's backends.
     #[arg(long = "backend", value_delimiter = ',')]
     pub backends: Vec<String>,
 
@@ -123,7 +124,13 @@ pub fn load_with_overrides(cli: &Cli) -> Result<Config, String> {
             .backends
             .iter()
             .map(|raw| {
-                let parsed = validate::backend_url(raw).map_err(|e| format!("--backend: {e}"))?;
+                // Bare `host:port` means http (handy for quick runs and benchmarks).
+                let raw = if raw.contains("://") {
+                    raw.clone()
+                } else {
+                    format!("http://{raw}")
+                };
+                let parsed = validate::backend_url(&raw).map_err(|e| format!("--backend: {e}"))?;
                 Ok(BackendConfig {
                     url: Url {
                         raw: raw.trim().trim_end_matches('/').to_string(),
