@@ -96,6 +96,7 @@ pub async fn start_with_store(
         .and_then(|c| c.replica_id.clone())
         .unwrap_or_else(|| default_replica_id(proxy_addr.port()));
     let public_read = config.admin.public_read;
+    let dashboard_dir = admin::dashboard::resolve_dir(config.admin.dashboard_dir.as_deref());
     let app = App::new(config, store.clone(), replica_id, source);
     // Pick up an overlay the store already holds (a restart, or other replicas).
     if let Ok(overlay) = store.membership().await {
@@ -112,6 +113,7 @@ pub async fn start_with_store(
         app: app.clone(),
         token,
         public_read,
+        dashboard_dir,
     });
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {

@@ -37,6 +37,7 @@ async fn oneshot(
         app: app.clone(),
         token: token.map(str::to_string),
         public_read: false,
+        dashboard_dir: "/nonexistent".into(),
     });
     let resp = router.oneshot(req).await.unwrap();
     let status = resp.status();
@@ -362,5 +363,176 @@ async fn admin_binds_loopback_without_a_token() {
         proxy("server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  admin_bind: 0.0.0.0\n")
             .await;
     assert!(p.admin_addr.ip().is_loopback(), "{}", p.admin_addr);
+    p.shutdown().await;
+}
+
+/// Reads SSE frames from `/admin/events` until `want` returns true for one.
+async fn read_sse_until(
+    admin: std::net::SocketAddr,
+    query: &str,
+    mut want: impl FnMut(&str, &serde_json::Value) -> bool,
+) -> (String, serde_json::Value) {
+    let resp = client()
+        .request(
+            Request::get(url(admin, &format!("/admin/events{query}")))
+                .body(full(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("SSE frame in time")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            buf.push_str(&String::from_utf8_lossy(&d));
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = "";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e;
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+            if want(event, &v) {
+                return (event.to_string(), v);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn event_stream_pushes_snapshots_and_events() {
+    let a = demo("a").await;
+    let p = proxy(&format!("{}{}", server_yaml(), backends_yaml(&[(&a, 1)]))).await;
+    let admin = p.admin_addr;
+    let (_, snap) = read_sse_until(admin, "", |e, _| e == "snapshot").await;
+    assert_eq!(snap["backends"][0]["url"], a.url());
+    assert_eq!(snap["strategy"], "round-robin");
+    assert_eq!(snap["auth_required"], false);
+    // Two snapshots arrive about a second apart.
+    let t = tokio::time::Instant::now();
+    let mut seen = 0;
+    read_sse_until(admin, "", |e, _| {
+        seen += (e == "snapshot") as u32;
+        seen == 2
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // A change shows up as an event. The watcher's first snapshot proves it is subscribed.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        read_sse_until(admin, "", move |e, v| {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
+            }
+            e == "event" && v["kind"] == "backend_added"
+        })
+        .await
+    });
+    ready_rx.await.unwrap();
+    let r = post(&url(admin, "/admin/add"), r#"{"url":"http://127.0.0.1:9"}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (_, ev) = tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev["backend"], "http://127.0.0.1:9");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn event_stream_accepts_the_token_as_a_query_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let p = proxy(&format!(
+        "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  admin_bind: 127.0.0.1\nadmin:\n  token_file: \"{}\"\n",
+        token.display()
+    ))
+    .await;
+    let r = get(&url(p.admin_addr, "/admin/events")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // elsewhere the query parameter is not a credential
+    let r = get(&url(p.admin_addr, "/admin/backends?access_token=t0ken")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let (_, snap) =
+        read_sse_until(p.admin_addr, "?access_token=t0ken", |e, _| e == "snapshot").await;
+    assert_eq!(snap["auth_required"], true);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn dashboard_files_are_served_with_types_and_etags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<!doctype html><p>hi</p>").unwrap();
+    std::fs::write(dir.path().join("app_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(dir.path().join("app.js"), "export default 1;").unwrap();
+    let p = proxy(&format!(
+        "{}admin:\n  dashboard_dir: \"{}\"\n",
+        server_yaml(),
+        dir.path().display()
+    ))
+    .await;
+    let base = p.admin_addr;
+    let r = get(&url(base, "/dashboard/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.headers["cache-control"], "no-cache");
+    let etag = r.headers["etag"].clone();
+    let r = get(&url(base, "/dashboard/app_bg.wasm")).await;
+    assert_eq!(r.headers["content-type"], "application/wasm");
+    let r = get(&url(base, "/dashboard/app.js")).await;
+    assert_eq!(r.headers["content-type"], "text/javascript; charset=utf-8");
+    let resp = client()
+        .request(
+            Request::get(url(base, "/dashboard/"))
+                .header("if-none-match", etag)
+                .body(full(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        get(&url(base, "/dashboard/../Cargo.toml")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&url(base, "/dashboard/%2e%2e/x")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&url(base, "/dashboard/missing.js")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = get(&url(base, "/dashboard")).await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    p.shutdown().await;
+    // Not built: a page that says how to build it.
+    let p = proxy(&format!(
+        "{}admin:\n  dashboard_dir: /nonexistent\n",
+        server_yaml()
+    ))
+    .await;
+    let r = get(&url(p.admin_addr, "/dashboard/")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("scripts/build-dashboard.sh"));
     p.shutdown().await;
 }

@@ -56,7 +56,8 @@ fn check(state: &AdminState, req: &Request) -> Result<(), AdminError> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .map(str::trim)
+        .or_else(|| query_token(req));
     match presented {
         None => Err(AdminError::new(
             StatusCode::UNAUTHORIZED,
@@ -65,6 +66,17 @@ fn check(state: &AdminState, req: &Request) -> Result<(), AdminError> {
         Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(AdminError::new(StatusCode::FORBIDDEN, "invalid token")),
     }
+}
+
+/// `?access_token=` on the event stream only (EventSource cannot send headers).
+fn query_token(req: &Request) -> Option<&str> {
+    if req.uri().path() != "/admin/events" {
+        return None;
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("access_token="))
 }
 
 pub async fn require_write(State(state): State<AdminState>, req: Request, next: Next) -> Response {

@@ -3,7 +3,10 @@
 //! [`router`] is a plain function of the state, so tests drive it with `oneshot`.
 
 mod auth;
+pub mod dashboard;
 mod json;
+pub mod stream;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,15 +19,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use switchyard_shared::validate;
 use switchyard_shared::{
-    AddBackendRequest, ChangeResponse, ClusterView, ReadyCheck, ReadyView, RemoveBackendRequest,
-    ReplicaView,
+    AddBackendRequest, ChangeResponse, ReadyCheck, ReadyView, RemoveBackendRequest,
 };
 
 pub use auth::{constant_time_eq, load_token};
 pub use json::{AdminError, JsonBody, MAX_BODY};
 
 use crate::app::App;
-use crate::events::now_ms;
 use crate::state::{MembershipChange, OverlayOp};
 
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct AdminState {
     pub app: Arc<App>,
     pub token: Option<String>,
     pub public_read: bool,
+    /// The built dashboard.
+    pub dashboard_dir: std::path::PathBuf,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -40,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/backends", get(backends))
         .route("/admin/config", get(config))
         .route("/admin/cluster", get(cluster))
+        .route("/admin/events", get(stream::events))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
     let write = Router::new()
         .route("/admin/add", post(add))
@@ -48,6 +52,9 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/dashboard", get(dashboard::redirect))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{*path}", get(dashboard::asset))
         .merge(read)
         .merge(write)
         .fallback(not_found)
@@ -120,30 +127,7 @@ async fn config(State(s): State<AdminState>) -> Response {
 }
 
 async fn cluster(State(s): State<AdminState>) -> Response {
-    Json(standalone_view(&s.app)).into_response()
-}
-
-fn standalone_view(app: &App) -> ClusterView {
-    let status = app.config_status();
-    ClusterView {
-        mode: "standalone".into(),
-        name: String::new(),
-        self_id: app.replica.id.clone(),
-        store: app.store.status(),
-        replicas: vec![ReplicaView {
-            id: app.replica.id.clone(),
-            version: app.replica.version.to_string(),
-            started_at_ms: app.replica.started_ms,
-            uptime_s: app.replica.started.elapsed().as_secs(),
-            config_commit: status.commit,
-            config_generation: status.generation,
-            last_heartbeat_ms: now_ms(),
-            is_self: true,
-            ..Default::default()
-        }],
-        converged: true,
-        backends: Vec::new(),
-    }
+    Json(views::cluster_view(&s.app)).into_response()
 }
 
 fn count_error(s: &AdminState, e: AdminError) -> AdminError {
