@@ -1,0 +1,1 @@
+//! Switchyard's live dashboard.
