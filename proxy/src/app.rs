@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use switchyard_shared::{
-    BackendView, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView, EventKind,
-    MetricsEntry,
+    BackendView, CircuitState, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView,
+    EjectionView, EventKind, MetricsEntry,
 };
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Member};
-use crate::config::Config;
+use crate::backend::{Backend, Member, Recorded};
+use crate::config::{Config, Dur};
 use crate::events::{EventLog, now_ms};
 use crate::ratelimit::RateLimiter;
+use crate::resilience::Transition;
 use crate::snapshot::{self, Diff, Snapshot};
 use crate::state::{Overlay, OverlayOp, StateStore};
 use crate::telemetry::metrics::Metrics;
@@ -244,7 +245,11 @@ impl App {
     pub fn backend_views(&self) -> Vec<BackendView> {
         let snap = self.snapshot();
         let now = Instant::now();
-        let mut out: Vec<BackendView> = snap.members.iter().map(|m| view(m, now)).collect();
+        let mut out: Vec<BackendView> = snap
+            .members
+            .iter()
+            .map(|m| view(m, now, &snap.config))
+            .collect();
         for b in self.draining() {
             let m = Member {
                 backend: b,
@@ -252,7 +257,7 @@ impl App {
                 source: switchyard_shared::BackendSource::Admin,
                 health_path: None,
             };
-            out.push(view(&m, now));
+            out.push(view(&m, now, &snap.config));
         }
         out
     }
@@ -286,25 +291,111 @@ impl App {
     }
 }
 
+impl App {
+    /// Logs, counts and publishes the policy transitions one attempt caused.
+    pub fn noted(&self, backend: &Backend, r: Recorded) {
+        if let Some(t) = r.circuit {
+            self.note(backend, t);
+        }
+        if let Some(t) = r.outlier {
+            self.note(backend, t);
+        }
+    }
+
+    /// Logs, counts and publishes one policy transition.
+    pub fn note(&self, backend: &Backend, t: Transition) {
+        let key = &*backend.key;
+        let m = &self.metrics;
+        let (kind, msg) = match t {
+            Transition::CircuitOpened { reason, for_ } => {
+                m.circuits_opened.fetch_add(1, Relaxed);
+                (
+                    EventKind::CircuitOpened,
+                    format!("circuit of {key} opened for {}: {reason}", Dur(for_)),
+                )
+            }
+            Transition::CircuitHalfOpen => {
+                m.circuits_half_opened.fetch_add(1, Relaxed);
+                (
+                    EventKind::CircuitHalfOpen,
+                    format!("circuit of {key} half-open: probing"),
+                )
+            }
+            Transition::CircuitClosed => {
+                m.circuits_closed.fetch_add(1, Relaxed);
+                (
+                    EventKind::CircuitClosed,
+                    format!("circuit of {key} closed: probe succeeded"),
+                )
+            }
+            Transition::Ejected {
+                reason,
+                for_,
+                count,
+            } => {
+                m.ejections.fetch_add(1, Relaxed);
+                (
+                    EventKind::Ejected,
+                    format!(
+                        "backend {key} ejected for {} (ejection #{count}): {reason}",
+                        Dur(for_)
+                    ),
+                )
+            }
+            Transition::Restored => {
+                m.restores.fetch_add(1, Relaxed);
+                (
+                    EventKind::Restored,
+                    format!("backend {key} returned from ejection"),
+                )
+            }
+        };
+        self.events.emit(kind, Some(key), msg);
+    }
+
+    /// Ends ejections whose time is up (so the event log says when they return).
+    pub fn expire_ejections(&self) {
+        let snap = self.snapshot();
+        let now = Instant::now();
+        for m in &snap.members {
+            if let Some(t) = m.backend.outlier.expire(m.backend.nanos(now)) {
+                self.note(&m.backend, t);
+            }
+        }
+    }
+}
+
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-fn view(m: &Member, now: Instant) -> BackendView {
+fn view(m: &Member, now: Instant, cfg: &Config) -> BackendView {
     let b = &m.backend;
-    let health = b.health.status();
+    let ns = b.nanos(now);
+    let ejection = b
+        .outlier
+        .ejection(ns)
+        .map(|(left, reason, count)| EjectionView {
+            reason,
+            remaining_ms: left.as_millis() as u64,
+            count,
+        });
     BackendView {
         url: b.url.to_string(),
         weight: m.weight,
         source: m.source,
         healthy: b.health.is_healthy(),
-        health,
-        health_reason: None,
-        circuit: b.circuit.state(),
-        ejected: b.outlier.is_ejected(),
-        ejection: None,
+        health: b.health.status(),
+        health_reason: b.health.reason(),
+        circuit: if cfg.circuit_breaker.is_some() {
+            b.circuit.state(ns)
+        } else {
+            CircuitState::Closed
+        },
+        ejected: ejection.is_some(),
+        ejection,
         draining: b.is_draining(),
-        available: b.available(now),
+        available: b.available(now, cfg),
         active_conns: b.active(),
         requests: b.stats.requests.load(Relaxed),
         errors: b.stats.errors.load(Relaxed),

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::forward::pool::Pool;
 use crate::health::HealthCell;
-use crate::resilience::{Circuit, Outlier};
+use crate::resilience::{Circuit, Outlier, Transition};
+use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Histogram;
 
 /// One upstream server.
@@ -101,17 +102,50 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Short description for logs and ejection reasons.
+    pub fn describe(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Outcome::Response { status, .. } => format!("HTTP {}", status.as_u16()).into(),
+            Outcome::ConnectFailed => "connect failed".into(),
+            Outcome::TimedOut => "timed out".into(),
+            Outcome::Lost => "connection lost".into(),
+        }
+    }
+}
+
+/// Policy transitions caused by one recorded attempt.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub circuit: Option<Transition>,
+    pub outlier: Option<Transition>,
+}
+
 impl Backend {
     /// Accounts one attempt that began at `started`: counters, latency estimate,
-    /// and the passive-health and circuit policies.
-    pub fn record(&self, outcome: Outcome, started: Instant, cfg: &Config) {
+    /// and the circuit-breaker and passive-health policies of `snap`. `probe` says
+    /// whether the attempt was a half-open circuit probe.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        started: Instant,
+        probe: bool,
+        snap: &Snapshot,
+    ) -> Recorded {
+        let cfg = &*snap.config;
         let now = Instant::now();
         let failed = outcome.failed();
+        let mut slow = false;
         if let Outcome::Response { status, ttfb } = outcome {
             self.stats.requests.fetch_add(1, Relaxed);
             let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
             self.stats.status[class].fetch_add(1, Relaxed);
             self.stats.latency.record(ttfb);
+            slow = cfg
+                .circuit_breaker
+                .as_ref()
+                .and_then(|c| c.slow_call_threshold)
+                .is_some_and(|t| ttfb > t.get());
         }
         if failed {
             self.stats.errors.fetch_add(1, Relaxed);
@@ -121,20 +155,55 @@ impl Backend {
             rtt = rtt.max(cfg.adaptive.failure_penalty.get());
         }
         let tau = cfg.adaptive.decay.get().as_nanos().max(1) as f64;
+        let now_ns = self.nanos(now);
         self.latency
-            .observe(rtt.as_nanos() as f64, failed, self.nanos(now), tau);
+            .observe(rtt.as_nanos() as f64, failed, now_ns, tau);
+
+        let cb = cfg.circuit_breaker.as_ref();
+        let od = cfg.outlier_detection.as_ref();
+        if cb.is_none() && od.is_none() {
+            return Recorded::default();
+        }
+        let reason = if failed {
+            outcome.describe()
+        } else if slow {
+            "slower than slow_call_threshold".into()
+        } else {
+            "".into()
+        };
+        let circuit = self
+            .circuit
+            .record(probe, failed || slow, &reason, now_ns, cb);
+        let ejected = || {
+            snap.members
+                .iter()
+                .filter(|m| m.backend.outlier.is_ejected(m.backend.nanos(now)))
+                .count()
+        };
+        let outlier =
+            self.outlier
+                .record(failed, &reason, now_ns, od, &ejected, snap.members.len());
+        Recorded { circuit, outlier }
     }
 
-    /// Whether new requests may go here now.
-    pub fn available(&self, _now: Instant) -> bool {
-        !self.is_draining() && self.health.is_healthy() && !self.outlier.is_ejected()
+    /// Whether new requests may go here now: not draining, not failing active
+    /// health checks, not ejected, circuit not open.
+    pub fn available(&self, now: Instant, cfg: &Config) -> bool {
+        let ns = self.nanos(now);
+        !self.is_draining()
+            && self.health.is_healthy()
+            && !self.outlier.is_ejected(ns)
+            && self.circuit.admits(ns, cfg.circuit_breaker.as_ref())
     }
 
     /// Whether requests may go here when too few backends are available and the
     /// balancer stops trusting health (panic mode): anything not draining whose
-    /// circuit is not open.
-    pub fn routable_in_panic(&self, _now: Instant) -> bool {
+    /// circuit is not open. An open circuit is never overridden.
+    pub fn routable_in_panic(&self, now: Instant, cfg: &Config) -> bool {
         !self.is_draining()
+            && self
+                .circuit
+                .admits(self.nanos(now), cfg.circuit_breaker.as_ref())
     }
 }
 

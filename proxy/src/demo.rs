@@ -6,7 +6,8 @@
 //! Endpoints: `/` (and any other path) answers `<name>\n`; `/health`;
 //! `/_demo/control` (GET shows, POST `{"latency_ms":50,"fail_rate":0.2,
 //! "fail_health":true,"hang":false}` changes); `/_demo/stats`; `/sleep?ms=N`;
-//! `/echo` (streams the body back); `/sink` (reads the body, answers its length);
+//! `/status?code=N` (answers with that status); `/echo` (streams the body back);
+//! `/sink` (reads the body, answers its length);
 //! `/bytes?n=N` (streams N bytes); `/headers` (the request headers as JSON);
 //! `/ws` (WebSocket echo).
 
@@ -294,6 +295,12 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
             r
+        }
+        "/status" => {
+            let code = query_u64(&req, "code")
+                .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                .unwrap_or(StatusCode::OK);
+            text(code, format!("{} says {}\n", ctl.name, code.as_u16()))
         }
         "/headers" => {
             let map: std::collections::BTreeMap<String, String> = req

@@ -1,26 +1,269 @@
-//! Active health checks.
+//! Active health checks: each backend in the running set is probed with
+//! `GET health_check.path` (or its own `health_check_path`) on a fresh connection
+//! every `interval`, shortened by a random share of up to `jitter` so replicas and
+//! backends do not probe in lockstep (shortened, never lengthened, so detection
+//! stays within `interval × unhealthy_threshold` plus the first interval).
+//!
+//! Verdicts: `unchecked` (no checks, or none concluded; routable) → `healthy` on a
+//! passing probe; `unhealthy` after `unhealthy_threshold` failures in a row; back to
+//! `healthy` after `healthy_threshold` passes in a row. A pass is an answer within
+//! `timeout` whose status is in `expected_status`.
 
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
+use std::time::Duration;
 
-use switchyard_shared::HealthStatus;
+use http::{Request, header};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use switchyard_shared::{EventKind, HealthStatus};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::backend::Backend;
+use crate::config::StatusRanges;
+use crate::forward::body::ReqBody;
+use crate::forward::pool;
 
 /// A backend's active-health verdict.
 #[derive(Default)]
 pub struct HealthCell {
     status: AtomicU8,
+    passes: AtomicU32,
+    fails: AtomicU32,
+    reason: Mutex<Option<String>>,
 }
+
+const UNCHECKED: u8 = 0;
+const HEALTHY: u8 = 1;
+const UNHEALTHY: u8 = 2;
 
 impl HealthCell {
     pub fn status(&self) -> HealthStatus {
         match self.status.load(Relaxed) {
-            1 => HealthStatus::Healthy,
-            2 => HealthStatus::Unhealthy,
+            HEALTHY => HealthStatus::Healthy,
+            UNHEALTHY => HealthStatus::Unhealthy,
             _ => HealthStatus::Unchecked,
         }
     }
 
     /// Unchecked counts as healthy: without checks every backend is presumed up.
     pub fn is_healthy(&self) -> bool {
-        self.status() != HealthStatus::Unhealthy
+        self.status.load(Relaxed) != UNHEALTHY
+    }
+
+    /// Why it is unhealthy (the last failed probe), if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().clone()
+    }
+
+    /// Accounts one probe; returns the new status when it changed.
+    pub fn observe(
+        &self,
+        pass: bool,
+        detail: &str,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<HealthStatus> {
+        let mut reason = self.reason.lock();
+        let current = self.status.load(Relaxed);
+        let next = if pass {
+            self.fails.store(0, Relaxed);
+            let passes = self.passes.fetch_add(1, Relaxed) + 1;
+            match current {
+                UNHEALTHY if passes >= healthy_threshold => HEALTHY,
+                UNCHECKED => HEALTHY,
+                s => s,
+            }
+        } else {
+            self.passes.store(0, Relaxed);
+            let fails = self.fails.fetch_add(1, Relaxed) + 1;
+            if current != UNHEALTHY && fails >= unhealthy_threshold {
+                UNHEALTHY
+            } else {
+                current
+            }
+        };
+        if !pass {
+            *reason = Some(detail.to_string());
+        } else if next == HEALTHY {
+            *reason = None;
+        }
+        if next == current {
+            return None;
+        }
+        self.status.store(next, Relaxed);
+        Some(self.status())
+    }
+
+    /// Sets the verdict outright (checks switched off, or decided by another replica).
+    pub fn set(&self, status: HealthStatus, reason: Option<String>) {
+        let mut r = self.reason.lock();
+        self.status.store(
+            match status {
+                HealthStatus::Unchecked => UNCHECKED,
+                HealthStatus::Healthy => HEALTHY,
+                HealthStatus::Unhealthy => UNHEALTHY,
+            },
+            Relaxed,
+        );
+        self.passes.store(0, Relaxed);
+        self.fails.store(0, Relaxed);
+        *r = reason;
+    }
+}
+
+/// Keeps one probe loop per backend in the running set, following reloads and
+/// membership changes.
+pub async fn supervise(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut loops: HashMap<Arc<str>, (Arc<Backend>, JoinHandle<()>)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let snap = app.snapshot();
+        if snap.config.health_check.is_none() {
+            for (_, (b, h)) in loops.drain() {
+                h.abort();
+                b.health.set(HealthStatus::Unchecked, None);
+            }
+            continue;
+        }
+        loops.retain(|key, (b, h)| {
+            let keep =
+                snap.find(key).is_some_and(|m| Arc::ptr_eq(&m.backend, b)) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for m in &snap.members {
+            if !loops.contains_key(&m.backend.key) {
+                let h = tokio::spawn(probe_loop(app.clone(), m.backend.clone()));
+                loops.insert(m.backend.key.clone(), (m.backend.clone(), h));
+            }
+        }
+    }
+    for (_, (_, h)) in loops {
+        h.abort();
+    }
+}
+
+async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
+    let mut first = true;
+    loop {
+        let snap = app.snapshot();
+        let Some(cfg) = snap.config.health_check.clone() else {
+            return;
+        };
+        let Some(member) = snap.find(&backend.key) else {
+            return;
+        };
+        let path = member
+            .health_path
+            .as_deref()
+            .unwrap_or(&cfg.path)
+            .to_string();
+        drop(snap);
+        let interval = cfg.interval.get();
+        let wait = if first {
+            // Spread the first probes over one interval.
+            interval.mul_f64(fastrand::f64())
+        } else {
+            interval.mul_f64(1.0 - cfg.jitter.0 * fastrand::f64())
+        };
+        first = false;
+        tokio::time::sleep(wait).await;
+        // Validated at load; the fallback only keeps this total.
+        let expected =
+            StatusRanges::parse(&cfg.expected_status).unwrap_or_else(|_| StatusRanges::success());
+        let (pass, detail) = match probe(&backend, &path, cfg.timeout.get()).await {
+            Ok(status) if expected.contains(status) => {
+                (true, format!("GET {path} answered {status}"))
+            }
+            Ok(status) => (false, format!("GET {path} answered {status}")),
+            Err(e) => (false, format!("GET {path}: {e}")),
+        };
+        if let Some(status) = backend.health.observe(
+            pass,
+            &detail,
+            cfg.healthy_threshold.as_u32(),
+            cfg.unhealthy_threshold.as_u32(),
+        ) {
+            app.metrics.health_transitions.fetch_add(1, Relaxed);
+            let msg = match status {
+                HealthStatus::Unhealthy => format!("backend {} unhealthy: {detail}", backend.key),
+                _ => format!("backend {} healthy: {detail}", backend.key),
+            };
+            app.events
+                .emit(EventKind::HealthChanged, Some(&backend.key), msg);
+        }
+    }
+}
+
+/// One probe on a fresh connection (so a broken listener is noticed, not hidden by
+/// a pooled connection).
+async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<u16, String> {
+    let work = async {
+        let mut tx = pool::connect(backend, timeout)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let req = Request::get(path)
+            .header(header::HOST, backend.authority.clone())
+            .header(header::USER_AGENT, "switchyard-health-check")
+            .header(header::CONNECTION, "close")
+            .body(ReqBody::Empty)
+            .map_err(|e| e.to_string())?;
+        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        // Read (and discard) a bounded body so the connection ends cleanly.
+        let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        Ok(status)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_decide_transitions() {
+        let h = HealthCell::default();
+        assert_eq!(h.status(), HealthStatus::Unchecked);
+        assert!(h.is_healthy());
+        // first pass confirms it
+        assert_eq!(h.observe(true, "ok", 2, 3), Some(HealthStatus::Healthy));
+        assert_eq!(h.observe(false, "503", 2, 3), None);
+        assert_eq!(h.observe(false, "503", 2, 3), None);
+        assert_eq!(h.observe(false, "503", 2, 3), Some(HealthStatus::Unhealthy));
+        assert!(!h.is_healthy());
+        assert_eq!(h.reason().as_deref(), Some("503"));
+        // one pass is not enough to come back with healthy_threshold 2
+        assert_eq!(h.observe(true, "ok", 2, 3), None);
+        assert_eq!(h.observe(false, "503", 2, 3), None);
+        assert_eq!(h.observe(true, "ok", 2, 3), None);
+        assert_eq!(h.observe(true, "ok", 2, 3), Some(HealthStatus::Healthy));
+        assert_eq!(h.reason(), None);
+    }
+
+    #[test]
+    fn unchecked_goes_down_after_the_threshold() {
+        let h = HealthCell::default();
+        assert_eq!(h.observe(false, "refused", 2, 2), None);
+        assert!(h.is_healthy());
+        assert_eq!(
+            h.observe(false, "refused", 2, 2),
+            Some(HealthStatus::Unhealthy)
+        );
     }
 }

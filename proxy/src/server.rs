@@ -126,7 +126,8 @@ pub async fn start_with_store(
     });
     let background = vec![
         tokio::spawn(housekeeping(app.clone(), stop_rx.clone())),
-        tokio::spawn(follow_store(app.clone(), stop_rx)),
+        tokio::spawn(follow_store(app.clone(), stop_rx.clone())),
+        tokio::spawn(crate::health::supervise(app.clone(), stop_rx)),
     ];
     info!(
         proxy = %proxy_addr,
@@ -172,6 +173,7 @@ async fn housekeeping(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         app.prune_draining();
+        app.expire_ejections();
         let now = Instant::now();
         if now.duration_since(last_evict) >= Duration::from_secs(1) {
             last_evict = now;

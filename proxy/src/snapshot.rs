@@ -196,16 +196,19 @@ impl Snapshot {
             let up = self
                 .members
                 .iter()
-                .filter(|m| m.backend.available(now))
+                .filter(|m| m.backend.available(now, &self.config))
                 .count();
             if up * 100 < threshold * n {
                 let ok = |i: usize| {
-                    !exclude.contains(&i) && self.members[i].backend.routable_in_panic(now)
+                    !exclude.contains(&i)
+                        && self.members[i].backend.routable_in_panic(now, &self.config)
                 };
                 return self.balancer.pick(&self.members, &ok, now);
             }
         }
-        let ok = |i: usize| !exclude.contains(&i) && self.members[i].backend.available(now);
+        let ok = |i: usize| {
+            !exclude.contains(&i) && self.members[i].backend.available(now, &self.config)
+        };
         self.balancer.pick(&self.members, &ok, now)
     }
 }

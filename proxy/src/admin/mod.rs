@@ -114,8 +114,19 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     (status, Json(ReadyView { ready, checks })).into_response()
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
-    Json(s.app.metrics_entries()).into_response()
+async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    use crate::telemetry::prometheus::{Format, render};
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    match Format::negotiate(accept) {
+        Format::Json => Json(s.app.metrics_entries()).into_response(),
+        format => (
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            render(&s.app, format),
+        )
+            .into_response(),
+    }
 }
 
 async fn backends(State(s): State<AdminState>) -> Response {

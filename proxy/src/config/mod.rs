@@ -942,6 +942,11 @@ impl StatusRanges {
         Ok(Self(out))
     }
 
+    /// 200-299.
+    pub fn success() -> Self {
+        Self(vec![(200, 299)])
+    }
+
     pub fn contains(&self, status: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
     }

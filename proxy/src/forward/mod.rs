@@ -35,7 +35,9 @@ use crate::app::App;
 use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
 use crate::errors::ProxyError;
+use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
 
 /// Handles one client request end to end; never fails (errors become responses).
 pub async fn handle(
@@ -85,28 +87,45 @@ async fn forward(
     });
     let mut parts = Some(parts);
 
-    let attempts = 1 + cfg.retries.attempts.as_usize();
-    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    let max_attempts = 1 + cfg.retries.attempts.as_usize();
+    let mut attempts = 0usize;
+    // Indexes not to pick again: tried, or refused by their circuit.
+    let mut excluded: SmallVec<[usize; 4]> = SmallVec::new();
     let mut stale = 0u32;
     let mut last_err = ProxyError::NoBackend;
 
-    while tried.len() < attempts {
-        let Some(idx) = snap.pick(&tried, Instant::now()) else {
+    while attempts < max_attempts {
+        let now = Instant::now();
+        let Some(idx) = snap.pick(&excluded, now) else {
             break;
         };
-        if !tried.is_empty() {
-            app.metrics.retries.fetch_add(1, Relaxed);
-        }
-        tried.push(idx);
+        excluded.push(idx);
         let member = &snap.members[idx];
         let backend = &member.backend;
+        let (admission, half_open) = backend
+            .circuit
+            .acquire(backend.nanos(now), cfg.circuit_breaker.as_ref());
+        if let Some(t) = half_open {
+            app.note(backend, t);
+        }
+        if admission == Admission::Refuse {
+            continue;
+        }
+        let probe = admission == Admission::Probe;
+        if attempts > 0 {
+            app.metrics.retries.fetch_add(1, Relaxed);
+        }
+        attempts += 1;
         let inflight = Inflight::new(backend);
         let attempt_start = Instant::now();
 
-        let mut tx = match checkout(backend, cfg).await {
+        let mut tx = match checkout(backend, cfg, &app.metrics).await {
             Ok(tx) => tx,
             Err(source) => {
-                backend.record(Outcome::ConnectFailed, attempt_start, cfg);
+                app.noted(
+                    backend,
+                    backend.record(Outcome::ConnectFailed, attempt_start, probe, snap),
+                );
                 debug!(backend = %backend.url, error = %source, "connect failed");
                 last_err = ProxyError::Connect {
                     backend: backend.url.clone(),
@@ -119,7 +138,7 @@ async fn forward(
         let (Some(p), Some(b)) = (parts.take(), body.take()) else {
             break;
         };
-        let may_replay = replayable && tried.len() < attempts;
+        let may_replay = replayable && attempts < max_attempts;
         let (mut send_parts, kept) = if may_replay {
             (clone_parts(&p), Some(p))
         } else {
@@ -137,11 +156,16 @@ async fn forward(
             Ok(Ok(resp)) => resp,
             Ok(Err(mut e)) => {
                 if let Some(unsent) = e.take_message() {
-                    // The pooled connection closed under us; nothing reached the backend.
+                    // The pooled connection closed under us; nothing reached the
+                    // backend, so this attempt does not count against it.
                     let (p, b) = unsent.into_parts();
                     parts = Some(kept.unwrap_or(p));
                     body = Some(b);
-                    tried.pop();
+                    excluded.pop();
+                    attempts -= 1;
+                    if probe {
+                        backend.circuit.release_probe();
+                    }
                     stale += 1;
                     if stale <= 3 {
                         continue;
@@ -152,7 +176,10 @@ async fn forward(
                     };
                     break;
                 }
-                backend.record(Outcome::Lost, attempt_start, cfg);
+                app.noted(
+                    backend,
+                    backend.record(Outcome::Lost, attempt_start, probe, snap),
+                );
                 debug!(backend = %backend.url, error = %e.error(), "upstream connection lost");
                 last_err = ProxyError::Upstream {
                     backend: backend.url.clone(),
@@ -168,7 +195,10 @@ async fn forward(
                 }
             }
             Err(_) => {
-                backend.record(Outcome::TimedOut, attempt_start, cfg);
+                app.noted(
+                    backend,
+                    backend.record(Outcome::TimedOut, attempt_start, probe, snap),
+                );
                 return Err(ProxyError::Timeout {
                     backend: backend.url.clone(),
                     timeout,
@@ -176,14 +206,11 @@ async fn forward(
             }
         };
 
-        backend.record(
-            Outcome::Response {
-                status: resp.status(),
-                ttfb: attempt_start.elapsed(),
-            },
-            attempt_start,
-            cfg,
-        );
+        let outcome = Outcome::Response {
+            status: resp.status(),
+            ttfb: attempt_start.elapsed(),
+        };
+        app.noted(backend, backend.record(outcome, attempt_start, probe, snap));
         inflight.hand_over();
         return Ok(respond(
             app,
@@ -288,7 +315,11 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// A pooled connection ready for a request, or a new one.
-async fn checkout(backend: &Backend, cfg: &Config) -> Result<Sender, ConnectError> {
+async fn checkout(
+    backend: &Backend,
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Sender, ConnectError> {
     while let Some(mut tx) = backend.pool.take() {
         if tx.is_ready() {
             return Ok(tx);
@@ -298,7 +329,12 @@ async fn checkout(backend: &Backend, cfg: &Config) -> Result<Sender, ConnectErro
             return Ok(tx);
         }
     }
-    pool::connect(backend, cfg.timeouts.connect.get()).await
+    let started = Instant::now();
+    let conn = pool::connect(backend, cfg.timeouts.connect.get()).await;
+    if conn.is_ok() {
+        metrics.connect.record(started.elapsed());
+    }
+    conn
 }
 
 /// One in-flight count on a backend for an attempt; released on drop unless a

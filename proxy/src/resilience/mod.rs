@@ -1,23 +1,36 @@
-//! Circuit breaking and passive outlier ejection.
+//! Resilience policies that act on real traffic: the circuit breaker
+//! ([`circuit`]) and passive outlier ejection ([`outlier`]).
+//!
+//! Both keep their state in per-backend atomics and are told the outcome of every
+//! attempt; a state change is returned as a [`Transition`] for the caller to log,
+//! count and publish. They take their settings as arguments on every call, so a
+//! config reload retunes them without losing state.
 
-use switchyard_shared::CircuitState;
+pub mod circuit;
+pub mod outlier;
+#[cfg(test)]
+mod tests;
+mod window;
 
-/// Per-backend circuit breaker state.
-#[derive(Default)]
-pub struct Circuit {}
+pub use circuit::{Admission, Circuit};
+pub use outlier::Outlier;
+pub use window::Window;
 
-impl Circuit {
-    pub fn state(&self) -> CircuitState {
-        CircuitState::Closed
-    }
-}
+use std::time::Duration;
 
-/// Per-backend passive-health (ejection) state.
-#[derive(Default)]
-pub struct Outlier {}
-
-impl Outlier {
-    pub fn is_ejected(&self) -> bool {
-        false
-    }
+/// A state change worth an event, a log line and a metric.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    CircuitOpened {
+        reason: String,
+        for_: Duration,
+    },
+    CircuitHalfOpen,
+    CircuitClosed,
+    Ejected {
+        reason: String,
+        for_: Duration,
+        count: u32,
+    },
+    Restored,
 }

@@ -29,6 +29,10 @@ pub const RATE_LIMITED_TOTAL: &str = "switchyard_rate_limited_total";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "switchyard_connections_rejected_total";
 pub const ADMIN_ERRORS_TOTAL: &str = "switchyard_admin_errors_total";
+pub const HEALTH_TRANSITIONS_TOTAL: &str = "switchyard_health_transitions_total";
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "switchyard_circuit_transitions_total";
+pub const EJECTIONS_TOTAL: &str = "switchyard_ejections_total";
+pub const EJECTED: &str = "switchyard_backend_ejected";
 
 /// Proxy-wide figures.
 #[derive(Default)]
@@ -47,6 +51,13 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     /// Admin requests refused as malformed (4xx).
     pub admin_errors: AtomicU64,
+    /// Active health verdict changes.
+    pub health_transitions: AtomicU64,
+    pub circuits_opened: AtomicU64,
+    pub circuits_half_opened: AtomicU64,
+    pub circuits_closed: AtomicU64,
+    pub ejections: AtomicU64,
+    pub restores: AtomicU64,
 }
 
 impl Metrics {

@@ -1,0 +1,247 @@
+//! Per-backend circuit breaker: `closed → open → half-open → closed`.
+//!
+//! - **Closed**: every attempt is counted. It opens after `failure_threshold`
+//!   consecutive failures, or when at least `min_requests` attempts in the last
+//!   `window` failed at a share of `failure_rate` or more. A failure is a connect
+//!   error, a timeout, a lost connection, a 5xx, or a response slower than
+//!   `slow_call_threshold` when that is set.
+//! - **Open**: the backend gets no requests at all — not even retries, and not in
+//!   panic mode — for `open_duration × 2^k`, capped at `max_open_duration`, where `k`
+//!   counts the failed probes since it last closed.
+//! - **Half-open**: up to `half_open_requests` probe requests are let through; if all
+//!   succeed the circuit closes (and `k` resets), the first failure re-opens it with
+//!   the next backoff step. Other requests keep going elsewhere meanwhile.
+//!
+//! Reads on the request path are a couple of atomic loads; transitions take a short
+//! lock so two threads cannot both open or both close it.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use switchyard_shared::CircuitState;
+
+use super::{Transition, Window};
+use crate::config::CircuitBreakerConfig;
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+#[derive(Default)]
+pub struct Circuit {
+    state: AtomicU8,
+    /// Backend-epoch nanoseconds until which it stays open.
+    until_ns: AtomicU64,
+    /// Backoff exponent: failed probes since the circuit last closed.
+    level: AtomicU32,
+    probes_in_flight: AtomicU32,
+    probe_successes: AtomicU32,
+    consecutive: AtomicU32,
+    window: Window,
+    transition: Mutex<()>,
+}
+
+/// What the breaker says about sending one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: go ahead.
+    Pass,
+    /// Half-open: go ahead as a probe (report the outcome with `probe = true`).
+    Probe,
+    /// Open, or half-open with all probes out.
+    Refuse,
+}
+
+impl Circuit {
+    /// The state as shown to operators (an open circuit whose time is up shows as
+    /// half-open: the next request will probe).
+    pub fn state(&self, now_ns: u64) -> CircuitState {
+        match self.state.load(Relaxed) {
+            OPEN if now_ns >= self.until_ns.load(Relaxed) => CircuitState::HalfOpen,
+            OPEN => CircuitState::Open,
+            HALF_OPEN => CircuitState::HalfOpen,
+            _ => CircuitState::Closed,
+        }
+    }
+
+    /// Time left open, if open.
+    pub fn remaining(&self, now_ns: u64) -> Option<Duration> {
+        (self.state.load(Relaxed) == OPEN)
+            .then(|| Duration::from_nanos(self.until_ns.load(Relaxed).saturating_sub(now_ns)))
+    }
+
+    /// Whether a request could be let through now (no side effects; for scanning
+    /// candidates).
+    pub fn admits(&self, now_ns: u64, cfg: Option<&CircuitBreakerConfig>) -> bool {
+        let Some(cfg) = cfg else { return true };
+        match self.state.load(Relaxed) {
+            CLOSED => true,
+            OPEN => now_ns >= self.until_ns.load(Relaxed) && self.probe_room(cfg),
+            _ => self.probe_room(cfg),
+        }
+    }
+
+    fn probe_room(&self, cfg: &CircuitBreakerConfig) -> bool {
+        self.probes_in_flight.load(Relaxed) < cfg.half_open_requests.as_u32()
+    }
+
+    /// Decides for one chosen request, taking a probe slot when half-open.
+    /// Returns the half-open transition when this call made it.
+    pub fn acquire(
+        &self,
+        now_ns: u64,
+        cfg: Option<&CircuitBreakerConfig>,
+    ) -> (Admission, Option<Transition>) {
+        let Some(cfg) = cfg else {
+            return (Admission::Pass, None);
+        };
+        let mut transition = None;
+        match self.state.load(Relaxed) {
+            CLOSED => return (Admission::Pass, None),
+            OPEN => {
+                if now_ns < self.until_ns.load(Relaxed) {
+                    return (Admission::Refuse, None);
+                }
+                let _g = self.transition.lock();
+                if self.state.load(Relaxed) == OPEN {
+                    self.probe_successes.store(0, Relaxed);
+                    self.state.store(HALF_OPEN, Relaxed);
+                    transition = Some(Transition::CircuitHalfOpen);
+                }
+            }
+            _ => {}
+        }
+        let max = cfg.half_open_requests.as_u32();
+        let taken = self
+            .probes_in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok();
+        let admission = if !taken {
+            Admission::Refuse
+        } else if self.state.load(Relaxed) == HALF_OPEN {
+            Admission::Probe
+        } else {
+            // Closed (or re-opened) between the load and the slot: give it back.
+            self.probes_in_flight.fetch_sub(1, Relaxed);
+            if self.state.load(Relaxed) == CLOSED {
+                Admission::Pass
+            } else {
+                Admission::Refuse
+            }
+        };
+        (admission, transition)
+    }
+
+    /// Gives back a probe slot for a request that never reached the backend.
+    pub fn release_probe(&self) {
+        let _ = self
+            .probes_in_flight
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Accounts one attempt's outcome.
+    pub fn record(
+        &self,
+        probe: bool,
+        failed: bool,
+        reason: &str,
+        now_ns: u64,
+        cfg: Option<&CircuitBreakerConfig>,
+    ) -> Option<Transition> {
+        let cfg = cfg?;
+        if probe {
+            self.release_probe();
+            let _g = self.transition.lock();
+            if self.state.load(Relaxed) != HALF_OPEN {
+                return None;
+            }
+            if failed {
+                let level = self.level.fetch_add(1, Relaxed) + 1;
+                return Some(self.open(cfg, level, now_ns, format!("probe failed: {reason}")));
+            }
+            let ok = self.probe_successes.fetch_add(1, Relaxed) + 1;
+            if ok >= cfg.half_open_requests.as_u32() {
+                self.close();
+                return Some(Transition::CircuitClosed);
+            }
+            return None;
+        }
+        if self.state.load(Relaxed) != CLOSED {
+            // Answers to requests sent before it opened: not evidence either way.
+            return None;
+        }
+        self.window.record(failed, now_ns, cfg.window.get());
+        if !failed {
+            if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+            return None;
+        }
+        let consecutive = self.consecutive.fetch_add(1, Relaxed) + 1;
+        let why = if consecutive >= cfg.failure_threshold.as_u32() {
+            format!("{consecutive} consecutive failures (last: {reason})")
+        } else {
+            let (total, failures) = self.window.totals(now_ns, cfg.window.get());
+            let min = cfg.min_requests.as_u64();
+            if total >= min && failures as f64 >= cfg.failure_rate.0 * total as f64 {
+                format!(
+                    "{failures} of {total} requests failed in the last {} (last: {reason})",
+                    crate::config::Dur(cfg.window.get())
+                )
+            } else {
+                return None;
+            }
+        };
+        let _g = self.transition.lock();
+        if self.state.load(Relaxed) != CLOSED {
+            return None;
+        }
+        Some(self.open(cfg, self.level.load(Relaxed), now_ns, why))
+    }
+
+    /// Opens for the backoff of `level`; caller holds the transition lock.
+    fn open(
+        &self,
+        cfg: &CircuitBreakerConfig,
+        level: u32,
+        now_ns: u64,
+        reason: String,
+    ) -> Transition {
+        let base = cfg.open_duration.get();
+        let d = base
+            .checked_mul(1u32.checked_shl(level.min(30)).unwrap_or(u32::MAX))
+            .unwrap_or(Duration::MAX)
+            .min(cfg.max_open_duration.get());
+        self.until_ns
+            .store(now_ns.saturating_add(d.as_nanos() as u64), Relaxed);
+        self.state.store(OPEN, Relaxed);
+        self.consecutive.store(0, Relaxed);
+        Transition::CircuitOpened { reason, for_: d }
+    }
+
+    fn close(&self) {
+        self.state.store(CLOSED, Relaxed);
+        self.level.store(0, Relaxed);
+        self.consecutive.store(0, Relaxed);
+        self.probe_successes.store(0, Relaxed);
+        self.window.reset();
+    }
+
+    /// Applies a state decided elsewhere (another replica, through the store).
+    pub fn force(&self, state: CircuitState, until_ns: u64) {
+        let _g = self.transition.lock();
+        match state {
+            CircuitState::Closed => self.close(),
+            CircuitState::Open => {
+                self.until_ns.store(until_ns, Relaxed);
+                self.state.store(OPEN, Relaxed);
+                self.consecutive.store(0, Relaxed);
+            }
+            CircuitState::HalfOpen => {
+                self.probe_successes.store(0, Relaxed);
+                self.state.store(HALF_OPEN, Relaxed);
+            }
+        }
+    }
+}
