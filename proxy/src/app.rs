@@ -14,6 +14,7 @@ use switchyard_shared::{
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Member, Recorded};
+use crate::cluster::Cluster;
 use crate::config::{Config, Dur};
 use crate::events::{EventLog, now_ms};
 use crate::ratelimit::RateLimiter;
@@ -40,6 +41,7 @@ pub struct App {
     pub source: ConfigSourceView,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers move away.
     pub shutting_down: AtomicBool,
+    pub cluster: Cluster,
     inner: Mutex<Inner>,
 }
 
@@ -53,6 +55,8 @@ struct Inner {
 
 #[derive(Default)]
 struct AppliedConfig {
+    /// Hash of the config in force, to compare replicas.
+    digest: String,
     commit: Option<String>,
     generation: u64,
     applied_at_ms: u64,
@@ -67,6 +71,7 @@ impl App {
         source: ConfigSourceView,
     ) -> Arc<Self> {
         let config = Arc::new(config);
+        let clustered = store.kind() != "memory";
         let app = Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::empty(config.clone())),
             store,
@@ -80,6 +85,7 @@ impl App {
             },
             source,
             shutting_down: AtomicBool::new(false),
+            cluster: Cluster::new(&config, clustered),
             inner: Mutex::new(Inner {
                 config: config.clone(),
                 overlay: Overlay::default(),
@@ -91,6 +97,7 @@ impl App {
             let mut inner = app.inner.lock();
             inner.status.generation = 1;
             inner.status.applied_at_ms = now_ms();
+            inner.status.digest = digest(&inner.config);
             app.rebuild(&mut inner);
         }
         app
@@ -101,6 +108,10 @@ impl App {
         self.snapshot.load_full()
     }
 
+    pub fn config_digest(&self) -> String {
+        self.inner.lock().status.digest.clone()
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.inner.lock().config.clone()
     }
@@ -108,6 +119,7 @@ impl App {
     /// Swaps in a new, already validated config; live backends are kept.
     pub fn apply_config(&self, config: Config, commit: Option<String>) -> Diff {
         let mut inner = self.inner.lock();
+        inner.status.digest = digest(&config);
         inner.config = Arc::new(config);
         inner.status.commit = commit.clone();
         inner.status.generation += 1;
@@ -170,6 +182,7 @@ impl App {
             (Some(cfg), _) => Some(Arc::new(RateLimiter::new(
                 cfg,
                 &inner.config.server.trusted_proxies,
+                self.cluster.clustered.then(|| self.cluster.link.clone()),
             ))),
             (None, _) => None,
         };
@@ -293,7 +306,7 @@ impl App {
 
 impl App {
     /// Logs, counts and publishes the policy transitions one attempt caused.
-    pub fn noted(&self, backend: &Backend, r: Recorded) {
+    pub fn noted(self: &Arc<Self>, backend: &Backend, r: Recorded) {
         if let Some(t) = r.circuit {
             self.note(backend, t);
         }
@@ -303,7 +316,8 @@ impl App {
     }
 
     /// Logs, counts and publishes one policy transition.
-    pub fn note(&self, backend: &Backend, t: Transition) {
+    pub fn note(self: &Arc<Self>, backend: &Backend, t: Transition) {
+        crate::cluster::publish_transition(self, backend, &t);
         let key = &*backend.key;
         let m = &self.metrics;
         let (kind, msg) = match t {
@@ -354,7 +368,7 @@ impl App {
     }
 
     /// Ends ejections whose time is up (so the event log says when they return).
-    pub fn expire_ejections(&self) {
+    pub fn expire_ejections(self: &Arc<Self>) {
         let snap = self.snapshot();
         let now = Instant::now();
         for m in &snap.members {
@@ -363,6 +377,15 @@ impl App {
             }
         }
     }
+}
+
+/// A short, stable digest of a config (same config, same digest, on any replica).
+fn digest(config: &Config) -> String {
+    use std::hash::{Hash, Hasher};
+    let text = yaml_serde::to_string(config).unwrap_or_default();
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 fn short(commit: &str) -> &str {

@@ -53,6 +53,11 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_THREADS")]
     pub threads: Option<u16>,
 
+    /// Redis for cluster state (overrides cluster.redis_url): redis://[:password@]host:port[/db]
+    /// or rediss:// for TLS.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Log format (overrides logging.format).
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -148,6 +153,12 @@ pub fn load_with_overrides(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(t) = cli.threads {
         config.server.threads = Int(i64::from(t));
+    }
+    if let Some(url) = &cli.redis_url {
+        config
+            .cluster
+            .get_or_insert_with(Default::default)
+            .redis_url = Some(url.clone());
     }
     if let Some(f) = &cli.log_format {
         config.logging.format = f.clone();

@@ -178,6 +178,21 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
         };
         first = false;
         tokio::time::sleep(wait).await;
+        // In a cluster one replica probes each backend (a lease renewed each round)
+        // and shares the verdicts; without the store every replica probes itself.
+        if app.cluster.clustered && app.store.is_connected() {
+            let lease = app
+                .store
+                .try_lease(
+                    format!("hc:{}", backend.key),
+                    app.replica.id.clone(),
+                    interval.mul_f64(1.5),
+                )
+                .await;
+            if matches!(lease, Ok(false)) {
+                continue;
+            }
+        }
         // Validated at load; the fallback only keeps this total.
         let expected =
             StatusRanges::parse(&cfg.expected_status).unwrap_or_else(|_| StatusRanges::success());

@@ -10,6 +10,7 @@ pub mod app;
 pub mod backend;
 pub mod balance;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod errors;

@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::forward::tls;
 use crate::listener;
-use crate::state::{MemoryStore, StateStore, StoreEvent};
+use crate::state::{MemoryStore, RedisStore, StateStore};
 
 /// A running replica.
 pub struct Running {
@@ -51,9 +51,38 @@ pub fn default_replica_id(port: u16) -> String {
     format!("{host}:{port}")
 }
 
-/// Starts a replica on the embedded store.
+/// Starts a replica: on the embedded store, or on Redis when `cluster.redis_url`
+/// is set.
 pub async fn start(config: Config, source: ConfigSourceView) -> Result<Running, String> {
-    start_with_store(config, source, Arc::new(MemoryStore::default())).await
+    let mut store_tasks = Vec::new();
+    let redis_url = config.cluster.as_ref().and_then(|c| c.redis_url.clone());
+    let store: Arc<dyn StateStore> = match (redis_url, &config.cluster) {
+        (Some(url), Some(c)) => {
+            let on_error = match c.on_store_error {
+                crate::config::OnStoreError::Local => "local",
+                crate::config::OnStoreError::Allow => "allow",
+                crate::config::OnStoreError::Deny => "deny",
+            };
+            let store = RedisStore::new(&url, &c.name, c.timeout.get(), on_error)?;
+            store_tasks = store.spawn();
+            info!(cluster = %c.name, "cluster state in Redis");
+            store
+        }
+        _ => Arc::new(MemoryStore::default()),
+    };
+    let started = start_with_store(config, source, store).await;
+    match started {
+        Ok(mut r) => {
+            r.background.extend(store_tasks);
+            Ok(r)
+        }
+        Err(e) => {
+            for t in store_tasks {
+                t.abort();
+            }
+            Err(e)
+        }
+    }
 }
 
 pub async fn start_with_store(
@@ -98,6 +127,8 @@ pub async fn start_with_store(
     let public_read = config.admin.public_read;
     let dashboard_dir = admin::dashboard::resolve_dir(config.admin.dashboard_dir.as_deref());
     let app = App::new(config, store.clone(), replica_id, source);
+    app.cluster
+        .set_addresses(proxy_addr.to_string(), admin_addr.to_string());
     // Pick up an overlay the store already holds (a restart, or other replicas).
     if let Ok(overlay) = store.membership().await {
         app.apply_overlay(overlay);
@@ -124,11 +155,11 @@ pub async fn start_with_store(
             warn!(error = %e, "admin listener failed");
         }
     });
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(housekeeping(app.clone(), stop_rx.clone())),
-        tokio::spawn(follow_store(app.clone(), stop_rx.clone())),
-        tokio::spawn(crate::health::supervise(app.clone(), stop_rx)),
+        tokio::spawn(crate::health::supervise(app.clone(), stop_rx.clone())),
     ];
+    background.extend(crate::cluster::spawn(&app, stop_rx));
     info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
@@ -182,26 +213,6 @@ async fn housekeeping(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             for m in &snap.members {
                 m.backend.pool.evict(idle, now);
             }
-        }
-    }
-}
-
-/// Applies membership changes made elsewhere (other replicas, or a store resync).
-async fn follow_store(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let mut events = app.store.subscribe();
-    loop {
-        let ev = tokio::select! {
-            ev = events.recv() => ev,
-            _ = stop.changed() => return,
-        };
-        let resync = match ev {
-            Ok(StoreEvent::Membership(v)) => v > app.overlay().version,
-            Ok(StoreEvent::Reconnected) => true,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        if resync && let Ok(overlay) = app.store.membership().await {
-            app.apply_overlay(overlay);
         }
     }
 }

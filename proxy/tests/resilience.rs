@@ -418,6 +418,7 @@ fn a_million_distinct_clients_stay_within_the_key_cap() {
     let limiter = RateLimiter::new(
         cfg.rate_limit.as_ref().unwrap(),
         &cfg.server.trusted_proxies,
+        None,
     );
     let metrics = Metrics::default();
     let peer: SocketAddr = "127.0.0.1:5555".parse().unwrap();

@@ -210,6 +210,9 @@ pub struct StoreView {
     /// What rate limiting does while the store is unreachable.
     #[serde(default)]
     pub on_store_error: String,
+    /// Store commands that failed since start.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// Per-backend figures a replica publishes in its heartbeat.
@@ -242,6 +245,9 @@ pub struct ReplicaView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_commit: Option<String>,
     pub config_generation: u64,
+    /// Digest of the config in force, to tell whether replicas agree.
+    #[serde(default)]
+    pub config_digest: String,
     pub last_heartbeat_ms: u64,
     #[serde(default)]
     pub is_self: bool,

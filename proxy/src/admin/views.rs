@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use switchyard_shared::{ClusterView, DashboardSnapshot, RateLimitView, ReplicaView, Totals};
+use switchyard_shared::{ClusterView, DashboardSnapshot, RateLimitView, Totals};
 
 use super::AdminState;
 use crate::app::App;
@@ -49,30 +49,27 @@ pub fn rate_limit_view(app: &App) -> RateLimitView {
             key: l.config.key.to_string(),
             admitted: l.admitted.load(Relaxed),
             rejected: l.rejected.load(Relaxed),
-            mode: "local".into(),
+            mode: rate_limit_mode(app).into(),
         },
     }
 }
 
-pub fn cluster_view(app: &App) -> ClusterView {
-    let status = app.config_status();
-    ClusterView {
-        mode: "standalone".into(),
-        name: String::new(),
-        self_id: app.replica.id.clone(),
-        store: app.store.status(),
-        replicas: vec![ReplicaView {
-            id: app.replica.id.clone(),
-            version: app.replica.version.to_string(),
-            started_at_ms: app.replica.started_ms,
-            uptime_s: app.replica.started.elapsed().as_secs(),
-            config_commit: status.commit,
-            config_generation: status.generation,
-            last_heartbeat_ms: now_ms(),
-            is_self: true,
-            ..Default::default()
-        }],
-        converged: true,
-        backends: Vec::new(),
+fn rate_limit_mode(app: &App) -> &'static str {
+    use crate::config::OnStoreError;
+    let c = &app.cluster;
+    if !c.clustered {
+        "local"
+    } else if c.link.store_ok.load(Relaxed) {
+        "cluster"
+    } else {
+        match c.link.on_error {
+            OnStoreError::Local => "local-fallback",
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        }
     }
+}
+
+pub fn cluster_view(app: &App) -> ClusterView {
+    crate::cluster::view(app)
 }

@@ -15,7 +15,7 @@
 //! Reads on the request path are a couple of atomic loads; transitions take a short
 //! lock so two threads cannot both open or both close it.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -40,6 +40,9 @@ pub struct Circuit {
     consecutive: AtomicU32,
     window: Window,
     transition: Mutex<()>,
+    /// Cleared on replicas that do not hold this backend's probe lease, so only one
+    /// replica in a cluster probes a circuit whose open time is up.
+    no_probe: AtomicBool,
 }
 
 /// What the breaker says about sending one request.
@@ -77,7 +80,11 @@ impl Circuit {
         let Some(cfg) = cfg else { return true };
         match self.state.load(Relaxed) {
             CLOSED => true,
-            OPEN => now_ns >= self.until_ns.load(Relaxed) && self.probe_room(cfg),
+            OPEN => {
+                now_ns >= self.until_ns.load(Relaxed)
+                    && !self.no_probe.load(Relaxed)
+                    && self.probe_room(cfg)
+            }
             _ => self.probe_room(cfg),
         }
     }
@@ -100,7 +107,7 @@ impl Circuit {
         match self.state.load(Relaxed) {
             CLOSED => return (Admission::Pass, None),
             OPEN => {
-                if now_ns < self.until_ns.load(Relaxed) {
+                if now_ns < self.until_ns.load(Relaxed) || self.no_probe.load(Relaxed) {
                     return (Admission::Refuse, None);
                 }
                 let _g = self.transition.lock();
@@ -226,6 +233,11 @@ impl Circuit {
         self.consecutive.store(0, Relaxed);
         self.probe_successes.store(0, Relaxed);
         self.window.reset();
+    }
+
+    /// Whether this replica may probe when the open time is up (cluster lease).
+    pub fn set_may_probe(&self, may: bool) {
+        self.no_probe.store(!may, Relaxed);
     }
 
     /// Applies a state decided elsewhere (another replica, through the store).

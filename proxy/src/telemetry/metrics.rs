@@ -33,6 +33,9 @@ pub const HEALTH_TRANSITIONS_TOTAL: &str = "switchyard_health_transitions_total"
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "switchyard_circuit_transitions_total";
 pub const EJECTIONS_TOTAL: &str = "switchyard_ejections_total";
 pub const EJECTED: &str = "switchyard_backend_ejected";
+pub const STORE_ERRORS_TOTAL: &str = "switchyard_state_store_errors_total";
+pub const STORE_CONNECTED: &str = "switchyard_state_store_connected";
+pub const REPLICAS: &str = "switchyard_cluster_replicas";
 
 /// Proxy-wide figures.
 #[derive(Default)]

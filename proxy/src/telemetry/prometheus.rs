@@ -212,6 +212,30 @@ pub fn render(app: &App, format: Format) -> String {
         );
     }
 
+    let store = app.store.status();
+    o.family(
+        STORE_ERRORS_TOTAL,
+        "counter",
+        "State-store commands that failed.",
+    );
+    o.sample(
+        STORE_ERRORS_TOTAL,
+        &[("store", &store.kind)],
+        store.errors as f64,
+    );
+    o.family(
+        STORE_CONNECTED,
+        "gauge",
+        "1 while the state store is reachable.",
+    );
+    o.sample(
+        STORE_CONNECTED,
+        &[("store", &store.kind)],
+        f64::from(u8::from(store.connected)),
+    );
+    o.family(REPLICAS, "gauge", "Live replicas this replica knows of.");
+    o.sample(REPLICAS, &[], app.cluster.link.live() as f64);
+
     // Per backend (running set and draining).
     let snap = app.snapshot();
     let now = Instant::now();

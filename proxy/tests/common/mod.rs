@@ -264,3 +264,94 @@ pub async fn backend_view(admin: SocketAddr, key: &str) -> Option<serde_json::Va
     let v = get(&url(admin, "/admin/backends")).await.json();
     v.as_array()?.iter().find(|b| b["url"] == key).cloned()
 }
+
+/// A real `redis-server` on a unix socket in a temp dir (no TCP port to collide
+/// on), no persistence. Killed on drop.
+pub struct RedisServer {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.launch();
+        r
+    }
+
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn launch(&mut self) {
+        let sock = self.socket();
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&sock)
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 16];
+                    if let Ok(n) = s.read(&mut buf)
+                        && buf[..n].starts_with(b"+PONG")
+                    {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again, empty (no persistence), on the same socket.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// Runs a command with redis-cli and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
