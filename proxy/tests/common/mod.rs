@@ -1,6 +1,6 @@
 //! Test harness: real sockets on ephemeral loopback ports, in-process demo upstreams
 //! and proxies, and real `switchyard` processes where a test needs one (signals, RSS).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
