@@ -1,0 +1,310 @@
+//! The changes the dashboard can ask for (add, drain, re-add): checked with the same
+//! validation the proxy uses, described for the confirmation dialog, turned into
+//! admin API requests, and the server's answer turned into one line for the user.
+
+use switchyard_shared::validate;
+use switchyard_shared::{AddBackendRequest, ApiError, ChangeResponse, RemoveBackendRequest};
+
+/// Where the admin API is, relative to the dashboard page (`/dashboard/`).
+pub const API_BASE: &str = "../";
+
+/// `sessionStorage` key of the admin token (kept for the tab only).
+pub const TOKEN_KEY: &str = "switchyard.admin-token";
+
+/// A change waiting for confirmation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Add { url: String, weight: u32 },
+    Drain { url: String },
+    ReAdd { url: String, weight: u32 },
+}
+
+impl Action {
+    /// The backend the action is about.
+    pub fn url(&self) -> &str {
+        match self {
+            Action::Add { url, .. } | Action::Drain { url } | Action::ReAdd { url, .. } => url,
+        }
+    }
+
+    /// The confirmation dialog's question.
+    pub fn question(&self) -> String {
+        match self {
+            Action::Add { url, weight } => {
+                format!("Add backend {url} with weight {weight}? It gets traffic at once.")
+            }
+            Action::Drain { url } => format!(
+                "Drain and remove backend {url}? It gets no new requests; in-flight ones finish."
+            ),
+            Action::ReAdd { url, weight } => {
+                format!("Re-add backend {url} with weight {weight}? It gets traffic at once.")
+            }
+        }
+    }
+
+    /// The confirm button's label.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Action::Add { .. } => "Add",
+            Action::Drain { .. } => "Drain",
+            Action::ReAdd { .. } => "Re-add",
+        }
+    }
+
+    /// Admin API path, relative to the page.
+    pub fn path(&self) -> String {
+        match self {
+            Action::Add { .. } | Action::ReAdd { .. } => format!("{API_BASE}admin/add"),
+            Action::Drain { .. } => format!("{API_BASE}admin/remove"),
+        }
+    }
+
+    /// JSON request body.
+    pub fn body(&self) -> String {
+        let json = match self {
+            Action::Add { url, weight } | Action::ReAdd { url, weight } => {
+                serde_json::to_string(&AddBackendRequest {
+                    url: url.clone(),
+                    weight: Some(i64::from(*weight)),
+                })
+            }
+            Action::Drain { url } => {
+                serde_json::to_string(&RemoveBackendRequest { url: url.clone() })
+            }
+        };
+        // Serialising two plain fields cannot fail; an empty body would get a clear
+        // 400 from the server anyway.
+        json.unwrap_or_default()
+    }
+}
+
+/// Checks the add form. `weight` may be empty (meaning 1).
+pub fn validate_add(url: &str, weight: &str) -> Result<Action, String> {
+    validate::backend_url(url)?;
+    let weight = match weight.trim() {
+        "" => 1,
+        w => {
+            let n: i64 = w
+                .parse()
+                .map_err(|_| format!("weight must be a whole number, got `{w}`"))?;
+            validate::weight(n)?
+        }
+    };
+    // Send what the user typed (trimmed): the server keeps it as the address and
+    // derives the same canonical key the backend list shows.
+    Ok(Action::Add {
+        url: url.trim().trim_end_matches('/').to_string(),
+        weight,
+    })
+}
+
+/// The server's answer to a change, for the user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub message: String,
+    /// 401/403: the token is missing or wrong.
+    pub auth: bool,
+}
+
+/// Reads the answer to a change request; `status` 0 means no answer at all.
+pub fn outcome(status: u16, body: &str) -> Outcome {
+    if status == 0 {
+        return Outcome {
+            ok: false,
+            message: format!("no answer from the proxy: {}", one_line(body)),
+            auth: false,
+        };
+    }
+    if (200..300).contains(&status) {
+        return match serde_json::from_str::<ChangeResponse>(body) {
+            Ok(r) => Outcome {
+                ok: r.ok,
+                message: r.message,
+                auth: false,
+            },
+            Err(_) => Outcome {
+                ok: true,
+                message: format!("done (HTTP {status})"),
+                auth: false,
+            },
+        };
+    }
+    let detail = match serde_json::from_str::<ApiError>(body) {
+        Ok(e) => e.error,
+        Err(_) if body.trim().is_empty() => "no details".to_string(),
+        Err(_) => one_line(body),
+    };
+    Outcome {
+        ok: false,
+        message: format!("refused (HTTP {status}): {detail}"),
+        auth: status == 401 || status == 403,
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("").trim();
+    let mut out: String = line.chars().take(200).collect();
+    if line.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+/// The event stream's URL; the token goes in the query because `EventSource` cannot
+/// send headers.
+pub fn events_url(token: Option<&str>) -> String {
+    match token.filter(|t| !t.is_empty()) {
+        Some(t) => format!(
+            "{API_BASE}admin/events?access_token={}",
+            encode_component(t)
+        ),
+        None => format!("{API_BASE}admin/events"),
+    }
+}
+
+/// What the connection probe asks after the stream fails (same auth rules as the
+/// stream, but a plain response with a status code).
+pub fn probe_url() -> String {
+    format!("{API_BASE}admin/config")
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The `Authorization` header value for a token, if there is one.
+pub fn bearer(token: Option<&str>) -> Option<String> {
+    token
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_form_uses_the_proxys_validation() {
+        assert_eq!(
+            validate_add(" http://127.0.0.1:9004/ ", "2"),
+            Ok(Action::Add {
+                url: "http://127.0.0.1:9004".into(),
+                weight: 2
+            })
+        );
+        assert_eq!(
+            validate_add("http://b:80", ""),
+            Ok(Action::Add {
+                url: "http://b:80".into(),
+                weight: 1
+            })
+        );
+        let e = validate_add("ftp://b", "1").unwrap_err();
+        assert!(e.contains("unsupported scheme"), "{e}");
+        assert!(validate_add("http://b/path", "1").is_err());
+        assert!(validate_add("", "1").is_err());
+        let e = validate_add("http://b:80", "0").unwrap_err();
+        assert!(e.contains("1 to 1000"), "{e}");
+        assert!(validate_add("http://b:80", "1001").is_err());
+        let e = validate_add("http://b:80", "1.5").unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
+    }
+
+    #[test]
+    fn requests_match_the_admin_api() {
+        let add = Action::Add {
+            url: "http://b:80".into(),
+            weight: 3,
+        };
+        assert_eq!(add.path(), "../admin/add");
+        assert_eq!(add.body(), r#"{"url":"http://b:80","weight":3}"#);
+        assert_eq!(add.verb(), "Add");
+        assert!(add.question().contains("http://b:80 with weight 3"));
+        let drain = Action::Drain {
+            url: "http://b:80".into(),
+        };
+        assert_eq!(drain.path(), "../admin/remove");
+        assert_eq!(drain.body(), r#"{"url":"http://b:80"}"#);
+        assert!(
+            drain
+                .question()
+                .starts_with("Drain and remove backend http://b:80?")
+        );
+        let re = Action::ReAdd {
+            url: "http://b:80".into(),
+            weight: 2,
+        };
+        assert_eq!(re.path(), "../admin/add");
+        assert_eq!(re.url(), "http://b:80");
+        assert_eq!(re.verb(), "Re-add");
+    }
+
+    #[test]
+    fn answers_become_one_line() {
+        let ok = outcome(
+            200,
+            r#"{"ok":true,"message":"backend http://b:80 in the running set with weight 1","url":"http://b:80"}"#,
+        );
+        assert!(ok.ok);
+        assert_eq!(
+            ok.message,
+            "backend http://b:80 in the running set with weight 1"
+        );
+        let nf = outcome(
+            404,
+            r#"{"error":"backend http://x:80 is not in the running set"}"#,
+        );
+        assert!(!nf.ok);
+        assert!(!nf.auth);
+        assert_eq!(
+            nf.message,
+            "refused (HTTP 404): backend http://x:80 is not in the running set"
+        );
+        let auth = outcome(401, r#"{"error":"missing bearer token"}"#);
+        assert!(auth.auth);
+        assert!(outcome(403, "").auth);
+        assert_eq!(outcome(403, "").message, "refused (HTTP 403): no details");
+        assert_eq!(
+            outcome(502, "bad gateway\nmore").message,
+            "refused (HTTP 502): bad gateway"
+        );
+        let none = outcome(0, "TypeError: Failed to fetch");
+        assert!(!none.ok);
+        assert_eq!(
+            none.message,
+            "no answer from the proxy: TypeError: Failed to fetch"
+        );
+        assert!(outcome(200, "not json").ok);
+        assert!(outcome(500, &"x".repeat(300)).message.ends_with('…'));
+    }
+
+    #[test]
+    fn token_in_the_stream_url_and_header() {
+        assert_eq!(events_url(None), "../admin/events");
+        assert_eq!(events_url(Some("")), "../admin/events");
+        assert_eq!(
+            events_url(Some("abc-123_x.y~z")),
+            "../admin/events?access_token=abc-123_x.y~z"
+        );
+        assert_eq!(
+            events_url(Some("a+b/c=&d")),
+            "../admin/events?access_token=a%2Bb%2Fc%3D%26d"
+        );
+        assert_eq!(encode_component("é"), "%C3%A9");
+        assert_eq!(bearer(Some(" s3cret ")), Some("Bearer s3cret".into()));
+        assert_eq!(bearer(Some("  ")), None);
+        assert_eq!(bearer(None), None);
+        assert_eq!(probe_url(), "../admin/config");
+    }
+}
