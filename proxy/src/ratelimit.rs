@@ -23,14 +23,16 @@
 //! Each replica holds, per active key, tokens it leased in the background and spends
 //! them locally; every [`SYNC_PERIOD`] it asks for more (about what it used in the
 //! last period, at most `burst ÷ replicas`) and pays back any credit it spent.
-//! Credit: a key the replica has not heard about may admit up to
-//! `max(1, burst ÷ replicas)` requests before the first lease arrives, so a new client
-//! is not refused while the lease is in flight; the credit is charged to the global
-//! bucket at the next sync and is not extended while the store reports the bucket
-//! empty. Accuracy: over a window T the cluster admits at most
-//! `burst + rate × T` plus, when a key turns hot on several replicas at once, one
-//! period's credit; under sustained overload admissions follow the store's refill
-//! exactly (tokens unused on an idle replica are lost, which errs on the strict side).
+//! Credit: a key the replica holds no tokens for may admit **one** request before
+//! the first lease arrives, so a new client is not refused while the lease is in
+//! flight; the credit is charged to the global bucket at the next sync and is only
+//! extended again while the store reports room for every replica's credit.
+//! Accuracy: over a window T the cluster admits at most `burst + rate × T` plus
+//! `replicas − 1` (credit spent on other replicas that the store has not been told
+//! of yet); under sustained overload admissions follow the store's refill exactly
+//! (tokens left unused on an idle replica are lost, which errs on the strict side).
+//! The cost of keeping Redis off the request path: a cold replica admits only its
+//! credit during the first sync period (≤ 50 ms) of a burst.
 //! With 3 replicas and the 50 ms period, a 60 s run at 3× the limit admits within
 //! ±10 % of the limit (`tests/cluster.rs`).
 //!
@@ -243,9 +245,10 @@ impl RateLimiter {
 
     /// Clustered: books what the store granted for `lease_requests`.
     pub fn apply_grants(&self, asked: &[(u64, TokenRequest)], grants: &[TokenGrant]) {
-        if let Some((_, leases)) = &self.cluster {
+        if let Some((link, leases)) = &self.cluster {
+            let live = link.live();
             for ((key, req), grant) in asked.iter().zip(grants) {
-                leases.apply(*key, req.debt, *grant);
+                leases.apply(*key, req.debt, *grant, live);
             }
         }
     }
@@ -291,9 +294,8 @@ impl Leases {
         }
     }
 
-    fn credit(limit: Limit, live: usize) -> u32 {
-        ((limit.burst / live as f64).floor() as u32).max(1)
-    }
+    /// Requests a replica may admit on credit per key before the store hears of them.
+    const CREDIT: u32 = 1;
 
     fn take(&self, key: u64, limit: Limit, now: Instant, live: usize) -> Decision {
         let mut shard = self.shards[shard_of(key)].lock();
@@ -335,7 +337,7 @@ impl Leases {
             Decision::Admit {
                 remaining: f64::from(l.avail),
             }
-        } else if l.credit_ok && l.debt < Self::credit(limit, live) {
+        } else if l.credit_ok && l.debt < Self::CREDIT {
             l.debt += 1;
             Decision::Admit { remaining: 0.0 }
         } else {
@@ -383,12 +385,13 @@ impl Leases {
         out
     }
 
-    fn apply(&self, key: u64, paid: u32, grant: TokenGrant) {
+    fn apply(&self, key: u64, paid: u32, grant: TokenGrant, live: usize) {
         let mut shard = self.shards[shard_of(key)].lock();
         if let Some(l) = shard.get_mut(&key) {
             l.debt = l.debt.saturating_sub(paid);
             l.avail = l.avail.saturating_add(grant.granted);
-            l.credit_ok = grant.remaining >= 1.0;
+            // Room for every replica's credit, or none is extended.
+            l.credit_ok = grant.remaining >= f64::from(Self::CREDIT) * live as f64;
         }
     }
 

@@ -129,7 +129,18 @@ pub async fn start_with_store(
     let app = App::new(config, store.clone(), replica_id, source);
     app.cluster
         .set_addresses(proxy_addr.to_string(), admin_addr.to_string());
-    // Pick up an overlay the store already holds (a restart, or other replicas).
+    // Pick up the overlay the store already holds (a restart, or other replicas)
+    // before serving, so a restarted replica does not route to drained backends.
+    // A store that stays unreachable only delays the start by a few seconds.
+    if app.cluster.clustered {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !store.is_connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !store.is_connected() {
+            warn!("state store unreachable at start: serving the config alone until it connects");
+        }
+    }
     if let Ok(overlay) = store.membership().await {
         app.apply_overlay(overlay);
     }
