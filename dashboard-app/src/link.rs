@@ -20,7 +20,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::new(500.0, 15_000.0)
+        Self::new(500.0, 10_000.0)
     }
 }
 

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use switchyard_shared::{
-    BackendSource, BackendView, CircuitState, DashboardSnapshot, Event, EventKind, HealthStatus,
+    BackendSource, BackendView, CircuitState, ClusterBackendView, DashboardSnapshot, Event,
+    EventKind, HealthStatus,
 };
 
 use crate::chart::{self, Chart};
@@ -89,6 +90,8 @@ pub struct BackendRow {
     pub requests: String,
     pub errors: String,
     pub charts: Vec<Chart>,
+    /// In a cluster: the figures over every live replica, in one line.
+    pub cluster: Option<Badge>,
 }
 
 /// A backend seen before that is no longer in the running set.
@@ -212,7 +215,30 @@ fn ejection_badge(b: &BackendView) -> Badge {
     }
 }
 
-fn backend_row(b: &BackendView, track: Option<&Track>) -> BackendRow {
+/// One line of cluster-wide figures for a backend (summed or merged by the proxy over
+/// the live replicas' heartbeats); warns when some replicas do not route to it.
+fn cluster_line(c: &ClusterBackendView, replicas: usize) -> Badge {
+    let mut parts = vec![
+        format::rate(c.rps),
+        format!("{} errors", format::percent(Some(c.error_rate))),
+        format!("p50 {}", format::latency(c.p50_ms.map(|ms| ms / 1000.0))),
+        format!("p99 {}", format::latency(c.p99_ms.map(|ms| ms / 1000.0))),
+        format!("serving on {} of {replicas} replicas", c.available_on),
+    ];
+    if c.circuit_open_on > 0 {
+        parts.push(format!("circuit open on {}", c.circuit_open_on));
+    }
+    let tone = if c.available_on as usize >= replicas {
+        Tone::Good
+    } else if c.available_on == 0 {
+        Tone::Bad
+    } else {
+        Tone::Warn
+    };
+    Badge::new(format!("cluster: {}", parts.join(" · ")), tone)
+}
+
+fn backend_row(b: &BackendView, track: Option<&Track>, cluster: Option<Badge>) -> BackendRow {
     let window: Option<WindowStats> = track.and_then(|t| t.history.window(WINDOW_MS));
     let measured = window.is_some();
     let w = window.unwrap_or_default();
@@ -244,6 +270,7 @@ fn backend_row(b: &BackendView, track: Option<&Track>) -> BackendRow {
         requests: format::count(b.requests),
         errors: format::count(b.errors),
         charts: track.map(Track::charts).unwrap_or_default(),
+        cluster,
     }
 }
 
@@ -354,8 +381,8 @@ pub struct ReplicaRow {
     pub generation: String,
     pub heartbeat: String,
     pub uptime: String,
-    /// Runs a different config than this replica.
-    pub behind: bool,
+    /// Runs a different config (commit or digest) than this replica.
+    pub differs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -507,9 +534,19 @@ impl Dashboard {
         let Some(s) = &self.latest else {
             return Vec::new();
         };
+        let clustered = s.cluster.mode == "clustered";
+        let replicas = s.cluster.replicas.len();
         s.backends
             .iter()
-            .map(|b| backend_row(b, self.tracks.get(&b.url)))
+            .map(|b| {
+                let cluster = s
+                    .cluster
+                    .backends
+                    .iter()
+                    .find(|c| clustered && c.url == b.url)
+                    .map(|c| cluster_line(c, replicas));
+                backend_row(b, self.tracks.get(&b.url), cluster)
+            })
             .collect()
     }
 
@@ -589,7 +626,7 @@ impl Dashboard {
             .replicas
             .iter()
             .find(|r| r.is_self)
-            .map(|r| (r.config_commit.clone(), r.config_generation));
+            .map(|r| (r.config_commit.clone(), r.config_digest.clone()));
         let replicas = c
             .replicas
             .iter()
@@ -602,12 +639,8 @@ impl Dashboard {
                 generation: r.config_generation.to_string(),
                 heartbeat: format::age(s.at_ms, r.last_heartbeat_ms),
                 uptime: format::duration_s(r.uptime_s),
-                behind: own.as_ref().is_some_and(|(commit, generation)| {
-                    if commit.is_some() || r.config_commit.is_some() {
-                        commit != &r.config_commit
-                    } else {
-                        *generation != r.config_generation
-                    }
+                differs: own.as_ref().is_some_and(|(commit, digest)| {
+                    commit != &r.config_commit || digest != &r.config_digest
                 }),
             })
             .collect();

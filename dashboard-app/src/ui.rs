@@ -445,6 +445,9 @@ fn BackendCard(ctx: Ctx, url: String, rows: Memo<Vec<BackendRow>>) -> impl IntoV
                 <div><dt>"requests"</dt><dd data-testid="requests">{text(|r| r.requests.clone())}</dd></div>
                 <div><dt>"errors"</dt><dd data-testid="errors">{text(|r| r.errors.clone())}</dd></div>
             </dl>
+            {move || row.with(|r| r.as_ref().and_then(|r| r.cluster.clone())).map(|b| view! {
+                <p class=tone_class("cluster-line", b.tone) data-testid="cluster-figures">{b.text}</p>
+            })}
             <div class="charts">
                 {move || charts.get().into_iter().map(chart_view).collect_view()}
             </div>
@@ -559,7 +562,7 @@ fn ActionResult(ctx: Ctx) -> impl IntoView {
 fn ClusterPanel(ctx: Ctx) -> impl IntoView {
     let info = Memo::new(move |_| ctx.dash.with(|d| d.cluster()));
     view! {
-        <section class="panel" aria-labelledby="cluster-title" data-testid="cluster">
+        <section class="panel cluster" aria-labelledby="cluster-title" data-testid="cluster">
             <h2 id="cluster-title">"Cluster"</h2>
             {move || info.get().map(|c| view! {
                 <p class="row">
@@ -590,7 +593,7 @@ fn ClusterPanel(ctx: Ctx) -> impl IntoView {
                                     <td>
                                         <code>{r.commit}</code>
                                         {format!(" gen {}", r.generation)}
-                                        {r.behind.then(|| view! { <span class="badge warn">"differs"</span> })}
+                                        {r.differs.then(|| view! { <span class="badge warn">"differs"</span> })}
                                     </td>
                                     <td>{r.heartbeat}</td>
                                     <td>{r.uptime}</td>

@@ -176,6 +176,8 @@ impl Drop for Driver {
 #[serde(default)]
 struct Page {
     link: Option<String>,
+    /// The page marks its data stale (no snapshot for more than 3 s).
+    stale: bool,
     backends: Vec<Row>,
     gone: Vec<String>,
     confirm: Option<String>,
@@ -207,6 +209,7 @@ const text = (e) => e ? e.textContent.trim() : null;
 const result = q('[data-testid=action-result]');
 return {
   link: q('[data-testid=link-status]')?.dataset.state ?? null,
+  stale: !!q('#main')?.classList.contains('stale'),
   backends: Array.from(document.querySelectorAll('[data-testid=backend-row]')).map((e) => ({
     url: e.dataset.url,
     status: text(e.querySelector('[data-testid=status]')) ?? '',
@@ -463,6 +466,46 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
     c.set_window_size(1280, 1800).await.expect("resize");
 }
 
+/// The proxy goes away and comes back on the same admin address: the page says its
+/// data is stale and that it is reconnecting, then goes live again by itself.
+async fn reconnects(c: &Client, tools: &Tools) {
+    let b1 = demo("backend1").await;
+    let p = proxy(&config(&[(&b1, 1)], &tools.dist, "")).await;
+    let admin = p.admin_addr;
+    c.goto(&url(admin, "/dashboard/"))
+        .await
+        .expect("open the dashboard");
+    page_until(c, STEP, "backend1, live", |pg| {
+        pg.link.as_deref() == Some("live") && pg.backends.len() == 1 && !pg.stale
+    })
+    .await;
+
+    p.shutdown().await;
+    page_until(c, STEP, "the reconnecting indicator", |pg| {
+        pg.link.as_deref() == Some("reconnecting")
+    })
+    .await;
+    page_until(c, STEP, "the data marked stale", |pg| pg.stale).await;
+
+    // A new proxy on the same admin address (the one the OS gave the first), with
+    // another backend so the page must show fresh data.
+    let b2 = demo("backend2").await;
+    let yaml = format!(
+        "server:\n  port: 0\n  admin_port: {}\n  bind: 127.0.0.1\n{}admin:\n  dashboard_dir: \"{}\"\n",
+        admin.port(),
+        backends_yaml(&[(&b2, 1)]),
+        tools.dist.display()
+    );
+    let _p2 = proxy(&yaml).await;
+    page_until(c, STEP, "live again with the new proxy's backend", |pg| {
+        pg.link.as_deref() == Some("live")
+            && !pg.stale
+            && pg.backends.len() == 1
+            && row(pg, &b2.url()).is_some()
+    })
+    .await;
+}
+
 /// With an admin token the page asks for it, keeps it for the tab, and uses it for
 /// the stream (query) and for changes (bearer header).
 async fn token_flow(c: &Client, tools: &Tools) {
@@ -531,6 +574,7 @@ async fn dashboard_in_a_real_browser() {
     let c = driver.browser(&tools).await;
     let run = async {
         operate_the_cluster(&c, &tools).await;
+        reconnects(&c, &tools).await;
         token_flow(&c, &tools).await;
     };
     let outcome = std::panic::AssertUnwindSafe(run).catch_unwind().await;

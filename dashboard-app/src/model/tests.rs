@@ -1,6 +1,7 @@
 use super::*;
 use switchyard_shared::{
-    ConfigErrorView, EjectionView, LATENCY_BUCKETS_S, RateLimitView, ReplicaView, Totals,
+    ClusterBackendView, ConfigErrorView, EjectionView, LATENCY_BUCKETS_S, RateLimitView,
+    ReplicaView, Totals,
 };
 
 fn backend(url: &str, requests: u64, errors: u64) -> BackendView {
@@ -264,7 +265,7 @@ fn cluster_standalone_and_diverged() {
     assert_eq!(c.replicas.len(), 1);
     assert_eq!(c.replicas[0].heartbeat, "2 s ago");
     assert_eq!(c.replicas[0].uptime, "1 m 15 s");
-    assert!(!c.replicas[0].behind);
+    assert!(!c.replicas[0].differs);
 
     let mut s = snapshot(T0 + 1000, vec![]);
     s.cluster.mode = "clustered".into();
@@ -289,7 +290,61 @@ fn cluster_standalone_and_diverged() {
     assert_eq!(c.store.detail, "connection refused");
     assert_eq!(c.replicas[1].commit, "bbbbbbbb");
     assert_eq!(c.replicas[1].heartbeat, "6 s ago");
-    assert!(c.replicas[1].behind);
+    assert!(c.replicas[1].differs);
+}
+
+#[test]
+fn cluster_wide_figures_per_backend() {
+    let mut d = Dashboard::default();
+    let mut s = snapshot(
+        T0,
+        vec![backend("http://a:80", 0, 0), backend("http://b:80", 0, 0)],
+    );
+    d.apply_snapshot(s.clone());
+    assert!(
+        d.backends()[0].cluster.is_none(),
+        "standalone: nothing to add"
+    );
+    s.at_ms += 1000;
+    s.cluster.mode = "clustered".into();
+    s.cluster.replicas.push(ReplicaView {
+        id: "r2".into(),
+        ..Default::default()
+    });
+    s.cluster.backends = vec![
+        ClusterBackendView {
+            url: "http://a:80".into(),
+            rps: 42.0,
+            error_rate: 0.015,
+            active_conns: 3,
+            p50_ms: Some(3.0),
+            p99_ms: Some(12.0),
+            available_on: 2,
+            circuit_open_on: 0,
+        },
+        ClusterBackendView {
+            url: "http://b:80".into(),
+            available_on: 1,
+            circuit_open_on: 1,
+            ..Default::default()
+        },
+    ];
+    d.apply_snapshot(s);
+    let rows = d.backends();
+    let a = rows[0].cluster.clone().unwrap();
+    assert_eq!(
+        a.text,
+        "cluster: 42/s · 1.5% errors · p50 3.0 ms · p99 12 ms · serving on 2 of 2 replicas"
+    );
+    assert_eq!(a.tone, Tone::Good);
+    let b = rows[1].cluster.clone().unwrap();
+    assert!(
+        b.text
+            .ends_with("serving on 1 of 2 replicas · circuit open on 1"),
+        "{}",
+        b.text
+    );
+    assert_eq!(b.tone, Tone::Warn);
 }
 
 #[test]
