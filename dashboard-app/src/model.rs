@@ -357,7 +357,15 @@ pub fn event_kind(k: EventKind) -> (&'static str, Tone) {
 }
 
 fn event_row(e: &Event) -> EventRow {
-    let (kind, tone) = event_kind(e.kind);
+    let (kind, mut tone) = event_kind(e.kind);
+    // The kind does not say which way health went; the message does.
+    if e.kind == EventKind::HealthChanged {
+        tone = if e.message.contains("unhealthy") {
+            Tone::Bad
+        } else {
+            Tone::Good
+        };
+    }
     EventRow {
         key: format!("{}/{}/{}", e.replica, e.seq, e.at_ms),
         time: format::clock_utc(e.at_ms),

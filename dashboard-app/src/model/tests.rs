@@ -244,6 +244,20 @@ fn events_are_deduplicated_and_newest_first() {
 }
 
 #[test]
+fn health_events_take_their_tone_from_the_direction() {
+    let mut d = Dashboard::default();
+    let mut up = event(1, T0, EventKind::HealthChanged);
+    up.message = "backend http://a:80 healthy: GET /health answered 200".into();
+    let mut down = event(2, T0 + 1, EventKind::HealthChanged);
+    down.message = "backend http://a:80 unhealthy: GET /health answered 503".into();
+    d.apply_event(up);
+    d.apply_event(down);
+    let rows = d.events();
+    assert_eq!(rows[0].tone, Tone::Bad);
+    assert_eq!(rows[1].tone, Tone::Good);
+}
+
+#[test]
 fn the_event_log_is_bounded() {
     let mut log = EventLog::default();
     for i in 0..(EVENTS as u64 + 50) {
