@@ -48,7 +48,7 @@ fi
 #    Written to a temporary directory and moved in, so a running proxy never serves
 #    a half-written pair.
 mkdir -p "$dist"
-stamp="$dist/.build-stamp"
+stamp="$target_dir/$target/$profile/dashboard-dist.stamp"   # outside dist/: not served
 want_stamp="wasm-bindgen $want stripped $(cksum < "$wasm")"
 if [ ! -f "$dist/$out_name.js" ] || [ ! -f "$dist/${out_name}_bg.wasm" ] \
    || [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then

@@ -182,6 +182,7 @@ struct Page {
     gone: Vec<String>,
     confirm: Option<String>,
     token_dialog: bool,
+    token_reason: Option<String>,
     result: Option<Outcome>,
     add_error: Option<String>,
     events: usize,
@@ -218,6 +219,7 @@ return {
   gone: Array.from(document.querySelectorAll('[data-testid=gone-row]')).map((e) => e.dataset.url),
   confirm: text(q('[data-testid=confirm-text]')),
   token_dialog: !!q('[data-testid=token-dialog]'),
+  token_reason: text(q('[data-testid=token-reason]')),
   result: result ? { ok: result.dataset.ok === 'true', text: text(result) } : null,
   add_error: text(q('[data-testid=add-error]')),
   events: document.querySelectorAll('[data-testid=event-row]').length,
@@ -527,10 +529,12 @@ async fn token_flow(c: &Client, tools: &Tools) {
     .await;
     type_into(c, "#token-input", "wrong").await;
     click(c, "#token-submit").await;
-    page_until(c, STEP, "the token prompt again for a wrong token", |pg| {
+    let pg = page_until(c, STEP, "the token prompt again for a wrong token", |pg| {
         pg.token_dialog && pg.link.as_deref() == Some("token")
     })
     .await;
+    let reason = pg.token_reason.unwrap_or_default();
+    assert!(reason.contains("refused"), "{reason}");
     type_into(c, "#token-input", TOKEN).await;
     click(c, "#token-submit").await;
     page_until(c, STEP, "both backends, live", |pg| {
