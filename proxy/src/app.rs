@@ -42,6 +42,11 @@ pub struct App {
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers move away.
     pub shutting_down: AtomicBool,
     pub cluster: Cluster,
+    /// Reloads on demand (`POST /admin/reload`), when a config source is followed.
+    pub reloader: std::sync::OnceLock<crate::gitops::ReloadHandle>,
+    /// Set by `POST /admin/reload?allow_unrelated=true`: accept one revision whose
+    /// history does not descend from the applied one.
+    pub allow_unrelated_history: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -86,6 +91,8 @@ impl App {
             source,
             shutting_down: AtomicBool::new(false),
             cluster: Cluster::new(&config, clustered),
+            reloader: std::sync::OnceLock::new(),
+            allow_unrelated_history: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 config: config.clone(),
                 overlay: Overlay::default(),
@@ -141,6 +148,14 @@ impl App {
             ),
         );
         diff
+    }
+
+    /// Records what the first load found: the commit it runs, or why the source
+    /// could not be used (the process then runs a fallback config).
+    pub fn mark_initial(&self, commit: Option<String>, error: Option<ConfigErrorView>) {
+        let mut inner = self.inner.lock();
+        inner.status.commit = commit;
+        inner.status.last_error = error;
     }
 
     /// Records a refused config; the running one stays.
@@ -301,6 +316,23 @@ impl App {
             replicas: Vec::new(),
             converged: true,
         }
+    }
+
+    /// `GET /admin/config`: the status plus, when clustered, every replica's commit.
+    pub fn config_status_with_replicas(&self) -> ConfigStatus {
+        let mut status = self.config_status();
+        let view = crate::cluster::view(self);
+        status.replicas = view
+            .replicas
+            .iter()
+            .map(|r| switchyard_shared::ReplicaConfigView {
+                id: r.id.clone(),
+                commit: r.config_commit.clone(),
+                generation: r.config_generation,
+            })
+            .collect();
+        status.converged = view.converged;
+        status
     }
 }
 

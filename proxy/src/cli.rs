@@ -8,11 +8,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use switchyard_shared::validate;
 
+use std::sync::Arc;
+
 use crate::config::{self, BackendConfig, Config, Int, Strategy, Url, Weight};
+use crate::gitops;
 use crate::server;
 use crate::telemetry::logging;
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(
     name = "switchyard",
     version,
@@ -58,12 +61,37 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Follow the config in this git repository (path or URL: file://, git://,
+    /// https:// with the token in $SWITCHYARD_GIT_TOKEN, ssh:// with --git-ssh-key).
+    #[arg(long, env = "SWITCHYARD_CONFIG_REPO")]
+    pub config_repo: Option<String>,
+
+    /// Branch to follow [default: main].
+    #[arg(long, env = "SWITCHYARD_CONFIG_REF")]
+    pub config_ref: Option<String>,
+
+    /// Config file inside the repository [default: config.yaml].
+    #[arg(long, env = "SWITCHYARD_CONFIG_PATH")]
+    pub config_path: Option<String>,
+
+    /// How often to fetch the repository [default: 10s] or check the file [default: 1s].
+    #[arg(long, env = "SWITCHYARD_POLL_INTERVAL", value_parser = crate::config::types::parse_duration)]
+    pub poll_interval: Option<std::time::Duration>,
+
+    /// Where fetched revisions are kept (a private bare repository).
+    #[arg(long, env = "SWITCHYARD_GIT_CACHE")]
+    pub git_cache: Option<PathBuf>,
+
+    /// SSH private key for ssh:// repositories.
+    #[arg(long, env = "SWITCHYARD_GIT_SSH_KEY")]
+    pub git_ssh_key: Option<String>,
+
     /// Log format (overrides logging.format).
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default).
     Run,
@@ -111,11 +139,17 @@ fn check(files: &[PathBuf]) -> ExitCode {
 /// Loads the config file (or defaults when only `--backend` is given) and applies
 /// the command-line overrides, validated like the file.
 pub fn load_with_overrides(cli: &Cli) -> Result<Config, String> {
-    let mut config = if !cli.backends.is_empty() && !Path::new(&cli.config).exists() {
+    let config = if !cli.backends.is_empty() && !Path::new(&cli.config).exists() {
         Config::default()
     } else {
         config::load(&cli.config).map_err(|e| e.to_string())?
     };
+    apply_overrides(cli, config)
+}
+
+/// The command-line overrides, applied to every config this process runs (the
+/// first and every reload), then validated like a file.
+pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> {
     if let Some(addr) = cli.listen {
         config.server.bind = addr.ip();
         config.server.port = addr.port();
@@ -168,9 +202,123 @@ pub fn load_with_overrides(cli: &Cli) -> Result<Config, String> {
     config::parse(&text, "(config with command-line overrides)").map_err(|e| e.to_string())
 }
 
+/// Where the config comes from: `--config-repo` (or the file's `gitops:` block),
+/// else the file itself when it exists.
+pub fn source_of(cli: &Cli) -> Result<Option<gitops::Source>, String> {
+    let block = if cli.config_repo.is_none() && Path::new(&cli.config).exists() {
+        config::load(&cli.config)
+            .ok()
+            .and_then(|c| c.gitops)
+            .filter(|g| !g.repo.is_empty())
+    } else {
+        None
+    };
+    let repo = cli
+        .config_repo
+        .clone()
+        .or_else(|| block.as_ref().map(|g| g.repo.clone()));
+    let Some(repo) = repo else {
+        return Ok(Path::new(&cli.config)
+            .exists()
+            .then(|| gitops::Source::File(cli.config.clone())));
+    };
+    let defaults = block.unwrap_or_default();
+    // A local path is made absolute: git runs against its own cache directory.
+    let repo = if !repo.contains("://") && Path::new(&repo).exists() {
+        std::fs::canonicalize(&repo)
+            .map(|p| p.display().to_string())
+            .unwrap_or(repo)
+    } else {
+        repo
+    };
+    Ok(Some(gitops::Source::Git(gitops::GitSource {
+        cache: cli
+            .git_cache
+            .clone()
+            .unwrap_or_else(|| gitops::git::default_cache(&repo)),
+        reference: cli.config_ref.clone().unwrap_or(defaults.r#ref),
+        path: cli.config_path.clone().unwrap_or(defaults.path),
+        token_env: defaults
+            .token_env
+            .unwrap_or_else(|| "SWITCHYARD_GIT_TOKEN".into()),
+        ssh_key: cli.git_ssh_key.clone().or(defaults.ssh_key),
+        repo,
+    })))
+}
+
+fn poll_interval(cli: &Cli, source: Option<&gitops::Source>) -> std::time::Duration {
+    if let Some(gitops::Source::File(_)) = source {
+        return cli
+            .poll_interval
+            .unwrap_or(std::time::Duration::from_secs(1));
+    }
+    cli.poll_interval
+        .or_else(|| {
+            config::load(&cli.config)
+                .ok()
+                .and_then(|c| c.gitops)
+                .map(|g| g.poll_interval.get())
+        })
+        .unwrap_or(std::time::Duration::from_secs(10))
+}
+
+type First = (
+    Config,
+    gitops::Applied,
+    Option<switchyard_shared::ConfigErrorView>,
+);
+
+/// The first config: from the source, or — if a repository cannot be used yet — the
+/// local file, or defaults, with the reason kept for `/admin/config`.
+fn first_config(
+    cli: &Cli,
+    source: Option<&gitops::Source>,
+    adjust: &gitops::Adjust,
+) -> Result<First, String> {
+    let Some(source) = source else {
+        return Ok((load_with_overrides(cli)?, gitops::Applied::default(), None));
+    };
+    let boot = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    match boot.block_on(gitops::initial(source, adjust)) {
+        Ok((config, applied)) => Ok((config, applied, None)),
+        Err(e) => match source {
+            gitops::Source::File(_) => Err(format!(
+                "{}{}: {}",
+                e.file,
+                e.line.map(|l| format!(":{l}")).unwrap_or_default(),
+                e.reason
+            )),
+            gitops::Source::Git(_) => {
+                eprintln!(
+                    "switchyard: config repository not usable yet ({}); starting with the local file or defaults",
+                    e.reason
+                );
+                let fallback = if Path::new(&cli.config).exists() {
+                    load_with_overrides(cli)?
+                } else {
+                    apply_overrides(cli, Config::default())?
+                };
+                Ok((fallback, gitops::Applied::default(), Some(e)))
+            }
+        },
+    }
+}
+
 fn run(cli: &Cli) -> ExitCode {
-    let config = match load_with_overrides(cli) {
-        Ok(c) => c,
+    let source = match source_of(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let overrides = cli.clone();
+    let adjust: gitops::Adjust = Arc::new(move |c| apply_overrides(&overrides, c));
+    let (config, applied, initial_error) = match first_config(cli, source.as_ref(), &adjust) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("switchyard: {e}");
             return ExitCode::FAILURE;
@@ -194,15 +342,33 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let source = server::file_source(&cli.config.display().to_string());
+    let view = match &source {
+        Some(s) => s.view(),
+        None => server::file_source(&cli.config.display().to_string()),
+    };
+    let poll = poll_interval(cli, source.as_ref());
     runtime.block_on(async move {
-        let running = match server::start(config, source).await {
+        let running = match server::start(config, view).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("switchyard: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        running
+            .app
+            .mark_initial(applied.commit.clone(), initial_error);
+        if let Some(source) = source {
+            let handle = gitops::spawn(
+                running.app.clone(),
+                source,
+                adjust,
+                applied,
+                poll,
+                running.stop_signal(),
+            );
+            let _ = running.app.reloader.set(handle);
+        }
         server::shutdown_signal().await;
         running.shutdown().await;
         ExitCode::SUCCESS

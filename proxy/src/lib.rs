@@ -16,6 +16,7 @@ pub mod demo;
 pub mod errors;
 pub mod events;
 pub mod forward;
+pub mod gitops;
 pub mod health;
 pub mod listener;
 pub mod ratelimit;

@@ -190,6 +190,11 @@ pub async fn start_with_store(
 }
 
 impl Running {
+    /// Fires when shutdown begins (for tasks started beside the replica).
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Stops accepting, lets in-flight requests finish within the grace period,
     /// stops the background tasks.
     pub async fn shutdown(self) {

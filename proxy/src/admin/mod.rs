@@ -48,6 +48,7 @@ pub fn router(state: AdminState) -> Router {
     let write = Router::new()
         .route("/admin/add", post(add))
         .route("/admin/remove", post(remove))
+        .route("/admin/reload", post(reload))
         .route_layer(from_fn_with_state(state.clone(), auth::require_write));
     Router::new()
         .route("/healthz", get(healthz))
@@ -134,7 +135,34 @@ async fn backends(State(s): State<AdminState>) -> Response {
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
-    Json(s.app.config_status()).into_response()
+    Json(s.app.config_status_with_replicas()).into_response()
+}
+
+/// `POST /admin/reload`: fetch the config source now (a git host's push webhook).
+/// The request body is ignored, so any webhook payload will do.
+async fn reload(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
+    use crate::gitops::Outcome;
+    let Some(handle) = s.app.reloader.get() else {
+        return AdminError::new(
+            StatusCode::CONFLICT,
+            "this replica does not follow a config source",
+        )
+        .into_response();
+    };
+    if uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "allow_unrelated=true"))
+    {
+        s.app.allow_unrelated_history.store(true, Relaxed);
+    }
+    match handle.reload().await {
+        Some(o @ Outcome::Refused { .. }) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(o)).into_response()
+        }
+        Some(o) => Json(o).into_response(),
+        None => AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "the reloader is stopping")
+            .into_response(),
+    }
 }
 
 async fn cluster(State(s): State<AdminState>) -> Response {

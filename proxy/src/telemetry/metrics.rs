@@ -36,6 +36,9 @@ pub const EJECTED: &str = "switchyard_backend_ejected";
 pub const STORE_ERRORS_TOTAL: &str = "switchyard_state_store_errors_total";
 pub const STORE_CONNECTED: &str = "switchyard_state_store_connected";
 pub const REPLICAS: &str = "switchyard_cluster_replicas";
+pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
+pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
 
 /// Proxy-wide figures.
 #[derive(Default)]
@@ -61,6 +64,10 @@ pub struct Metrics {
     pub circuits_closed: AtomicU64,
     pub ejections: AtomicU64,
     pub restores: AtomicU64,
+    /// Configs applied after the first.
+    pub config_reloads: AtomicU64,
+    /// Config revisions refused.
+    pub config_failures: AtomicU64,
 }
 
 impl Metrics {

@@ -212,6 +212,39 @@ pub fn render(app: &App, format: Format) -> String {
         );
     }
 
+    o.family(
+        CONFIG_RELOADS_TOTAL,
+        "counter",
+        "Config reloads, by result.",
+    );
+    o.sample(
+        CONFIG_RELOADS_TOTAL,
+        &[("result", "applied")],
+        m.config_reloads.load(Relaxed) as f64,
+    );
+    o.sample(
+        CONFIG_RELOADS_TOTAL,
+        &[("result", "refused")],
+        m.config_failures.load(Relaxed) as f64,
+    );
+    let status = app.config_status();
+    o.family(
+        CONFIG_GENERATION,
+        "gauge",
+        "Configs applied since start (1 = the first).",
+    );
+    o.sample(CONFIG_GENERATION, &[], status.generation as f64);
+    o.family(
+        CONFIG_ERROR,
+        "gauge",
+        "1 while the newest revision of the config source is refused.",
+    );
+    o.sample(
+        CONFIG_ERROR,
+        &[],
+        f64::from(u8::from(status.last_error.is_some())),
+    );
+
     let store = app.store.status();
     o.family(
         STORE_ERRORS_TOTAL,
