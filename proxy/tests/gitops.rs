@@ -1,6 +1,8 @@
 //! Config from git and from files, with real repositories, `git daemon`, and
 //! `switchyard` processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;
