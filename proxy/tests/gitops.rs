@@ -104,6 +104,7 @@ impl GitDaemon {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("git daemon did not start");
     }
