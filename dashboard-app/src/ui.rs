@@ -683,6 +683,14 @@ fn EventLog(ctx: Ctx) -> impl IntoView {
 
 #[component]
 fn ConfirmDialog(ctx: Ctx) -> impl IntoView {
+    // Focus goes to the confirm button when the dialog opens, so Enter confirms and
+    // Escape cancels without reaching for the mouse.
+    let yes = NodeRef::<leptos::html::Button>::new();
+    Effect::new(move |_| {
+        if let Some(button) = yes.get() {
+            let _ = button.focus();
+        }
+    });
     view! {
         {move || ctx.pending.get().map(|a| view! {
             <div class="overlay">
@@ -698,7 +706,7 @@ fn ConfirmDialog(ctx: Ctx) -> impl IntoView {
                     <p data-testid="confirm-text">{a.question()}</p>
                     <div class="buttons">
                         <button type="button" data-testid="confirm-no" on:click=move |_| ctx.pending.set(None)>"Cancel"</button>
-                        <button type="button" class="primary" data-testid="confirm-yes" autofocus on:click=move |_| ctx.confirm()>
+                        <button type="button" class="primary" data-testid="confirm-yes" node_ref=yes on:click=move |_| ctx.confirm()>
                             {a.verb()}
                         </button>
                     </div>
@@ -711,6 +719,12 @@ fn ConfirmDialog(ctx: Ctx) -> impl IntoView {
 #[component]
 fn TokenDialog(ctx: Ctx) -> impl IntoView {
     let input = RwSignal::new(String::new());
+    let field = NodeRef::<leptos::html::Input>::new();
+    Effect::new(move |_| {
+        if let Some(el) = field.get() {
+            let _ = el.focus();
+        }
+    });
     view! {
         {move || ctx.token_prompt.get().map(|reason| view! {
             <div class="overlay">
@@ -720,6 +734,7 @@ fn TokenDialog(ctx: Ctx) -> impl IntoView {
                     aria-modal="true"
                     aria-labelledby="token-title"
                     data-testid="token-dialog"
+                    on:keydown=move |ev| if ev.key() == "Escape" { ctx.token_prompt.set(None) }
                     on:submit=move |ev| {
                         ev.prevent_default();
                         ctx.set_token(Some(input.get_untracked()));
@@ -734,7 +749,7 @@ fn TokenDialog(ctx: Ctx) -> impl IntoView {
                             id="token-input"
                             type="password"
                             autocomplete="off"
-                            autofocus
+                            node_ref=field
                             prop:value=move || input.get()
                             on:input=move |ev| input.set(event_target_value(&ev))
                         />
