@@ -102,6 +102,14 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// GET a URL and exit 0 on a 2xx answer (for container HEALTHCHECKs, where no
+    /// curl is installed): `switchyard probe http://127.0.0.1:8081/healthz`.
+    Probe {
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = crate::config::types::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Entry point behind `main`.
@@ -109,7 +117,45 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Check { files }) => check(files),
+        Some(Command::Probe { url, timeout }) => probe(url, *timeout),
         Some(Command::Run) | None => run(&cli),
+    }
+}
+
+fn probe(url: &str, timeout: std::time::Duration) -> ExitCode {
+    use http_body_util::{BodyExt, Empty};
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("probe: `{url}` is not a URL");
+        return ExitCode::FAILURE;
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let result = rt.block_on(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<bytes::Bytes>>();
+        let resp = tokio::time::timeout(timeout, client.get(uri))
+            .await
+            .map_err(|_| "timed out".to_string())?;
+        let resp = resp.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        Ok::<_, String>(status)
+    });
+    match result {
+        Ok(s) if s.is_success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("probe: {url} answered {s}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("probe: {url}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

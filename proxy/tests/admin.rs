@@ -536,3 +536,29 @@ async fn dashboard_files_are_served_with_types_and_etags() {
     assert!(r.body.contains("scripts/build-dashboard.sh"));
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_subcommand_checks_healthz_for_container_healthchecks() {
+    let p = proxy(server_yaml()).await;
+    let admin = p.admin_addr;
+    let ok = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["probe", &format!("http://{admin}/healthz")])
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok.success());
+    let missing = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["probe", &format!("http://{admin}/nothing-here")])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
+    p.shutdown().await;
+}
