@@ -461,7 +461,8 @@ async fn event_stream_pushes_snapshots_and_events() {
 async fn event_stream_accepts_the_token_as_a_query_parameter() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "t0ken\n").unwrap();
+    // base64-ish characters must survive the query string's percent-encoding
+    std::fs::write(&token, "t0+k/en=\n").unwrap();
     let p = proxy(&format!(
         "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  admin_bind: 127.0.0.1\nadmin:\n  token_file: \"{}\"\n",
         token.display()
@@ -470,7 +471,11 @@ async fn event_stream_accepts_the_token_as_a_query_parameter() {
     let r = get(&url(p.admin_addr, "/admin/events")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // elsewhere the query parameter is not a credential
-    let r = get(&url(p.admin_addr, "/admin/backends?access_token=t0ken")).await;
+    let r = get(&url(
+        p.admin_addr,
+        "/admin/backends?access_token=t0%2Bk%2Fen%3D",
+    ))
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let (_, snap) =
         read_sse_until(p.admin_addr, "?access_token=t0ken", |e, _| e == "snapshot").await;

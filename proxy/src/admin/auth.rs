@@ -56,7 +56,7 @@ fn check(state: &AdminState, req: &Request) -> Result<(), AdminError> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim)
+        .map(|t| t.trim().to_string())
         .or_else(|| query_token(req));
     match presented {
         None => Err(AdminError::new(
@@ -68,8 +68,9 @@ fn check(state: &AdminState, req: &Request) -> Result<(), AdminError> {
     }
 }
 
-/// `?access_token=` on the event stream only (EventSource cannot send headers).
-fn query_token(req: &Request) -> Option<&str> {
+/// `?access_token=` on the event stream only (EventSource cannot send headers),
+/// percent-decoded.
+fn query_token(req: &Request) -> Option<String> {
     if req.uri().path() != "/admin/events" {
         return None;
     }
@@ -77,6 +78,32 @@ fn query_token(req: &Request) -> Option<&str> {
         .query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix("access_token="))
+        .and_then(percent_decode)
+}
+
+/// Decodes `%XX` escapes and `+` (a space in form encoding); `None` if malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 pub async fn require_write(State(state): State<AdminState>, req: Request, next: Next) -> Response {
@@ -110,5 +137,17 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn query_tokens_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Bb%3D%3D").as_deref(), Some("a+b=="));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a b"));
+        assert_eq!(
+            percent_decode("plain-token_1.2~").as_deref(),
+            Some("plain-token_1.2~")
+        );
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
     }
 }
