@@ -477,8 +477,10 @@ async fn event_stream_accepts_the_token_as_a_query_parameter() {
     ))
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let (_, snap) =
-        read_sse_until(p.admin_addr, "?access_token=t0ken", |e, _| e == "snapshot").await;
+    let (_, snap) = read_sse_until(p.admin_addr, "?access_token=t0%2Bk%2Fen%3D", |e, _| {
+        e == "snapshot"
+    })
+    .await;
     assert_eq!(snap["auth_required"], true);
     p.shutdown().await;
 }
