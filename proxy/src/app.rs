@@ -47,6 +47,8 @@ pub struct App {
     /// Set by `POST /admin/reload?allow_unrelated=true`: accept one revision whose
     /// history does not descend from the applied one.
     pub allow_unrelated_history: AtomicBool,
+    /// OpenTelemetry export, when an endpoint is configured.
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::otel::Telemetry>>,
     inner: Mutex<Inner>,
 }
 
@@ -93,6 +95,7 @@ impl App {
             cluster: Cluster::new(&config, clustered),
             reloader: std::sync::OnceLock::new(),
             allow_unrelated_history: AtomicBool::new(false),
+            telemetry: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 config: config.clone(),
                 overlay: Overlay::default(),
@@ -113,6 +116,30 @@ impl App {
     /// The snapshot requests read (one atomic load and a reference count).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::otel::Telemetry>> {
+        self.telemetry.get()
+    }
+
+    /// Attaches OpenTelemetry export (once) and registers its metric instruments.
+    pub fn set_telemetry(self: &Arc<Self>, t: Arc<crate::telemetry::otel::Telemetry>) {
+        if let Some(h) = t.register_metrics(self) {
+            let _ = self.metrics.otel.set(h);
+        }
+        let _ = self.telemetry.set(t);
+    }
+
+    /// The running set and the draining backends.
+    pub fn all_backends(&self) -> Vec<Arc<Backend>> {
+        let mut v: Vec<_> = self
+            .snapshot()
+            .members
+            .iter()
+            .map(|m| m.backend.clone())
+            .collect();
+        v.extend(self.draining());
+        v
     }
 
     pub fn config_digest(&self) -> String {

@@ -370,7 +370,13 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    logging::init(&config.logging.format);
+    let otel_settings = match crate::telemetry::otel::settings(&config.telemetry) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: telemetry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let threads = match config.server.threads.as_usize() {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -394,7 +400,32 @@ fn run(cli: &Cli) -> ExitCode {
     };
     let poll = poll_interval(cli, source.as_ref());
     runtime.block_on(async move {
-        let running = match server::start(config, view).await {
+        let replica = config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.replica_id.clone())
+            .unwrap_or_else(|| server::default_replica_id(config.server.port));
+        let (telemetry, tracer) = match otel_settings {
+            None => (None, None),
+            Some(s) => match crate::telemetry::otel::Telemetry::start(s, &replica) {
+                Ok((t, tracer)) => (Some(Arc::new(t)), tracer),
+                Err(e) => {
+                    eprintln!("switchyard: telemetry: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        logging::init(&config.logging.format, tracer);
+        if let Some(t) = &telemetry {
+            tracing::info!(
+                traces = t.settings.traces_endpoint.as_deref().unwrap_or("off"),
+                metrics = t.settings.metrics_endpoint.as_deref().unwrap_or("off"),
+                sampler_ratio = t.settings.ratio,
+                parent_based = t.settings.parent_based,
+                "OpenTelemetry export on"
+            );
+        }
+        let running = match server::start_with_telemetry(config, view, telemetry.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("switchyard: {e}");
@@ -417,6 +448,9 @@ fn run(cli: &Cli) -> ExitCode {
         }
         server::shutdown_signal().await;
         running.shutdown().await;
+        if let Some(t) = telemetry {
+            t.shutdown();
+        }
         ExitCode::SUCCESS
     })
 }

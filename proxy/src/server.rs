@@ -54,6 +54,15 @@ pub fn default_replica_id(port: u16) -> String {
 /// Starts a replica: on the embedded store, or on Redis when `cluster.redis_url`
 /// is set.
 pub async fn start(config: Config, source: ConfigSourceView) -> Result<Running, String> {
+    start_with_telemetry(config, source, None).await
+}
+
+/// [`start`], with OpenTelemetry export attached before the first request.
+pub async fn start_with_telemetry(
+    config: Config,
+    source: ConfigSourceView,
+    telemetry: Option<Arc<crate::telemetry::otel::Telemetry>>,
+) -> Result<Running, String> {
     let mut store_tasks = Vec::new();
     let redis_url = config.cluster.as_ref().and_then(|c| c.redis_url.clone());
     let store: Arc<dyn StateStore> = match (redis_url, &config.cluster) {
@@ -70,7 +79,7 @@ pub async fn start(config: Config, source: ConfigSourceView) -> Result<Running, 
         }
         _ => Arc::new(MemoryStore::default()),
     };
-    let started = start_with_store(config, source, store).await;
+    let started = start_with_store(config, source, store, telemetry).await;
     match started {
         Ok(mut r) => {
             r.background.extend(store_tasks);
@@ -89,6 +98,7 @@ pub async fn start_with_store(
     config: Config,
     source: ConfigSourceView,
     store: Arc<dyn StateStore>,
+    telemetry: Option<Arc<crate::telemetry::otel::Telemetry>>,
 ) -> Result<Running, String> {
     tls::configure(config.upstream.ca_file.as_deref())?;
     let token = admin::load_token(config.admin.token_file.as_deref())?;
@@ -129,6 +139,9 @@ pub async fn start_with_store(
     let app = App::new(config, store.clone(), replica_id, source);
     app.cluster
         .set_addresses(proxy_addr.to_string(), admin_addr.to_string());
+    if let Some(t) = telemetry {
+        app.set_telemetry(t);
+    }
     // Pick up the overlay the store already holds (a restart, or other replicas)
     // before serving, so a restarted replica does not route to drained backends.
     // A store that stays unreachable only delays the start by a few seconds.

@@ -126,6 +126,7 @@ pub struct ResponseGuard {
     conn: Option<Sender>,
     max_idle: usize,
     started: Instant,
+    trace: Option<super::trace::Trace>,
     done: bool,
 }
 
@@ -137,6 +138,7 @@ impl ResponseGuard {
         conn: Option<Sender>,
         max_idle: usize,
         started: Instant,
+        trace: Option<super::trace::Trace>,
     ) -> Self {
         Self {
             app,
@@ -144,8 +146,15 @@ impl ResponseGuard {
             conn,
             max_idle,
             started,
+            trace,
             done: false,
         }
+    }
+
+    /// The upstream connection to return to the pool when the exchange completes.
+    pub fn with_conn(mut self, conn: Sender) -> Self {
+        self.conn = Some(conn);
+        self
     }
 
     pub fn finish(&mut self, clean: bool) {
@@ -159,7 +168,11 @@ impl ResponseGuard {
             self.backend.pool.put(conn, self.max_idle);
         }
         self.backend.stats.active.fetch_sub(1, Relaxed);
-        self.app.metrics.finish_request(self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        self.app.metrics.finish_request(elapsed);
+        if let Some(mut t) = self.trace.take() {
+            t.finish(elapsed);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod body;
 pub mod headers;
 pub mod pool;
 pub mod tls;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tracing::debug;
 
 use self::body::{ProxyBody, ReqBody, ResponseGuard};
 use self::pool::{ConnectError, Sender};
+use self::trace::Trace;
 use crate::app::App;
 use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
@@ -48,7 +50,8 @@ pub async fn handle(
     let started = Instant::now();
     app.metrics.start_request();
     let snap = app.snapshot();
-    match forward(&app, &snap, req, peer, started).await {
+    let mut trace = Some(Trace::start(&app, &req, peer, &snap));
+    match forward(&app, &snap, req, peer, started, &mut trace).await {
         Ok(resp) => {
             app.metrics.count_status(resp.status());
             resp
@@ -56,7 +59,12 @@ pub async fn handle(
         Err(e) => {
             debug!(error = %e, client = %peer, "request failed");
             app.metrics.count_status(e.status());
-            app.metrics.finish_request(started.elapsed());
+            let elapsed = started.elapsed();
+            app.metrics.finish_request(elapsed);
+            if let Some(mut t) = trace {
+                t.respond(e.status(), None);
+                t.finish(elapsed);
+            }
             e.into_response()
         }
     }
@@ -68,10 +76,15 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     started: Instant,
+    trace: &mut Option<Trace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
     if let Some(limiter) = &snap.limiter {
-        limiter.check(&req, peer, &app.metrics)?;
+        let checked = limiter.check(&req, peer, &app.metrics);
+        if let Some(t) = trace.as_ref() {
+            t.rate_limit(checked.is_ok());
+        }
+        checked?;
     }
     let upgrade = headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -118,10 +131,15 @@ async fn forward(
         attempts += 1;
         let inflight = Inflight::new(backend);
         let attempt_start = Instant::now();
+        let client_span = match (trace.as_ref(), parts.as_ref()) {
+            (Some(t), Some(p)) => t.attempt(backend, &p.method, p.uri.path(), attempts, probe),
+            _ => tracing::Span::none(),
+        };
 
         let mut tx = match checkout(backend, cfg, &app.metrics).await {
             Ok(tx) => tx,
             Err(source) => {
+                Trace::attempt_done(&client_span, None, Some("connect"));
                 app.noted(
                     backend,
                     backend.record(Outcome::ConnectFailed, attempt_start, probe, snap),
@@ -149,6 +167,7 @@ async fn forward(
                 .headers
                 .insert(header::HOST, backend.authority.clone());
         }
+        Trace::inject(app, &client_span, &mut send_parts.headers);
         let request = Request::from_parts(send_parts, b);
         let timeout = cfg.timeouts.request.get();
 
@@ -176,6 +195,7 @@ async fn forward(
                     };
                     break;
                 }
+                Trace::attempt_done(&client_span, None, Some("connection lost"));
                 app.noted(
                     backend,
                     backend.record(Outcome::Lost, attempt_start, probe, snap),
@@ -195,6 +215,7 @@ async fn forward(
                 }
             }
             Err(_) => {
+                Trace::attempt_done(&client_span, None, Some("timeout"));
                 app.noted(
                     backend,
                     backend.record(Outcome::TimedOut, attempt_start, probe, snap),
@@ -206,41 +227,41 @@ async fn forward(
             }
         };
 
+        let ttfb = attempt_start.elapsed();
         let outcome = Outcome::Response {
             status: resp.status(),
-            ttfb: attempt_start.elapsed(),
+            ttfb,
         };
+        Trace::attempt_done(&client_span, Some(resp.status()), None);
+        drop(client_span);
         app.noted(backend, backend.record(outcome, attempt_start, probe, snap));
+        app.metrics.record_backend_latency(&backend.key, ttfb);
         inflight.hand_over();
-        return Ok(respond(
-            app,
-            backend,
-            tx,
-            resp,
-            client_upgrade,
-            cfg,
-            started,
-        ));
+        let mut trace = trace.take();
+        if let Some(t) = trace.as_mut() {
+            t.respond(resp.status(), Some(&backend.url));
+        }
+        let max_idle = cfg.upstream.max_idle_per_backend.as_usize();
+        let guard =
+            ResponseGuard::new(app.clone(), backend.clone(), None, max_idle, started, trace);
+        return Ok(respond(tx, resp, client_upgrade, guard));
     }
     Err(last_err)
 }
 
-/// Turns the backend's response into the client's.
+/// Turns the backend's response into the client's. The guard settles the request
+/// when the response body ends; the connection goes back to the pool with it
+/// unless it was upgraded.
 fn respond(
-    app: &Arc<App>,
-    backend: &Arc<Backend>,
     tx: Sender,
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    cfg: &Config,
-    started: Instant,
+    guard: ResponseGuard,
 ) -> Response<ProxyBody> {
-    let max_idle = cfg.upstream.max_idle_per_backend.as_usize();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = client_upgrade
     {
         let upstream = hyper::upgrade::on(&mut resp);
-        let guard = ResponseGuard::new(app.clone(), backend.clone(), None, max_idle, started);
         tokio::spawn(tunnel(client, upstream, guard));
         let (mut parts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, true);
@@ -248,8 +269,7 @@ fn respond(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    let guard = ResponseGuard::new(app.clone(), backend.clone(), Some(tx), max_idle, started);
-    Response::from_parts(parts, ProxyBody::upstream(body, guard))
+    Response::from_parts(parts, ProxyBody::upstream(body, guard.with_conn(tx)))
 }
 
 /// Splices an upgraded (WebSocket) connection to the backend's; the guard keeps the
@@ -332,7 +352,7 @@ async fn checkout(
     let started = Instant::now();
     let conn = pool::connect(backend, cfg.timeouts.connect.get()).await;
     if conn.is_ok() {
-        metrics.connect.record(started.elapsed());
+        metrics.record_connect(started.elapsed());
     }
     conn
 }

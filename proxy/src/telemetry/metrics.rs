@@ -39,6 +39,7 @@ pub const REPLICAS: &str = "switchyard_cluster_replicas";
 pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
+pub const SPANS_DROPPED_TOTAL: &str = "switchyard_telemetry_spans_dropped_total";
 
 /// Proxy-wide figures.
 #[derive(Default)]
@@ -68,6 +69,8 @@ pub struct Metrics {
     pub config_reloads: AtomicU64,
     /// Config revisions refused.
     pub config_failures: AtomicU64,
+    /// The same histograms as OpenTelemetry instruments, while OTLP metrics are on.
+    pub otel: std::sync::OnceLock<super::otel::OtelHistograms>,
 }
 
 impl Metrics {
@@ -79,6 +82,26 @@ impl Metrics {
     pub fn finish_request(&self, d: Duration) {
         self.in_flight.fetch_sub(1, Relaxed);
         self.duration.record(d);
+        if let Some(h) = self.otel.get() {
+            h.duration.record(d.as_secs_f64(), &[]);
+        }
+    }
+
+    pub fn record_connect(&self, d: Duration) {
+        self.connect.record(d);
+        if let Some(h) = self.otel.get() {
+            h.connect.record(d.as_secs_f64(), &[]);
+        }
+    }
+
+    /// Backend latency for OTLP (the atomic histogram lives in the backend's stats).
+    pub fn record_backend_latency(&self, backend: &str, d: Duration) {
+        if let Some(h) = self.otel.get() {
+            h.backend.record(
+                d.as_secs_f64(),
+                &[opentelemetry::KeyValue::new("backend", backend.to_string())],
+            );
+        }
     }
 
     pub fn count_status(&self, s: StatusCode) {

@@ -189,6 +189,16 @@ pub fn render(app: &App, format: Format) -> String {
         o.family(name, "counter", help);
         o.sample(name, &[], v as f64);
     }
+    o.family(
+        SPANS_DROPPED_TOTAL,
+        "counter",
+        "Spans dropped: export queue full or export failed.",
+    );
+    o.sample(
+        SPANS_DROPPED_TOTAL,
+        &[],
+        app.telemetry().map_or(0, |t| t.spans_lost()) as f64,
+    );
     o.family(CONNECTIONS_ACTIVE, "gauge", "Open client connections.");
     o.sample(
         CONNECTIONS_ACTIVE,
