@@ -135,6 +135,7 @@ pub async fn start_with_store(
         .and_then(|c| c.replica_id.clone())
         .unwrap_or_else(|| default_replica_id(proxy_addr.port()));
     let public_read = config.admin.public_read;
+    let cors_origins = config.admin.cors_origins.clone();
     let dashboard_dir = admin::dashboard::resolve_dir(config.admin.dashboard_dir.as_deref());
     let app = App::new(config, store.clone(), replica_id, source);
     app.cluster
@@ -169,6 +170,7 @@ pub async fn start_with_store(
         token,
         public_read,
         dashboard_dir,
+        cors_origins,
     });
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {

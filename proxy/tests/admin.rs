@@ -38,6 +38,7 @@ async fn oneshot(
         token: token.map(str::to_string),
         public_read: false,
         dashboard_dir: "/nonexistent".into(),
+        cors_origins: vec!["https://ops.example".into()],
     });
     let resp = router.oneshot(req).await.unwrap();
     let status = resp.status();

@@ -3,6 +3,7 @@
 //! [`router`] is a plain function of the state, so tests drive it with `oneshot`.
 
 mod auth;
+mod cors;
 pub mod dashboard;
 mod json;
 pub mod stream;
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub public_read: bool,
     /// The built dashboard.
     pub dashboard_dir: std::path::PathBuf,
+    /// Origins allowed to call the API from a browser (`admin.cors_origins`).
+    pub cors_origins: Vec<String>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -59,6 +62,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(read)
         .merge(write)
         .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), cors::cors))
         .with_state(state)
 }
 

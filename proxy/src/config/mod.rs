@@ -201,11 +201,18 @@ pub struct Retries {
     /// for every method (nothing was sent); a connection lost before the response
     /// only for idempotent requests without a body. 0 disables.
     pub attempts: Int<0, 5>,
+    /// Answers that are retried too, on another backend, for idempotent requests
+    /// without a body (e.g. `[502, 503, 504]`; Envoy's `retry_on: 5xx`). The
+    /// backend's answer is dropped, not shown to the client, unless no attempt is left.
+    pub on_status: Vec<Int<100, 599>>,
 }
 
 impl Default for Retries {
     fn default() -> Self {
-        Self { attempts: Int(1) }
+        Self {
+            attempts: Int(1),
+            on_status: Vec::new(),
+        }
     }
 }
 

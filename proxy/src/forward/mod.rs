@@ -37,6 +37,7 @@ use crate::app::App;
 use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
 use crate::errors::ProxyError;
+use crate::listener::framing::Ambiguity;
 use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -68,6 +69,17 @@ pub async fn handle(
             e.into_response()
         }
     }
+}
+
+/// Answers a request whose framing is ambiguous (see `listener::framing`): 400 and
+/// close, before anything is forwarded.
+pub fn refuse_ambiguous(app: &App, ambiguity: Ambiguity, peer: SocketAddr) -> Response<ProxyBody> {
+    app.metrics.refused_framing.fetch_add(1, Relaxed);
+    app.metrics.start_request();
+    app.metrics.count_status(StatusCode::BAD_REQUEST);
+    app.metrics.finish_request(Duration::ZERO);
+    debug!(client = %peer, ?ambiguity, "refused a request with ambiguous framing");
+    ProxyError::BadRequest("ambiguous request framing\n").into_response()
 }
 
 async fn forward(
@@ -228,6 +240,13 @@ async fn forward(
         };
 
         let ttfb = attempt_start.elapsed();
+        let retry_status = kept.is_some()
+            && cfg
+                .retries
+                .on_status
+                .iter()
+                .any(|s| s.get() == i64::from(resp.status().as_u16()))
+            && another_available(snap, &excluded);
         let outcome = Outcome::Response {
             status: resp.status(),
             ttfb,
@@ -236,6 +255,16 @@ async fn forward(
         drop(client_span);
         app.noted(backend, backend.record(outcome, attempt_start, probe, snap));
         app.metrics.record_backend_latency(&backend.key, ttfb);
+        if retry_status {
+            // Retried elsewhere: this answer (and its connection) is dropped.
+            if let Some(p) = kept {
+                debug!(backend = %backend.url, status = %resp.status(), "retrying on status");
+                parts = Some(p);
+                body = Some(ReqBody::Empty);
+                drop(resp);
+                continue;
+            }
+        }
         inflight.hand_over();
         let mut trace = trace.take();
         if let Some(t) = trace.as_mut() {
@@ -332,6 +361,15 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+/// Whether a backend not tried yet could take a retry (so a retryable answer is
+/// only dropped when there is somewhere else to go).
+fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
+    let now = Instant::now();
+    snap.members
+        .iter()
+        .enumerate()
+        .any(|(i, m)| !excluded.contains(&i) && m.backend.available(now, &snap.config))
 }
 
 /// A pooled connection ready for a request, or a new one.

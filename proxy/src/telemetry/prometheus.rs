@@ -153,7 +153,7 @@ pub fn render(app: &App, format: Format) -> String {
         &m.connect.counts(),
         m.connect.sum_seconds(),
     );
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 7] = [
         (
             RETRIES_TOTAL,
             "Attempts retried on another backend.",
@@ -183,6 +183,11 @@ pub fn render(app: &App, format: Format) -> String {
             EJECTIONS_TOTAL,
             "Passive-health ejections.",
             m.ejections.load(Relaxed),
+        ),
+        (
+            REFUSED_FRAMING_TOTAL,
+            "Requests refused with 400 for ambiguous framing (Content-Length with Transfer-Encoding, repeated Content-Length).",
+            m.refused_framing.load(Relaxed),
         ),
     ];
     for (name, help, v) in counters {

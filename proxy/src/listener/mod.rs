@@ -1,5 +1,8 @@
 //! The proxy listener: accepts client connections (HTTP/1.1 and h2c), enforces the
-//! connection-level limits and drains gracefully on shutdown.
+//! connection-level limits, refuses ambiguous framing ([`framing`]) and drains
+//! gracefully on shutdown.
+
+pub mod framing;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,9 +69,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(app.clone());
         let svc_app = app.clone();
+        let (stream, verdicts) = framing::Watched::new(stream);
         let svc = service_fn(move |req| {
             let app = svc_app.clone();
-            async move { Ok::<_, Infallible>(forward::handle(app, req, peer).await) }
+            let verdict = verdicts.next();
+            async move {
+                if let Some(ambiguity) = verdict {
+                    return Ok::<_, Infallible>(forward::refuse_ambiguous(&app, ambiguity, peer));
+                }
+                Ok::<_, Infallible>(forward::handle(app, req, peer).await)
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
