@@ -244,7 +244,7 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
         config.logging.format = f.clone();
     }
     // Re-validate the merged result the same way a file is validated.
-    let text = yaml_serde::to_string(&config).map_err(|e| e.to_string())?;
+    let text = config::to_yaml(&config)?;
     config::parse(&text, "(config with command-line overrides)").map_err(|e| e.to_string())
 }
 

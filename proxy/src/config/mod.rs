@@ -654,6 +654,11 @@ impl std::error::Error for ConfigErrors {}
 
 // === loading ===
 
+/// The config as YAML (what `parse` reads back to the same config).
+pub fn to_yaml(config: &Config) -> Result<String, String> {
+    yaml_serde::to_string(config).map_err(|e| e.to_string())
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();

@@ -93,12 +93,19 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 }
 
 impl fmt::Display for Dur {
+    /// The largest unit that states the value exactly, so it parses back the same.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms.is_multiple_of(1000) && ms > 0 {
-            write!(f, "{}s", ms / 1000)
+        let ns = self.0.as_nanos();
+        if ns == 0 {
+            f.write_str("0s")
+        } else if ns % 1_000_000_000 == 0 {
+            write!(f, "{}s", ns / 1_000_000_000)
+        } else if ns % 1_000_000 == 0 {
+            write!(f, "{}ms", ns / 1_000_000)
+        } else if ns % 1_000 == 0 {
+            write!(f, "{}us", ns / 1_000)
         } else {
-            write!(f, "{ms}ms")
+            write!(f, "{ns}ns")
         }
     }
 }
@@ -476,6 +483,16 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("99999999999h").is_err());
+    }
+
+    #[test]
+    fn durations_print_back_exactly() {
+        for s in ["0s", "10s", "1500ms", "100us", "7ns", "90s"] {
+            let d: Dur = s.parse().unwrap();
+            assert_eq!(d.to_string().parse::<Dur>().unwrap(), d, "{s}");
+        }
+        assert_eq!(Dur::millis(1500).to_string(), "1500ms");
+        assert_eq!(Dur::secs(60).to_string(), "60s");
     }
 
     #[test]
