@@ -20,6 +20,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -2697,6 +2698,7 @@ impl LocalCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("bash")
             .arg(root().join("scripts/local-cluster.sh"))
+            .process_group(0)
             .env("SWITCHYARD_BASE_PORT", base.to_string())
             .env("SWITCHYARD_UPSTREAM_BASE_PORT", upstream_base.to_string())
             .env("SWITCHYARD_CLUSTER_DIR", dir.path())
@@ -2768,6 +2770,50 @@ impl LocalCluster {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// The script exits, nothing it started is left (same PID and start time), and
+    /// nothing runs out of its directory (e.g. a git under a replica).
+    fn assert_all_stopped(&mut self, started: &[(String, u32, String)]) {
+        let status = self.wait_exit(Duration::from_secs(60));
+        assert!(
+            status.is_some(),
+            "the script did not exit:\n{}",
+            self.output()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<_> = started
+                .iter()
+                .filter(|(_, pid, start)| still_running(*pid, start))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "left behind: {left:?}\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = self.dir.path().display().to_string();
+        let strays: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+            })
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&dir))
+            .collect();
+        assert!(strays.is_empty(), "still running: {strays:?}");
+        assert!(self.output().contains("==> stopped"), "{}", self.output());
+        assert!(!self.dir.path().join("redis/redis.sock").exists());
     }
 
     fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -2959,44 +3005,25 @@ async fn local_cluster_serves_follows_git_and_stops_everything_it_started() {
 
     // SIGTERM to the script: it stops, and so does everything it started.
     cluster.sigterm();
-    let status = cluster.wait_exit(Duration::from_secs(60));
-    assert!(
-        status.is_some(),
-        "the script did not exit:\n{}",
-        cluster.output()
+    cluster.assert_all_stopped(&started);
+}
+
+/// Ctrl-C in a terminal: SIGINT to the whole foreground process group (the script
+/// and its children at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_stops_on_ctrl_c() {
+    let mut cluster = LocalCluster::start();
+    let started = cluster.started();
+    assert_eq!(started.len(), 7, "{}", cluster.output());
+    assert_eq!(
+        get(&url_of(cluster.proxy(3), "/")).await.status,
+        StatusCode::OK
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: Vec<_> = started
-            .iter()
-            .filter(|(_, pid, start)| still_running(*pid, start))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "left behind: {left:?}\n{}",
-            cluster.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Nor anything else running out of its directory (e.g. git under a replica).
-    let dir = cluster.dir.path().display().to_string();
-    let strays: Vec<String> = std::fs::read_dir("/proc")
+    let ok = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", cluster.child.id())])
+        .status()
         .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&dir))
-        .collect();
-    assert!(strays.is_empty(), "still running: {strays:?}");
-    assert!(cluster.output().contains("stopped"), "{}", cluster.output());
-    assert!(!cluster.dir.path().join("redis/redis.sock").exists());
+        .success();
+    assert!(ok, "kill -INT to the process group");
+    cluster.assert_all_stopped(&started);
 }
