@@ -260,6 +260,8 @@ fn port_of(addr: &str) -> Option<u16> {
 
 /// Packages of the workspace and their binaries, from the Cargo.toml files.
 struct Workspace {
+    /// Member directories, as the root manifest lists them.
+    members: Vec<String>,
     packages: BTreeMap<String, BTreeSet<String>>,
     rust_version: String,
 }
@@ -269,10 +271,15 @@ impl Workspace {
         let text = read("Cargo.toml");
         let start = text.find("members").expect("workspace members");
         let list = &text[start..start + text[start..].find(']').unwrap()];
-        let members: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        let members: Vec<String> = list
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect();
         let rust_version = toml_value(&text, "workspace.package", "rust-version").unwrap();
         let mut packages = BTreeMap::new();
-        for m in members {
+        for m in &members {
             let dir = root().join(m);
             let t = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
             let name = toml_value(&t, "package", "name").unwrap();
@@ -302,6 +309,7 @@ impl Workspace {
             packages.insert(name, bins);
         }
         Workspace {
+            members,
             packages,
             rust_version,
         }
@@ -654,6 +662,30 @@ fn check_dockerfile(text: &str) -> Vec<String> {
                 if !root().join(t).exists() {
                     p.push(format!("Dockerfile: RUN uses {t}, which does not exist"));
                 }
+            }
+        }
+    }
+    // The stage that runs cargo has the whole workspace: every member and the lock file.
+    for stage in df.stages.iter().filter(|s| !cargo_builds(s).is_empty()) {
+        let copied: Vec<String> = df
+            .copies(&stage.name)
+            .into_iter()
+            .filter(|c| c.from.is_none())
+            .flat_map(|c| c.srcs)
+            .map(|s| s.trim_end_matches('/').to_string())
+            .collect();
+        for need in k
+            .workspace
+            .members
+            .iter()
+            .map(String::as_str)
+            .chain(["Cargo.toml", "Cargo.lock"])
+        {
+            if !copied.iter().any(|c| c == need) {
+                p.push(format!(
+                    "Dockerfile: stage `{}` builds the workspace but does not COPY `{need}`",
+                    stage.name
+                ));
             }
         }
     }
@@ -2419,6 +2451,37 @@ fn env_vars_outside_the_help_are_named() {
     assert!(k.flags.contains("--config-repo") && k.help_env.contains("SWITCHYARD_REDIS_URL"));
 }
 
+/// The metric names the README's operating notes tell people to alert on exist.
+#[test]
+fn readme_alerts_use_real_metric_names() {
+    let readme = read("README.md");
+    let start = readme
+        .find("## Operating notes")
+        .expect("README: Operating notes");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let metrics = read("proxy/src/telemetry/metrics.rs");
+    let defined: BTreeSet<&str> = metrics
+        .split('"')
+        .filter(|w| w.starts_with("switchyard_"))
+        .collect();
+    let used: BTreeSet<&str> = words(section)
+        .filter(|w| w.starts_with("switchyard_"))
+        .map(|w| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| w.strip_suffix(s))
+                .unwrap_or(w)
+        })
+        .collect();
+    assert!(used.len() >= 10, "{used:?}");
+    let unknown: Vec<&&str> = used.iter().filter(|u| !defined.contains(**u)).collect();
+    assert!(
+        unknown.is_empty(),
+        "README names metrics that do not exist: {unknown:?}"
+    );
+}
+
 // === the tests: broken copies are caught ===
 
 #[test]
@@ -2428,6 +2491,11 @@ fn broken_dockerfiles_are_caught() {
         ("--bin switchyard", "--bin switchyardd", "switchyardd"),
         ("-p switchyard", "-p proxy", "-p proxy"),
         ("COPY shared shared", "COPY shard shared", "shard"),
+        (
+            "COPY dashboard-app dashboard-app\n",
+            "",
+            "does not COPY `dashboard-app`",
+        ),
         ("AS config-repo", "AS config-repository", "config-repo"),
         (
             "SWITCHYARD_DASHBOARD_DIR=",
