@@ -439,9 +439,21 @@ impl App {
 }
 
 /// A short, stable digest of a config (same config, same digest, on any replica).
+/// Listener addresses and thread counts are left out: replicas legitimately differ
+/// there (command-line overrides), and it says nothing about routing.
 fn digest(config: &Config) -> String {
     use std::hash::{Hash, Hasher};
-    let text = yaml_serde::to_string(config).unwrap_or_default();
+    let mut shared = config.clone();
+    let defaults = crate::config::ServerConfig::default();
+    shared.server.port = defaults.port;
+    shared.server.admin_port = defaults.admin_port;
+    shared.server.bind = defaults.bind;
+    shared.server.admin_bind = None;
+    shared.server.threads = defaults.threads;
+    if let Some(c) = shared.cluster.as_mut() {
+        c.replica_id = None;
+    }
+    let text = yaml_serde::to_string(&shared).unwrap_or_default();
     let mut h = std::hash::DefaultHasher::new();
     text.hash(&mut h);
     format!("{:016x}", h.finish())

@@ -19,7 +19,15 @@ use crate::telemetry::logging;
 #[command(
     name = "switchyard",
     version,
-    about = "An adaptive HTTP API load balancer"
+    about = "An adaptive HTTP API load balancer",
+    after_help = "Environment (beside the [env: ...] of the options above):\n  \
+    SWITCHYARD_ADMIN_TOKEN     bearer token for the admin API (else admin.token_file; without one the\n                             admin listener binds to loopback only)\n  \
+    SWITCHYARD_DASHBOARD_DIR   directory of the built dashboard (else admin.dashboard_dir, else dashboard-app/dist)\n  \
+    SWITCHYARD_GIT_TOKEN       HTTPS token for --config-repo (the variable name can be changed with gitops.token_env)\n  \
+    SWITCHYARD_GIT_USER        user name sent with that token (default x-access-token)\n  \
+    RUST_LOG                   log level and filters (default info; the access log's target is `access`)\n  \
+    OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,\n  \
+    OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_METRIC_EXPORT_INTERVAL, OTEL_BSP_*, OTEL_SDK_DISABLED\n                             OpenTelemetry export (see README: Observability)"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -122,11 +122,15 @@ pub fn publish_transition(app: &Arc<App>, backend: &Backend, t: &Transition) {
         return;
     }
     let decision = match t {
-        Transition::CircuitOpened { reason, for_ } => Decision::Circuit {
-            state: CircuitState::Open,
-            remaining_ms: for_.as_millis() as u64,
-            reason: reason.clone(),
-        },
+        Transition::CircuitOpened { reason, for_ } => {
+            // A failed probe: let whichever replica has traffic probe next time.
+            release_probe(app, &backend.key);
+            Decision::Circuit {
+                state: CircuitState::Open,
+                remaining_ms: for_.as_millis() as u64,
+                reason: reason.clone(),
+            }
+        }
         Transition::CircuitHalfOpen => Decision::Circuit {
             state: CircuitState::HalfOpen,
             remaining_ms: probe_hold(&app.snapshot().config).as_millis() as u64,
@@ -519,7 +523,9 @@ async fn heartbeat(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Decides, per open circuit, whether this replica may probe it.
+/// Decides, per open circuit, whether this replica may probe it. The probe lease
+/// is asked for only once a request here wanted to probe (so it goes to a replica
+/// with traffic) and renewed while held; without the store, every replica probes.
 async fn probe_leases(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -539,8 +545,13 @@ async fn probe_leases(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 continue;
             };
             if !connected {
-                // No coordination possible: every replica probes for itself.
                 b.circuit.set_may_probe(true);
+                continue;
+            }
+            let holding = app.cluster.probing.lock().contains_key(&b.key);
+            let wanted = b.circuit.take_probe_demand();
+            if !(holding || (left.is_zero() && wanted)) {
+                b.circuit.set_may_probe(false);
                 continue;
             }
             let name = format!("probe:{}", b.key);
@@ -551,11 +562,11 @@ async fn probe_leases(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             {
                 Ok(won) => {
                     b.circuit.set_may_probe(won);
+                    let mut probing = app.cluster.probing.lock();
                     if won {
-                        app.cluster
-                            .probing
-                            .lock()
-                            .insert(b.key.clone(), Instant::now());
+                        probing.insert(b.key.clone(), Instant::now());
+                    } else {
+                        probing.remove(&b.key);
                     }
                 }
                 Err(_) => b.circuit.set_may_probe(true),

@@ -44,6 +44,8 @@ pub struct Control {
     fail_health: AtomicBool,
     hang: AtomicBool,
     pub requests: AtomicU64,
+    /// `/health` requests answered.
+    pub health_checks: AtomicU64,
 }
 
 /// The JSON of `/_demo/control`.
@@ -229,6 +231,7 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
         std::future::pending::<()>().await;
     }
     if path == "/health" {
+        ctl.health_checks.fetch_add(1, Relaxed);
         return if ctl.fail_health.load(Relaxed) {
             text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
         } else {

@@ -216,6 +216,15 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
             };
             app.events
                 .emit(EventKind::HealthChanged, Some(&backend.key), msg);
+            // In a cluster the other replicas follow this replica's verdict.
+            crate::cluster::publish(
+                &app,
+                &backend.key,
+                crate::state::Decision::Health {
+                    status,
+                    reason: backend.health.reason(),
+                },
+            );
         }
     }
 }

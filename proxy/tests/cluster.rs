@@ -583,3 +583,102 @@ async fn a_killed_replica_leaves_the_cluster_view_within_its_ttl() {
     assert_eq!(v["mode"], "clustered");
     assert_eq!(v["replicas"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_probes_health_and_every_replica_follows() {
+    let (a, b) = (demo("a").await, demo("b").await);
+    let c = Cluster::start(
+        "health_check:\n  interval: 200ms\n  timeout: 100ms\n  unhealthy_threshold: 2\n  jitter: 0\n",
+        &[(&a, 1), (&b, 1)],
+    );
+    c.wait_formed().await;
+    let admins = c.admins();
+    // Replicas with different ports run the same config: converged.
+    let v = get(&url(admins[0], "/admin/cluster")).await.json();
+    assert_eq!(v["converged"], true, "{v}");
+    // Probe traffic: about one probe per interval for the whole cluster, not three.
+    let before = b.control.health_checks.load(Relaxed);
+    let t = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "two seconds of probing",
+        || async move { t.elapsed() >= Duration::from_secs(2) },
+    )
+    .await;
+    let probes = b.control.health_checks.load(Relaxed) - before;
+    let per_interval = probes as f64 / (t.elapsed().as_secs_f64() / 0.2);
+    assert!(
+        per_interval < 1.6,
+        "{probes} probes in {:?}: {per_interval:.2} per interval",
+        t.elapsed()
+    );
+    // A failing /health is seen by every replica.
+    b.control.set_fail_health(true);
+    for admin in &admins {
+        let (admin, key) = (*admin, b.url());
+        wait_until(Duration::from_secs(3), "unhealthy everywhere", || {
+            let key = key.clone();
+            async move { field(admin, &key, "healthy").await == false }
+        })
+        .await;
+    }
+    for proxy in c.proxies() {
+        for _ in 0..6 {
+            assert_eq!(get(&url(proxy, "/")).await.backend(), "a");
+        }
+    }
+    b.control.set_fail_health(false);
+    for admin in &admins {
+        let (admin, key) = (*admin, b.url());
+        wait_until(Duration::from_secs(3), "healthy everywhere", || {
+            let key = key.clone();
+            async move { field(admin, &key, "healthy").await == true }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_with_traffic_gets_the_probe() {
+    let (good, bad) = (demo("good").await, demo("bad").await);
+    let c = Cluster::start(
+        "circuit_breaker:\n  failure_threshold: 3\n  open_duration: 1s\n",
+        &[(&good, 1), (&bad, 1)],
+    );
+    c.wait_formed().await;
+    let (admins, proxies) = (c.admins(), c.proxies());
+    bad.control.set_fail_rate(1.0);
+    for _ in 0..6 {
+        get(&url(proxies[0], "/")).await;
+    }
+    for admin in &admins {
+        let (admin, key) = (*admin, bad.url());
+        wait_until(Duration::from_secs(2), "open everywhere", || {
+            let key = key.clone();
+            async move { field(admin, &key, "circuit").await == "open" }
+        })
+        .await;
+    }
+    bad.control.set_fail_rate(0.0);
+    // Only the third replica gets traffic: it must be the one that probes, soon
+    // after the open time is up.
+    let t = Instant::now();
+    let (proxy, admin) = (proxies[2], admins[2]);
+    wait_until(
+        Duration::from_secs(5),
+        "closed by a probe through the busy replica",
+        || {
+            let key = bad.url();
+            async move {
+                let _ = get(&url(proxy, "/")).await;
+                field(admin, &key, "circuit").await == "closed"
+            }
+        },
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "probed after {:?}",
+        t.elapsed()
+    );
+}

@@ -42,23 +42,36 @@ use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
 
+/// The client end of a connection: its address, and that address as a header
+/// value, rendered once per connection rather than per request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            ip: headers::ip_value(addr.ip()),
+        }
+    }
+}
+
 /// Handles one client request end to end; never fails (errors become responses).
-pub async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ProxyBody> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
     let started = Instant::now();
     app.metrics.start_request();
     let snap = app.snapshot();
-    let mut trace = Some(Trace::start(&app, &req, peer, &snap));
-    match forward(&app, &snap, req, peer, started, &mut trace).await {
+    let mut trace = Some(Trace::start(&app, &req, peer.addr, &snap));
+    match forward(&app, &snap, req, &peer, started, &mut trace).await {
         Ok(resp) => {
             app.metrics.count_status(resp.status());
             resp
         }
         Err(e) => {
-            debug!(error = %e, client = %peer, "request failed");
+            debug!(error = %e, client = %peer.addr, "request failed");
             app.metrics.count_status(e.status());
             let elapsed = started.elapsed();
             app.metrics.finish_request(elapsed);
@@ -86,13 +99,13 @@ async fn forward(
     app: &Arc<App>,
     snap: &Snapshot,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     started: Instant,
     trace: &mut Option<Trace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
     if let Some(limiter) = &snap.limiter {
-        let checked = limiter.check(&req, peer, &app.metrics);
+        let checked = limiter.check(&req, peer.addr, &app.metrics);
         if let Some(t) = trace.as_ref() {
             t.rate_limit(checked.is_ok());
         }
@@ -318,7 +331,7 @@ async fn tunnel(
 }
 
 /// Rewrites the client's request head for the backend.
-fn prepare(parts: &mut Parts, peer: SocketAddr, cfg: &Config, upgrade: bool) {
+fn prepare(parts: &mut Parts, peer: &Peer, cfg: &Config, upgrade: bool) {
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -342,8 +355,8 @@ fn prepare(parts: &mut Parts, peer: SocketAddr, cfg: &Config, upgrade: bool) {
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
     parts.headers.remove(header::EXPECT);
-    let trusted = in_any(&cfg.server.trusted_proxies, peer.ip());
-    headers::set_forwarded(&mut parts.headers, peer.ip(), trusted, host);
+    let trusted = in_any(&cfg.server.trusted_proxies, peer.addr.ip());
+    headers::set_forwarded(&mut parts.headers, &peer.ip, trusted, host);
     parts.version = Version::HTTP_11;
 }
 
@@ -388,7 +401,9 @@ async fn checkout(
         }
     }
     let started = Instant::now();
-    let conn = pool::connect(backend, cfg.timeouts.connect.get()).await;
+    // Boxed: a new connection is the rare path, and its (TLS) handshake state would
+    // otherwise make every request's future kilobytes larger.
+    let conn = Box::pin(pool::connect(backend, cfg.timeouts.connect.get())).await;
     if conn.is_ok() {
         metrics.record_connect(started.elapsed());
     }

@@ -51,26 +51,35 @@ impl Verdicts {
     }
 }
 
-/// Longest header line looked at; longer ones cannot be framing headers we care about
-/// (hyper enforces the real head limit).
-const MAX_LINE: usize = 256;
+/// Bytes of a line kept when it is split across reads: enough for any framing
+/// header we look at (`Content-Length:` plus a 20-digit value and spaces).
+const LINE_KEEP: usize = 64;
+
+/// What a request head said about its framing.
+#[derive(Default)]
+struct HeadInfo {
+    first: bool,
+    lengths: u32,
+    length: Option<u64>,
+    chunked: bool,
+    upgrade: bool,
+}
 
 enum State {
-    /// In a request head: the current line so far (capped), and what the head said.
+    /// In a request head. `carry` holds the start of a line split across reads.
     Head {
-        line: Vec<u8>,
-        line_len: usize,
-        first: bool,
-        lengths: u32,
-        length: Option<u64>,
-        chunked: bool,
-        upgrade: bool,
+        info: HeadInfo,
+        carry: [u8; LINE_KEEP],
+        carry_len: usize,
+        carry_total: usize,
     },
     /// Skipping a body of known length.
     Body(u64),
     /// Reading a chunk-size line.
     ChunkSize {
-        line: Vec<u8>,
+        digits: u64,
+        ok: bool,
+        in_ext: bool,
     },
     /// Skipping chunk data, then its CRLF.
     ChunkData(u64),
@@ -85,13 +94,13 @@ enum State {
 
 fn new_head() -> State {
     State::Head {
-        line: Vec::new(),
-        line_len: 0,
-        first: true,
-        lengths: 0,
-        length: None,
-        chunked: false,
-        upgrade: false,
+        info: HeadInfo {
+            first: true,
+            ..HeadInfo::default()
+        },
+        carry: [0; LINE_KEEP],
+        carry_len: 0,
+        carry_total: 0,
     }
 }
 
@@ -105,16 +114,49 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 }
 
 fn value(line: &[u8], name_len: usize) -> &[u8] {
-    let v = &line[name_len..];
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end.max(start)]
+    line[name_len..].trim_ascii()
+}
+
+/// What one complete header line means for the head.
+enum Line {
+    Other,
+    End,
+    Stop,
+}
+
+fn classify(info: &mut HeadInfo, line: &[u8], total_len: usize) -> Line {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if info.first {
+        if line.is_empty() {
+            // Stray CRLF between requests: allowed, ignored.
+            return Line::Other;
+        }
+        info.first = false;
+        return if line.starts_with(b"PRI * HTTP/2") {
+            Line::Stop
+        } else {
+            Line::Other
+        };
+    }
+    if line.is_empty() && total_len <= 2 {
+        return Line::End;
+    }
+    match line.first().map(|b| b.to_ascii_lowercase()) {
+        Some(b'c') if starts_with_ci(line, b"content-length:") => {
+            if total_len > LINE_KEEP {
+                // Too long to have been kept whole: stop following this connection.
+                return Line::Stop;
+            }
+            info.lengths += 1;
+            info.length = std::str::from_utf8(value(line, 15))
+                .ok()
+                .and_then(|v| v.parse().ok());
+        }
+        Some(b't') if starts_with_ci(line, b"transfer-encoding:") => info.chunked = true,
+        Some(b'u') if starts_with_ci(line, b"upgrade:") => info.upgrade = true,
+        _ => {}
+    }
+    Line::Other
 }
 
 impl Scanner {
@@ -142,29 +184,35 @@ impl Scanner {
                     *left -= 1;
                     data = &data[1..];
                     if *left == 0 {
-                        self.state = State::ChunkSize { line: Vec::new() };
+                        self.state = State::ChunkSize {
+                            digits: 0,
+                            ok: false,
+                            in_ext: false,
+                        };
                     }
                 }
-                State::ChunkSize { line } => {
+                State::ChunkSize { digits, ok, in_ext } => {
                     let b = data[0];
                     data = &data[1..];
-                    if b == b'\n' {
-                        let hex: Vec<u8> = line
-                            .iter()
-                            .copied()
-                            .take_while(|c| c.is_ascii_hexdigit())
-                            .collect();
-                        let size = std::str::from_utf8(&hex)
-                            .ok()
-                            .and_then(|h| u64::from_str_radix(h, 16).ok());
-                        self.state = match size {
-                            Some(0) => State::Trailers { line_len: 0 },
-                            Some(n) => State::ChunkData(n),
-                            // Malformed: hyper will refuse it; stop following.
-                            None => State::Done,
-                        };
-                    } else if b != b'\r' && line.len() < MAX_LINE {
-                        line.push(b);
+                    match b {
+                        b'\n' => {
+                            self.state = match (*ok, *digits) {
+                                (true, 0) => State::Trailers { line_len: 0 },
+                                (true, n) => State::ChunkData(n),
+                                // Malformed: hyper will refuse it; stop following.
+                                (false, _) => State::Done,
+                            };
+                        }
+                        b'\r' => {}
+                        _ if *in_ext => {}
+                        b';' | b' ' | b'\t' => *in_ext = true,
+                        _ => match (b as char).to_digit(16) {
+                            Some(d) if *digits < (u64::MAX >> 4) => {
+                                *digits = (*digits << 4) | u64::from(d);
+                                *ok = true;
+                            }
+                            _ => self.state = State::Done,
+                        },
                     }
                 }
                 State::Trailers { line_len } => {
@@ -177,92 +225,72 @@ impl Scanner {
                         _ => *line_len += 1,
                     }
                 }
-                State::Head { .. } => {
+                State::Head {
+                    info,
+                    carry,
+                    carry_len,
+                    carry_total,
+                } => {
                     let Some(pos) = data.iter().position(|&b| b == b'\n') else {
-                        self.head_bytes(data);
+                        // The line goes on in the next read: keep its start.
+                        let room = LINE_KEEP - *carry_len;
+                        let take = room.min(data.len());
+                        carry[*carry_len..*carry_len + take].copy_from_slice(&data[..take]);
+                        *carry_len += take;
+                        *carry_total += data.len();
                         return;
                     };
-                    self.head_bytes(&data[..pos]);
+                    let verdict = if *carry_total > 0 {
+                        let room = LINE_KEEP - *carry_len;
+                        let take = room.min(pos);
+                        carry[*carry_len..*carry_len + take].copy_from_slice(&data[..take]);
+                        let len = *carry_len + take;
+                        let total = *carry_total + pos + 1;
+                        *carry_len = 0;
+                        *carry_total = 0;
+                        let kept = *carry;
+                        classify(info, &kept[..len], total)
+                    } else {
+                        classify(info, &data[..pos], pos + 1)
+                    };
                     data = &data[pos + 1..];
-                    self.end_line();
+                    match verdict {
+                        Line::Other => {}
+                        Line::Stop => self.state = State::Done,
+                        Line::End => self.end_head(),
+                    }
                 }
             }
         }
     }
 
-    fn head_bytes(&mut self, bytes: &[u8]) {
-        if let State::Head { line, line_len, .. } = &mut self.state {
-            let room = MAX_LINE.saturating_sub(line.len());
-            line.extend(bytes.iter().take(room).filter(|&&b| b != b'\r'));
-            *line_len += bytes.len();
-        }
-    }
-
-    fn end_line(&mut self) {
-        let State::Head {
-            line,
-            line_len,
-            first,
-            lengths,
-            length,
-            chunked,
-            upgrade,
-        } = &mut self.state
-        else {
+    fn end_head(&mut self) {
+        let State::Head { info, .. } = &self.state else {
             return;
         };
-        let l = std::mem::take(line);
-        let was_empty = *line_len == 0 || l.is_empty() && *line_len <= 1;
-        *line_len = 0;
-        if *first {
-            if l.is_empty() {
-                // Stray CRLF between requests: allowed, ignored.
-                return;
+        let verdict = if info.lengths > 0 && info.chunked {
+            Some(Ambiguity::LengthAndChunked)
+        } else if info.lengths > 1 {
+            Some(Ambiguity::DuplicateLength)
+        } else {
+            None
+        };
+        let next = if verdict.is_some() || info.upgrade {
+            State::Done
+        } else if info.chunked {
+            State::ChunkSize {
+                digits: 0,
+                ok: false,
+                in_ext: false,
             }
-            *first = false;
-            if l.starts_with(b"PRI * HTTP/2") {
-                self.state = State::Done;
+        } else {
+            match info.length {
+                Some(n) if n > 0 => State::Body(n),
+                _ => new_head(),
             }
-            return;
-        }
-        if was_empty {
-            let verdict = if *lengths > 0 && *chunked {
-                Some(Ambiguity::LengthAndChunked)
-            } else if *lengths > 1 {
-                Some(Ambiguity::DuplicateLength)
-            } else {
-                None
-            };
-            self.verdicts.push(verdict);
-            self.state = if verdict.is_some() || *upgrade {
-                State::Done
-            } else if *chunked {
-                State::ChunkSize { line: Vec::new() }
-            } else {
-                match length {
-                    Some(n) if *n > 0 => State::Body(*n),
-                    _ => new_head(),
-                }
-            };
-            return;
-        }
-        let framing =
-            starts_with_ci(&l, b"content-length:") || starts_with_ci(&l, b"transfer-encoding:");
-        if framing && l.len() >= MAX_LINE {
-            // Too long to read reliably: stop following this connection's framing.
-            self.state = State::Done;
-            return;
-        }
-        if starts_with_ci(&l, b"content-length:") {
-            *lengths += 1;
-            *length = std::str::from_utf8(value(&l, 15))
-                .ok()
-                .and_then(|v| v.parse().ok());
-        } else if starts_with_ci(&l, b"transfer-encoding:") {
-            *chunked = true;
-        } else if starts_with_ci(&l, b"upgrade:") {
-            *upgrade = true;
-        }
+        };
+        self.verdicts.push(verdict);
+        self.state = next;
     }
 }
 

@@ -70,12 +70,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
         let guard = ConnGuard::new(app.clone());
         let svc_app = app.clone();
         let (stream, verdicts) = framing::Watched::new(stream);
+        let peer = forward::Peer::new(peer);
         let svc = service_fn(move |req| {
             let app = svc_app.clone();
+            let peer = peer.clone();
             let verdict = verdicts.next();
             async move {
                 if let Some(ambiguity) = verdict {
-                    return Ok::<_, Infallible>(forward::refuse_ambiguous(&app, ambiguity, peer));
+                    return Ok::<_, Infallible>(forward::refuse_ambiguous(
+                        &app, ambiguity, peer.addr,
+                    ));
                 }
                 Ok::<_, Infallible>(forward::handle(app, req, peer).await)
             }

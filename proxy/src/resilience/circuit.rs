@@ -43,6 +43,9 @@ pub struct Circuit {
     /// Cleared on replicas that do not hold this backend's probe lease, so only one
     /// replica in a cluster probes a circuit whose open time is up.
     no_probe: AtomicBool,
+    /// Set when a request would have probed but this replica holds no lease: the
+    /// cluster layer then asks for the lease (so it goes where the traffic is).
+    probe_demand: AtomicBool,
 }
 
 /// What the breaker says about sending one request.
@@ -80,10 +83,11 @@ impl Circuit {
         let Some(cfg) = cfg else { return true };
         match self.state.load(Relaxed) {
             CLOSED => true,
+            // Due: a request may try. Without this replica holding the probe lease,
+            // `acquire` refuses it (and records the demand that gets the lease here).
             OPEN => {
                 now_ns >= self.until_ns.load(Relaxed)
-                    && !self.no_probe.load(Relaxed)
-                    && self.probe_room(cfg)
+                    && (self.no_probe.load(Relaxed) || self.probe_room(cfg))
             }
             _ => self.probe_room(cfg),
         }
@@ -107,7 +111,11 @@ impl Circuit {
         match self.state.load(Relaxed) {
             CLOSED => return (Admission::Pass, None),
             OPEN => {
-                if now_ns < self.until_ns.load(Relaxed) || self.no_probe.load(Relaxed) {
+                if now_ns < self.until_ns.load(Relaxed) {
+                    return (Admission::Refuse, None);
+                }
+                if self.no_probe.load(Relaxed) {
+                    self.probe_demand.store(true, Relaxed);
                     return (Admission::Refuse, None);
                 }
                 let _g = self.transition.lock();
@@ -238,6 +246,11 @@ impl Circuit {
     /// Whether this replica may probe when the open time is up (cluster lease).
     pub fn set_may_probe(&self, may: bool) {
         self.no_probe.store(!may, Relaxed);
+    }
+
+    /// Whether a request wanted to probe since the last call.
+    pub fn take_probe_demand(&self) -> bool {
+        self.probe_demand.swap(false, Relaxed)
     }
 
     /// Applies a state decided elsewhere (another replica, through the store).
