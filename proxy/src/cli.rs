@@ -391,11 +391,19 @@ fn run(cli: &Cli) -> ExitCode {
             .unwrap_or(1),
         n => n,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: tokio's current-thread scheduler (no work stealing, no atomics on
+    // every wake-up) serves the same load for fewer instructions per request.
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");

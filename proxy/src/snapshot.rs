@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use switchyard_shared::BackendSource;
 use switchyard_shared::validate::{self, BackendUrl};
 use tokio::time::Instant;
@@ -191,13 +193,15 @@ impl Snapshot {
         if n == 0 {
             return None;
         }
+        // Availability once per member (the balancer would otherwise ask again).
+        let available: SmallVec<[bool; 16]> = self
+            .members
+            .iter()
+            .map(|m| m.backend.available(now, &self.config))
+            .collect();
         let threshold = self.config.panic_threshold.as_usize();
         if threshold > 0 {
-            let up = self
-                .members
-                .iter()
-                .filter(|m| m.backend.available(now, &self.config))
-                .count();
+            let up = available.iter().filter(|&&a| a).count();
             if up * 100 < threshold * n {
                 let ok = |i: usize| {
                     !exclude.contains(&i)
@@ -206,9 +210,7 @@ impl Snapshot {
                 return self.balancer.pick(&self.members, &ok, now);
             }
         }
-        let ok = |i: usize| {
-            !exclude.contains(&i) && self.members[i].backend.available(now, &self.config)
-        };
+        let ok = |i: usize| available[i] && !exclude.contains(&i);
         self.balancer.pick(&self.members, &ok, now)
     }
 }

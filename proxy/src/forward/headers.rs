@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 /// Headers that describe one connection, never forwarded (plus any the
 /// `Connection` header names).
@@ -24,36 +25,45 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 
 /// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sends
 /// `Connection: upgrade` so a WebSocket handshake survives the hop.
+///
+/// One pass over the names finds what is there (most messages carry none of these,
+/// or only `Connection`), and only those are removed: no allocation, no hashed
+/// removal of names that are absent.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (cheap comparisons
-    // of standard header names) saves eight hashed removals.
-    if !upgrade
-        && !headers
-            .keys()
-            .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE)
-    {
-        return;
-    }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Names listed in Connection are hop-by-hop too (rare; allocate only then).
-        let listed: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && n == header::UPGRADE))
-            .collect();
-        for name in listed {
-            headers.remove(name);
+    let mut present: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    let mut connection: Option<HeaderValue> = None;
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            // Several Connection lines are rare; the first one names the extra headers.
+            connection.get_or_insert_with(|| value.clone());
+        }
+        let hop = HOP_BY_HOP.contains(name) || (name == header::UPGRADE && !upgrade);
+        if hop && !present.contains(name) {
+            present.push(name.clone());
         }
     }
-    for name in &HOP_BY_HOP {
+    if let Some(conn) = connection {
+        for token in conn.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() || (upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
+                continue;
+            }
+            let listed = headers
+                .keys()
+                .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(token))
+                .cloned();
+            if let Some(name) = listed
+                && !present.contains(&name)
+            {
+                present.push(name);
+            }
+        }
+    }
+    for name in present {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
