@@ -26,7 +26,7 @@ pub enum ProxyError {
     Upstream {
         backend: Arc<str>,
         #[source]
-        source: hyper::Error,
+        source: crate::forward::h1::UpstreamError,
     },
     #[error("upstream {backend} sent no response within {timeout:?}")]
     Timeout {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
 use std::time::Duration;
 
-use http::{Request, header};
+use http::{HeaderMap, Request, header};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use switchyard_shared::{EventKind, HealthStatus};
@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::backend::Backend;
 use crate::config::StatusRanges;
 use crate::forward::body::ReqBody;
-use crate::forward::pool;
+use crate::forward::{h1, pool};
 
 /// A backend's active-health verdict.
 #[derive(Default)]
@@ -233,16 +233,23 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
 /// a pooled connection).
 async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<u16, String> {
     let work = async {
-        let mut tx = pool::connect(backend, timeout)
+        let conn = pool::connect(backend, timeout)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let req = Request::get(path)
-            .header(header::HOST, backend.authority.clone())
+        let (parts, ()) = Request::get(path)
             .header(header::USER_AGENT, "switchyard-health-check")
             .header(header::CONNECTION, "close")
-            .body(ReqBody::Empty)
-            .map_err(|e| e.to_string())?;
-        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+            .body(())
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let host = Some(&backend.authority);
+        let exchange =
+            h1::Exchange::start(conn, &parts, host, &HeaderMap::new(), ReqBody::Empty, false)
+                .map_err(|e| e.to_string())?;
+        let resp = exchange.await.map_err(|e| match e {
+            h1::SendError::Failed(e) => e.to_string(),
+            h1::SendError::Stale(_) => "connection closed".to_string(),
+        })?;
         let status = resp.status().as_u16();
         // Read (and discard) a bounded body so the connection ends cleanly.
         let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::pool::Sender;
+use super::h1::{Conn, UpstreamBody, UpstreamError};
 use crate::app::App;
 use crate::backend::Backend;
 
@@ -53,11 +53,15 @@ impl Body for ReqBody {
 }
 
 /// A response body on its way to the client.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the large variant is the common one; boxing it would cost an allocation per response"
+)]
 pub enum ProxyBody {
     /// A short body we made ourselves (errors, 429, 503).
     Full(Option<Bytes>),
     /// The backend's body, with the bookkeeping that ends with it.
-    Upstream(Incoming, ResponseGuard),
+    Upstream(UpstreamBody, ResponseGuard),
 }
 
 impl ProxyBody {
@@ -69,10 +73,11 @@ impl ProxyBody {
         ProxyBody::Full(None)
     }
 
-    pub fn upstream(body: Incoming, mut guard: ResponseGuard) -> Self {
+    pub fn upstream(mut body: UpstreamBody, mut guard: ResponseGuard) -> Self {
         if body.is_end_stream() {
             // HEAD, 204, 304, empty bodies: hyper may never poll them.
-            guard.finish(true);
+            let conn = body.take_reusable();
+            guard.finish(conn);
         }
         ProxyBody::Upstream(body, guard)
     }
@@ -80,20 +85,22 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(body, guard) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(None) => guard.finish(true),
-                    Poll::Ready(Some(Err(_))) => guard.finish(false),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => guard.finish(true),
+                    Poll::Ready(None) => guard.finish(body.take_reusable()),
+                    Poll::Ready(Some(Err(_))) => guard.finish(None),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        guard.finish(body.take_reusable())
+                    }
                     _ => {}
                 }
                 polled
@@ -123,7 +130,6 @@ impl Body for ProxyBody {
 pub struct ResponseGuard {
     app: Arc<App>,
     backend: Arc<Backend>,
-    conn: Option<Sender>,
     max_idle: usize,
     started: Instant,
     trace: Option<super::trace::Trace>,
@@ -135,7 +141,6 @@ impl ResponseGuard {
     pub fn new(
         app: Arc<App>,
         backend: Arc<Backend>,
-        conn: Option<Sender>,
         max_idle: usize,
         started: Instant,
         trace: Option<super::trace::Trace>,
@@ -143,7 +148,6 @@ impl ResponseGuard {
         Self {
             app,
             backend,
-            conn,
             max_idle,
             started,
             trace,
@@ -151,20 +155,14 @@ impl ResponseGuard {
         }
     }
 
-    /// The upstream connection to return to the pool when the exchange completes.
-    pub fn with_conn(mut self, conn: Sender) -> Self {
-        self.conn = Some(conn);
-        self
-    }
-
-    pub fn finish(&mut self, clean: bool) {
+    /// Settles the request; `conn`, when the exchange left it reusable, goes back
+    /// to the backend's pool.
+    pub fn finish(&mut self, conn: Option<Box<Conn>>) {
         if self.done {
             return;
         }
         self.done = true;
-        if let Some(conn) = self.conn.take()
-            && clean
-        {
+        if let Some(conn) = conn {
             self.backend.pool.put(conn, self.max_idle);
         }
         self.backend.stats.active.fetch_sub(1, Relaxed);
@@ -178,6 +176,6 @@ impl ResponseGuard {
 
 impl Drop for ResponseGuard {
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish(None);
     }
 }

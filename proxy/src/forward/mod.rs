@@ -11,6 +11,7 @@
 //! client and the failure to the passive-health and circuit accounting.
 
 pub mod body;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod tls;
@@ -22,16 +23,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::debug;
 
 use self::body::{ProxyBody, ReqBody, ResponseGuard};
-use self::pool::{ConnectError, Sender};
+use self::h1::{Conn, SendError, UpstreamBody, UpstreamError};
+use self::pool::ConnectError;
 use self::trace::Trace;
 use crate::app::App;
 use crate::backend::{Backend, Outcome};
@@ -117,13 +120,14 @@ async fn forward(
     prepare(&mut parts, peer, cfg, upgrade);
 
     let bodiless = incoming.is_end_stream();
+    // A request that can be sent again as it is: on another backend after a lost
+    // connection, or on a fresh connection after a stale pooled one.
     let replayable = bodiless && is_idempotent(&parts.method);
     let mut body = Some(if bodiless {
         ReqBody::Empty
     } else {
         ReqBody::Incoming(incoming)
     });
-    let mut parts = Some(parts);
 
     let max_attempts = 1 + cfg.retries.attempts.as_usize();
     let mut attempts = 0usize;
@@ -155,14 +159,15 @@ async fn forward(
         }
         attempts += 1;
         let inflight = Inflight::new(backend);
-        let attempt_start = Instant::now();
-        let client_span = match (trace.as_ref(), parts.as_ref()) {
-            (Some(t), Some(p)) => t.attempt(backend, &p.method, p.uri.path(), attempts, probe),
-            _ => tracing::Span::none(),
+        let attempt_start = now;
+        let client_span = match trace.as_ref() {
+            Some(t) => t.attempt(backend, &parts.method, parts.uri.path(), attempts, probe),
+            None => tracing::Span::none(),
         };
 
-        let mut tx = match checkout(backend, cfg, &app.metrics).await {
-            Ok(tx) => tx,
+        // A request that could not be sent again checks its pooled connection first.
+        let conn = match checkout(backend, cfg, &app.metrics, !replayable).await {
+            Ok(conn) => conn,
             Err(source) => {
                 Trace::attempt_done(&client_span, None, Some("connect"));
                 app.noted(
@@ -178,66 +183,72 @@ async fn forward(
             }
         };
 
-        let (Some(p), Some(b)) = (parts.take(), body.take()) else {
+        let Some(b) = body.take() else {
             break;
         };
-        let may_replay = replayable && attempts < max_attempts;
-        let (mut send_parts, kept) = if may_replay {
-            (clone_parts(&p), Some(p))
-        } else {
-            (p, None)
+        let host = (!cfg.upstream.preserve_host).then_some(&backend.authority);
+        let mut extra = HeaderMap::new();
+        Trace::inject(app, &client_span, &mut extra);
+        let exchange = match h1::Exchange::start(conn, &parts, host, &extra, b, replayable) {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "request not sendable");
+                if probe {
+                    backend.circuit.release_probe();
+                }
+                return Err(ProxyError::BadRequest("bad request framing\n"));
+            }
         };
-        if !cfg.upstream.preserve_host {
-            send_parts
-                .headers
-                .insert(header::HOST, backend.authority.clone());
-        }
-        Trace::inject(app, &client_span, &mut send_parts.headers);
-        let request = Request::from_parts(send_parts, b);
         let timeout = cfg.timeouts.request.get();
 
-        let resp = match tokio::time::timeout(timeout, tx.try_send_request(request)).await {
+        let resp = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(mut e)) => {
-                if let Some(unsent) = e.take_message() {
-                    // The pooled connection closed under us; nothing reached the
-                    // backend, so this attempt does not count against it.
-                    let (p, b) = unsent.into_parts();
-                    parts = Some(kept.unwrap_or(p));
-                    body = Some(b);
-                    excluded.pop();
-                    attempts -= 1;
-                    if probe {
-                        backend.circuit.release_probe();
-                    }
-                    stale += 1;
-                    if stale <= 3 {
-                        continue;
-                    }
-                    last_err = ProxyError::Upstream {
-                        backend: backend.url.clone(),
-                        source: e.into_error(),
-                    };
-                    break;
+            Ok(Err(SendError::Stale(b))) => {
+                // The pooled connection had been closed by the backend; nothing was
+                // answered, so this attempt does not count against it. Its other idle
+                // connections are likely closed too: drop those before trying again.
+                backend.pool.prune();
+                body = Some(b);
+                excluded.pop();
+                attempts -= 1;
+                if probe {
+                    backend.circuit.release_probe();
                 }
+                stale += 1;
+                if stale <= 3 {
+                    continue;
+                }
+                last_err = ProxyError::Upstream {
+                    backend: backend.url.clone(),
+                    source: UpstreamError::Closed,
+                };
+                break;
+            }
+            Ok(Err(SendError::Failed(e))) if e.is_client() => {
+                // The client's upload broke off: nothing to hold against the backend.
+                Trace::attempt_done(&client_span, None, Some("client aborted"));
+                if probe {
+                    backend.circuit.release_probe();
+                }
+                debug!(error = %e, "client body failed");
+                return Err(ProxyError::BadRequest("incomplete request body\n"));
+            }
+            Ok(Err(SendError::Failed(e))) => {
                 Trace::attempt_done(&client_span, None, Some("connection lost"));
                 app.noted(
                     backend,
                     backend.record(Outcome::Lost, attempt_start, probe, snap),
                 );
-                debug!(backend = %backend.url, error = %e.error(), "upstream connection lost");
+                debug!(backend = %backend.url, error = %e, "upstream exchange failed");
                 last_err = ProxyError::Upstream {
                     backend: backend.url.clone(),
-                    source: e.into_error(),
+                    source: e,
                 };
-                match kept {
-                    Some(p) => {
-                        parts = Some(p);
-                        body = Some(ReqBody::Empty);
-                        continue;
-                    }
-                    None => return Err(last_err),
+                if replayable {
+                    body = Some(ReqBody::Empty);
+                    continue;
                 }
+                return Err(last_err);
             }
             Err(_) => {
                 Trace::attempt_done(&client_span, None, Some("timeout"));
@@ -252,41 +263,48 @@ async fn forward(
             }
         };
 
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+            // Switching protocols nobody asked for: not a usable answer.
+            Trace::attempt_done(&client_span, None, Some("unexpected 101"));
+            app.noted(
+                backend,
+                backend.record(Outcome::Lost, attempt_start, probe, snap),
+            );
+            return Err(ProxyError::Upstream {
+                backend: backend.url.clone(),
+                source: UpstreamError::Malformed("101 without an upgrade request"),
+            });
+        }
         let ttfb = attempt_start.elapsed();
-        let retry_status = kept.is_some()
+        let retry_status = replayable
+            && attempts < max_attempts
             && cfg
                 .retries
                 .on_status
                 .iter()
-                .any(|s| s.get() == i64::from(resp.status().as_u16()))
+                .any(|s| s.get() == i64::from(status.as_u16()))
             && another_available(snap, &excluded);
-        let outcome = Outcome::Response {
-            status: resp.status(),
-            ttfb,
-        };
-        Trace::attempt_done(&client_span, Some(resp.status()), None);
+        let outcome = Outcome::Response { status, ttfb };
+        Trace::attempt_done(&client_span, Some(status), None);
         drop(client_span);
         app.noted(backend, backend.record(outcome, attempt_start, probe, snap));
         app.metrics.record_backend_latency(&backend.key, ttfb);
         if retry_status {
             // Retried elsewhere: this answer (and its connection) is dropped.
-            if let Some(p) = kept {
-                debug!(backend = %backend.url, status = %resp.status(), "retrying on status");
-                parts = Some(p);
-                body = Some(ReqBody::Empty);
-                drop(resp);
-                continue;
-            }
+            debug!(backend = %backend.url, status = %status, "retrying on status");
+            body = Some(ReqBody::Empty);
+            drop(resp);
+            continue;
         }
         inflight.hand_over();
         let mut trace = trace.take();
         if let Some(t) = trace.as_mut() {
-            t.respond(resp.status(), Some(&backend.url));
+            t.respond(status, Some(&backend.url));
         }
         let max_idle = cfg.upstream.max_idle_per_backend.as_usize();
-        let guard =
-            ResponseGuard::new(app.clone(), backend.clone(), None, max_idle, started, trace);
-        return Ok(respond(tx, resp, client_upgrade, guard));
+        let guard = ResponseGuard::new(app.clone(), backend.clone(), max_idle, started, trace);
+        return Ok(respond(resp, client_upgrade, guard));
     }
     Err(last_err)
 }
@@ -295,37 +313,31 @@ async fn forward(
 /// when the response body ends; the connection goes back to the pool with it
 /// unless it was upgraded.
 fn respond(
-    tx: Sender,
-    mut resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     guard: ResponseGuard,
 ) -> Response<ProxyBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    let (parts, mut body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = client_upgrade
+        && let Some(conn) = body.take_upgraded()
     {
-        let upstream = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client, upstream, guard));
-        let (mut parts, _) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, true);
+        tokio::spawn(tunnel(client, conn, guard));
         return Response::from_parts(parts, ProxyBody::empty());
     }
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, ProxyBody::upstream(body, guard.with_conn(tx)))
+    Response::from_parts(parts, ProxyBody::upstream(body, guard))
 }
 
 /// Splices an upgraded (WebSocket) connection to the backend's; the guard keeps the
 /// backend's in-flight count until either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    guard: ResponseGuard,
-) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    if let (Ok(client), Ok(upstream)) = (client, upstream) {
+async fn tunnel(client: hyper::upgrade::OnUpgrade, mut conn: Box<Conn>, guard: ResponseGuard) {
+    if let Ok(client) = client.await {
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        // Bytes the backend sent on the new protocol right behind its 101.
+        let early = conn.rbuf.split();
+        if early.is_empty() || client.write_all(&early).await.is_ok() {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut conn.io).await;
+        }
     }
     drop(guard);
 }
@@ -360,15 +372,6 @@ fn prepare(parts: &mut Parts, peer: &Peer, cfg: &Config, upgrade: bool) {
     parts.version = Version::HTTP_11;
 }
 
-fn clone_parts(p: &Parts) -> Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = p.method.clone();
-    *r.uri_mut() = p.uri.clone();
-    *r.version_mut() = p.version;
-    *r.headers_mut() = p.headers.clone();
-    r.into_parts().0
-}
-
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -385,19 +388,18 @@ fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
         .any(|(i, m)| !excluded.contains(&i) && m.backend.available(now, &snap.config))
 }
 
-/// A pooled connection ready for a request, or a new one.
+/// A pooled connection for a request, or a new one. With `careful`, a pooled
+/// connection is first checked for a close from the backend (a request that cannot
+/// be sent again must not go out on a connection about to fail).
 async fn checkout(
     backend: &Backend,
     cfg: &Config,
     metrics: &Metrics,
-) -> Result<Sender, ConnectError> {
-    while let Some(mut tx) = backend.pool.take() {
-        if tx.is_ready() {
-            return Ok(tx);
-        }
-        // Still settling its previous exchange; normally a matter of microseconds.
-        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(50), tx.ready()).await {
-            return Ok(tx);
+    careful: bool,
+) -> Result<Box<Conn>, ConnectError> {
+    while let Some(mut conn) = backend.pool.take() {
+        if !careful || conn.still_open() {
+            return Ok(conn);
         }
     }
     let started = Instant::now();

@@ -1,4 +1,4 @@
-//! Per-backend pools of keep-alive HTTP/1.1 connections.
+//! Per-backend pools of keep-alive HTTP/1.1 connections ([`Conn`]).
 //!
 //! Each backend owns its pool, so a backend kept across a config reload keeps its
 //! warm connections and a removed one takes its connections with it. Connections are
@@ -6,18 +6,14 @@
 
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::ReqBody;
+use super::h1::{Conn, Io};
 use super::tls;
 use crate::backend::Backend;
 use switchyard_shared::validate::Scheme;
-
-pub type Sender = http1::SendRequest<ReqBody>;
 
 #[derive(Default)]
 pub struct Pool {
@@ -25,41 +21,38 @@ pub struct Pool {
 }
 
 struct Idle {
-    tx: Sender,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 impl Pool {
-    /// The most recently used idle connection that is still open.
-    pub fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock();
-        while let Some(i) = idle.pop() {
-            if !i.tx.is_closed() {
-                return Some(i.tx);
-            }
-        }
-        None
+    /// The most recently used idle connection.
+    pub fn take(&self) -> Option<Box<Conn>> {
+        self.idle.lock().pop().map(|i| i.conn)
     }
 
     /// Returns a connection after a clean exchange (up to `max` are kept).
-    pub fn put(&self, tx: Sender, max: usize) {
-        if tx.is_closed() {
-            return;
-        }
+    pub fn put(&self, conn: Box<Conn>, max: usize) {
         let mut idle = self.idle.lock();
         if idle.len() < max {
             idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Drops connections idle for longer than `max_idle` and closed ones.
+    /// Drops connections idle for longer than `max_idle` and those the backend
+    /// closed (or sent stray bytes on).
     pub fn evict(&self, max_idle: Duration, now: Instant) {
-        self.idle
-            .lock()
-            .retain(|i| !i.tx.is_closed() && now.saturating_duration_since(i.since) < max_idle);
+        self.idle.lock().retain_mut(|i| {
+            now.saturating_duration_since(i.since) < max_idle && i.conn.still_open()
+        });
+    }
+
+    /// Drops the idle connections the backend has closed.
+    pub fn prune(&self) {
+        self.idle.lock().retain_mut(|i| i.conn.still_open());
     }
 
     pub fn clear(&self) {
@@ -80,40 +73,24 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("tls: {0}")]
     Tls(String),
-    #[error("handshake: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
-/// Opens a new connection to `backend` (TCP, TLS for https, HTTP/1.1 handshake),
-/// bounded by `timeout` as a whole.
-pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Sender, ConnectError> {
+/// Opens a new connection to `backend` (TCP, and TLS for https), bounded by
+/// `timeout` as a whole.
+pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Box<Conn>, ConnectError> {
     match tokio::time::timeout(timeout, connect_inner(backend)).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
 }
 
-async fn connect_inner(backend: &Backend) -> Result<Sender, ConnectError> {
+async fn connect_inner(backend: &Backend) -> Result<Box<Conn>, ConnectError> {
     let target = &backend.target;
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     tcp.set_nodelay(true)?;
-    let mut builder = http1::Builder::new();
-    builder.max_buf_size(1024 * 1024);
-    match target.scheme {
-        Scheme::Http => {
-            let (tx, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            Ok(tx)
-        }
-        Scheme::Https => {
-            let tls = tls::connect(&target.host, tcp).await?;
-            let (tx, conn) = builder.handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            Ok(tx)
-        }
-    }
+    let io = match target.scheme {
+        Scheme::Http => Io::Plain(tcp),
+        Scheme::Https => Io::Tls(Box::new(tls::connect(&target.host, tcp).await?)),
+    };
+    Ok(Conn::new(io))
 }
