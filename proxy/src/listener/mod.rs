@@ -129,9 +129,23 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Binds `addr`, with a message that says which listener failed.
+/// Pending (not yet accepted) connections the kernel queues per listener; it caps
+/// this at `net.core.somaxconn`. The default of 128 overflows when a few hundred
+/// clients connect at once, and every dropped SYN costs its client a one-second
+/// retransmit (nginx uses 511; HAProxy its `maxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reuse on, a deep accept queue), with a message that says
+/// which listener failed.
 pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot bind the {what} listener on {addr}: {e}"))
+    let fail = |e: std::io::Error| format!("cannot bind the {what} listener on {addr}: {e}");
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
