@@ -1053,5 +1053,4 @@ fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, UpstreamError> {
 }
 
 #[cfg(test)]
-#[path = "h1_tests.rs"]
 mod tests;
