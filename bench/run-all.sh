@@ -11,7 +11,9 @@ run() {
   echo "== $name"; sed -n '/^| target/,/^$/p' "$out/$name/summary.md"
 }
 run plain plain.yaml --targets direct,nginx,haproxy,ours
+run adaptive adaptive.yaml --targets haproxy,ours
 run redis-rl ratelimit-redis.yaml --targets haproxy,ours
 run otel-1pct otel-1pct.yaml --targets haproxy,ours
 run otel-100pct otel-100pct.yaml --targets haproxy,ours --max-foreign 30
 run otel-dead otel-dead-collector.yaml --targets haproxy,ours
+run redis-rl-otel-1pct redis-rl-otel-1pct.yaml --targets haproxy,ours
