@@ -299,6 +299,18 @@ async fn drive_until(ex: &mut Exchange, what: &str, done: impl Fn(&Exchange) -> 
     .await;
 }
 
+/// Drives `ex` until `done` holds while the backend reads the request head; the head.
+async fn head_while(
+    ex: &mut Exchange,
+    srv: &mut Server,
+    what: &str,
+    done: impl Fn(&Exchange) -> bool,
+) -> String {
+    within(async { tokio::join!(drive_until(ex, what, done), srv.read_head()) })
+        .await
+        .1
+}
+
 /// A response body read to its end (or first error).
 #[derive(Debug, Default)]
 struct Got {
@@ -1555,14 +1567,10 @@ async fn request_body_of_known_length_goes_out_with_content_length() {
     );
     let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    let head = within(async {
-        tokio::join!(
-            drive_until(&mut ex, "the request was sent", |ex| ex.writer.is_none()),
-            srv.read_head()
-        )
+    let head = head_while(&mut ex, &mut srv, "the request was sent", |ex| {
+        ex.writer.is_none()
     })
-    .await
-    .1;
+    .await;
     assert_eq!(
         head,
         "POST /u HTTP/1.1\r\nhost: h\r\ncontent-length: 11\r\n\r\n"
@@ -1679,14 +1687,10 @@ async fn declared_content_length_frames_a_body_of_unknown_length() {
     );
     let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    let head = within(async {
-        tokio::join!(
-            drive_until(&mut ex, "the request was sent", |ex| ex.writer.is_none()),
-            srv.read_head()
-        )
+    let head = head_while(&mut ex, &mut srv, "the request was sent", |ex| {
+        ex.writer.is_none()
     })
-    .await
-    .1;
+    .await;
     assert_eq!(
         head,
         "POST /u HTTP/1.1\r\ncontent-length: 5\r\nhost: h\r\n\r\n"
@@ -1720,14 +1724,10 @@ async fn request_body_longer_than_declared_fails() {
     );
     let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    let head = within(async {
-        tokio::join!(
-            drive_until(&mut ex, "the write error", |ex| ex.write_error.is_some()),
-            srv.read_head()
-        )
+    let head = head_while(&mut ex, &mut srv, "the write error", |ex| {
+        ex.write_error.is_some()
     })
-    .await
-    .1;
+    .await;
     assert_eq!(
         head,
         "POST /u HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\n"
@@ -1750,14 +1750,10 @@ async fn request_body_shorter_than_declared_fails() {
     );
     let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    let head = within(async {
-        tokio::join!(
-            drive_until(&mut ex, "the write error", |ex| ex.write_error.is_some()),
-            srv.read_head()
-        )
+    let head = head_while(&mut ex, &mut srv, "the write error", |ex| {
+        ex.write_error.is_some()
     })
-    .await
-    .1;
+    .await;
     assert_eq!(
         head,
         "POST /u HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\n"
