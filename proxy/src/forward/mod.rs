@@ -2,8 +2,9 @@
 //!
 //! Retries (on a backend not tried yet, up to `retries.attempts`):
 //! - a connect failure, for any method: nothing was sent;
-//! - a pooled connection found closed before the request went out (hyper hands the
-//!   request back): tried again on a fresh connection, not held against the backend;
+//! - a pooled connection the backend had closed, found before any answer
+//!   ([`h1::SendError::Stale`], the body handed back untouched): tried again on a
+//!   fresh connection, not counted as an attempt nor held against the backend;
 //! - a connection lost after sending, only for idempotent requests without a body
 //!   (the request can be replayed exactly).
 //!
