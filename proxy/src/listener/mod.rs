@@ -149,3 +149,59 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     socket.bind(addr).map_err(fail)?;
     socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// A burst of clients is queued by the kernel while nobody accepts: with the
+    /// old default backlog of 128 the connects past it lost their SYNs and waited
+    /// for retransmits (1 s, then 3 s, 7 s, ...), which the deadline below turns
+    /// into a failure.
+    #[tokio::test]
+    async fn a_burst_of_connects_fits_the_accept_queue() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        // 400 clients (well past 128, well under a 1024-descriptor limit), or fewer
+        // where the kernel caps every queue lower.
+        let n = somaxconn.min(400).saturating_sub(8);
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), "test")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                .await
+                .unwrap_or_else(|_| panic!("connect {i} of {n} not queued (SYN dropped)"))
+                .expect("connect");
+            clients.push(c);
+        }
+        // All of them are there to accept.
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .expect("queued connection")
+                .expect("accept");
+        }
+    }
+
+    #[tokio::test]
+    async fn binding_a_taken_port_names_the_listener() {
+        let first = bind("127.0.0.1:0".parse().expect("addr"), "proxy")
+            .await
+            .expect("bind");
+        let addr = first.local_addr().expect("local addr");
+        let err = bind(addr, "admin").await.expect_err("port is taken");
+        assert!(
+            err.starts_with(&format!("cannot bind the admin listener on {addr}")),
+            "{err}"
+        );
+    }
+}
