@@ -264,7 +264,7 @@ async fn a_circuit_opened_on_one_replica_opens_everywhere_and_one_replica_probes
     }
     let mut half_opens = 0;
     for admin in &admins {
-        let prom = prometheus(*admin).await;
+        let prom = prometheus_text(*admin).await;
         half_opens += metric(
             &prom,
             "switchyard_circuit_transitions_total{to=\"half-open\"}",
@@ -274,28 +274,6 @@ async fn a_circuit_opened_on_one_replica_opens_everywhere_and_one_replica_probes
         half_opens, 1,
         "exactly one replica went half-open and probed"
     );
-}
-
-async fn prometheus(admin: SocketAddr) -> String {
-    use http_body_util::BodyExt;
-    let resp = client()
-        .request(
-            http::Request::get(url(admin, "/metrics"))
-                .header("accept", "text/plain")
-                .body(full(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
 }
 
 fn metric(text: &str, series: &str) -> u64 {

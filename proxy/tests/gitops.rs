@@ -229,7 +229,7 @@ async fn a_commit_reaches_two_replicas_and_a_broken_one_is_refused() {
             serves(r.proxy, "b").await,
             "still serving the last good config"
         );
-        let prom = prom_text(admin).await;
+        let prom = prometheus_text(admin).await;
         assert!(
             prom.contains("switchyard_config_reloads_total{result=\"refused\"} 1"),
             "{prom}"
@@ -254,28 +254,6 @@ async fn a_commit_reaches_two_replicas_and_a_broken_one_is_refused() {
         assert!(s.get("last_error").is_none(), "{s}");
         assert!(!serves(r.proxy, "a").await);
     }
-}
-
-async fn prom_text(admin: SocketAddr) -> String {
-    use http_body_util::BodyExt;
-    let resp = client()
-        .request(
-            http::Request::get(url(admin, "/metrics"))
-                .header("accept", "text/plain")
-                .body(full(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

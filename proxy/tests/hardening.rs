@@ -120,33 +120,12 @@ async fn smuggling_shaped_requests_get_400_and_never_reach_a_backend() {
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
     // Cases 0-2 are refused by our framing check; 3-6 hyper refuses itself while
     // parsing (differing lengths, bad Transfer-Encoding, malformed header names).
-    let prom = metrics_text(p.admin_addr).await;
+    let prom = prometheus_text(p.admin_addr).await;
     assert!(
         prom.contains("switchyard_requests_refused_framing_total 3"),
         "{prom}"
     );
     p.shutdown().await;
-}
-
-async fn metrics_text(admin: SocketAddr) -> String {
-    let resp = client()
-        .request(
-            Request::get(url(admin, "/metrics"))
-                .header("accept", "text/plain")
-                .body(full(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -197,14 +176,14 @@ async fn connections_over_the_limit_get_a_clear_503() {
     drop(held);
     let admin = p.admin_addr;
     wait_until(Duration::from_secs(5), "slots freed", || async move {
-        metrics_text(admin)
+        prometheus_text(admin)
             .await
             .contains("switchyard_connections_active 0")
     })
     .await;
     assert_eq!(get(&url(p.proxy_addr, "/")).await.status, StatusCode::OK);
     assert!(
-        metrics_text(p.admin_addr)
+        prometheus_text(p.admin_addr)
             .await
             .contains("switchyard_connections_rejected_total 1")
     );

@@ -153,7 +153,7 @@ async fn circuit_opens_on_5xx_with_healthy_health_checks_then_probes_and_closes(
     );
 
     // The transitions are counted in the Prometheus metrics.
-    let prom = send_accept(admin, "text/plain;version=0.0.4").await;
+    let prom = metrics_with_accept(admin, "text/plain;version=0.0.4").await;
     assert!(
         prom.contains("switchyard_circuit_transitions_total{to=\"open\"} 1"),
         "{prom}"
@@ -163,28 +163,6 @@ async fn circuit_opens_on_5xx_with_healthy_health_checks_then_probes_and_closes(
         "{prom}"
     );
     p.shutdown().await;
-}
-
-async fn send_accept(admin: SocketAddr, accept: &str) -> String {
-    use http_body_util::BodyExt;
-    let resp = client()
-        .request(
-            Request::get(url(admin, "/metrics"))
-                .header("accept", accept)
-                .body(full(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -345,7 +323,7 @@ async fn rate_limit_burst_then_429_with_headers() {
     assert_eq!(r.headers["ratelimit-remaining"], "0");
     assert!(r.headers.contains_key("ratelimit-reset"));
     assert_eq!(r.body, "too many requests\n");
-    let prom = send_accept(p.admin_addr, "text/plain").await;
+    let prom = metrics_with_accept(p.admin_addr, "text/plain").await;
     assert!(
         prom.contains(&format!("switchyard_rate_limited_total {}", 30 - ok)),
         "{prom}"

@@ -468,34 +468,13 @@ async fn a_dead_collector_costs_requests_nothing_and_drops_are_counted() {
         Duration::from_secs(10),
         "dropped spans counted",
         || async move {
-            let text = prometheus_text(admin).await;
+            let text = metrics_with_accept(admin, "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1").await;
             text.lines()
                 .find_map(|l| l.strip_prefix("switchyard_telemetry_spans_dropped_total "))
                 .is_some_and(|v| v.trim().parse::<f64>().unwrap() > 0.0)
         },
     )
     .await;
-}
-
-async fn prometheus_text(admin: SocketAddr) -> String {
-    let resp = client()
-        .request(
-            Request::get(url(admin, "/metrics"))
-                .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-                .body(full(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]

@@ -28,6 +28,34 @@ pub fn client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// The admin `/metrics` body, asking for it with this `Accept` header (the
+/// Prometheus text format for `text/plain`).
+pub async fn metrics_with_accept(admin: SocketAddr, accept: &str) -> String {
+    let resp = client()
+        .request(
+            Request::get(url(admin, "/metrics"))
+                .header("accept", accept)
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+/// The admin `/metrics` in the Prometheus text format.
+pub async fn prometheus_text(admin: SocketAddr) -> String {
+    metrics_with_accept(admin, "text/plain").await
+}
+
 pub struct Resp {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
