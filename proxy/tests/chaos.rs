@@ -13,7 +13,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -22,26 +21,6 @@ use common::*;
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use switchyard::demo::DemoServer;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.email=chaos@example.com",
-            "-c",
-            "user.name=chaos",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn commit(dir: &Path, content: &str, msg: &str) -> String {
     std::fs::write(dir.join("config.yaml"), content).unwrap();

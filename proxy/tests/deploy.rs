@@ -2073,21 +2073,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.email=test@example.com", "-c", "user.name=test"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// GET with optional headers.
 async fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
     use http_body_util::BodyExt;

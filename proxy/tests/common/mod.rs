@@ -28,6 +28,23 @@ pub fn client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// Runs `git` in `dir` with a test identity; its trimmed stdout. Panics with git's
+/// stderr when it fails.
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.email=test@example.com", "-c", "user.name=test"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The admin `/metrics` body, asking for it with this `Accept` header (the
 /// Prometheus text format for `text/plain`).
 pub async fn metrics_with_accept(admin: SocketAddr, accept: &str) -> String {
