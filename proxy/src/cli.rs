@@ -441,16 +441,23 @@ fn run(cli: &Cli) -> ExitCode {
                 "OpenTelemetry export on"
             );
         }
-        let running = match server::start_with_telemetry(config, view, telemetry.clone()).await {
+        let running = match server::start_with_telemetry(
+            config,
+            view,
+            telemetry.clone(),
+            server::Initial {
+                commit: applied.commit.clone(),
+                error: initial_error,
+            },
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("switchyard: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        running
-            .app
-            .mark_initial(applied.commit.clone(), initial_error);
         if let Some(source) = source {
             let handle = gitops::spawn(
                 running.app.clone(),

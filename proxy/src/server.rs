@@ -54,14 +54,26 @@ pub fn default_replica_id(port: u16) -> String {
 /// Starts a replica: on the embedded store, or on Redis when `cluster.redis_url`
 /// is set.
 pub async fn start(config: Config, source: ConfigSourceView) -> Result<Running, String> {
-    start_with_telemetry(config, source, None).await
+    start_with_telemetry(config, source, None, Initial::default()).await
 }
 
-/// [`start`], with OpenTelemetry export attached before the first request.
+/// What the first load found, recorded before the admin API answers (so
+/// `/admin/config` never shows a moment without the commit being run).
+#[derive(Debug, Default)]
+pub struct Initial {
+    /// The commit the first config came from.
+    pub commit: Option<String>,
+    /// Why the configured source could not be used (a fallback config runs).
+    pub error: Option<switchyard_shared::ConfigErrorView>,
+}
+
+/// [`start`], with OpenTelemetry export attached before the first request and the
+/// first load's outcome recorded.
 pub async fn start_with_telemetry(
     config: Config,
     source: ConfigSourceView,
     telemetry: Option<Arc<crate::telemetry::otel::Telemetry>>,
+    initial: Initial,
 ) -> Result<Running, String> {
     let mut store_tasks = Vec::new();
     let redis_url = config.cluster.as_ref().and_then(|c| c.redis_url.clone());
@@ -79,7 +91,7 @@ pub async fn start_with_telemetry(
         }
         _ => Arc::new(MemoryStore::default()),
     };
-    let started = start_with_store(config, source, store, telemetry).await;
+    let started = start_with_store(config, source, store, telemetry, initial).await;
     match started {
         Ok(mut r) => {
             r.background.extend(store_tasks);
@@ -99,6 +111,7 @@ pub async fn start_with_store(
     source: ConfigSourceView,
     store: Arc<dyn StateStore>,
     telemetry: Option<Arc<crate::telemetry::otel::Telemetry>>,
+    initial: Initial,
 ) -> Result<Running, String> {
     tls::configure(config.upstream.ca_file.as_deref())?;
     let token = admin::load_token(config.admin.token_file.as_deref())?;
@@ -138,6 +151,7 @@ pub async fn start_with_store(
     let cors_origins = config.admin.cors_origins.clone();
     let dashboard_dir = admin::dashboard::resolve_dir(config.admin.dashboard_dir.as_deref());
     let app = App::new(config, store.clone(), replica_id, source);
+    app.mark_initial(initial.commit, initial.error);
     app.cluster
         .set_addresses(proxy_addr.to_string(), admin_addr.to_string());
     if let Some(t) = telemetry {
