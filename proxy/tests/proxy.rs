@@ -517,3 +517,80 @@ async fn sigterm_lets_an_inflight_request_complete_then_exits_zero() {
     // After shutdown nothing listens.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// Reads one request head (to the blank line); false when the peer closed first.
+async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_closed_by_the_backend_cost_the_client_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    // A backend that answers one request per connection and closes a connection
+    // when a second request arrives on it, without answering (the race of a server
+    // timing out an idle keep-alive connection just as a request comes in). The
+    // proxy cannot see those closes coming: its idle connections look open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let warm = 5;
+    let barrier = Arc::new(tokio::sync::Barrier::new(warm));
+    let (accepted, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (acc, drp) = (accepted.clone(), dropped.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let n = acc.fetch_add(1, Relaxed);
+            let (barrier, drp) = (barrier.clone(), drp.clone());
+            tokio::spawn(async move {
+                if !read_head(&mut s).await {
+                    return;
+                }
+                if n < warm {
+                    // The first connections answer together, so the proxy pools them all.
+                    barrier.wait().await;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                if read_head(&mut s).await {
+                    drp.fetch_add(1, Relaxed);
+                }
+                // dropped: closed without an answer
+            });
+        }
+    });
+    let p = proxy(&format!(
+        "{}backends:\n  - url: \"http://{addr}\"\n",
+        server_yaml()
+    ))
+    .await;
+    let c = client();
+    let first: Vec<_> = (0..warm)
+        .map(|_| {
+            let c = c.clone();
+            let u = url(p.proxy_addr, "/");
+            tokio::spawn(async move { send(&c, Method::GET, &u, None).await.unwrap().status })
+        })
+        .collect();
+    for f in first {
+        assert_eq!(f.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Relaxed), warm, "one upstream connection each");
+    // Every pooled connection is now a trap; the next GETs must still succeed.
+    for i in 0..3 {
+        let r = send(&c, Method::GET, &url(p.proxy_addr, "/"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+    }
+    assert!(dropped.load(Relaxed) >= 1, "a pooled connection was tried");
+}

@@ -134,7 +134,7 @@ async fn forward(
     let mut attempts = 0usize;
     // Indexes not to pick again: tried, or refused by their circuit.
     let mut excluded: SmallVec<[usize; 4]> = SmallVec::new();
-    let mut stale = 0u32;
+    let mut stale = false;
     let mut last_err = ProxyError::NoBackend;
 
     while attempts < max_attempts {
@@ -166,8 +166,9 @@ async fn forward(
             None => tracing::Span::none(),
         };
 
-        // A request that could not be sent again checks its pooled connection first.
-        let conn = match checkout(backend, cfg, &app.metrics, !replayable).await {
+        // A request that could not be sent again checks its pooled connection first;
+        // one that already met a stale pooled connection takes a fresh one.
+        let conn = match checkout(backend, cfg, &app.metrics, !replayable, stale).await {
             Ok(conn) => conn,
             Err(source) => {
                 Trace::attempt_done(&client_span, None, Some("connect"));
@@ -207,7 +208,8 @@ async fn forward(
             Ok(Err(SendError::Stale(b))) => {
                 // The pooled connection had been closed by the backend; nothing was
                 // answered, so this attempt does not count against it. Its other idle
-                // connections are likely closed too: drop those before trying again.
+                // connections are likely closed too: drop those, and try again on a
+                // fresh connection (which cannot be stale, so this happens once).
                 backend.pool.prune();
                 body = Some(b);
                 excluded.pop();
@@ -215,15 +217,8 @@ async fn forward(
                 if probe {
                     backend.circuit.release_probe();
                 }
-                stale += 1;
-                if stale <= 3 {
-                    continue;
-                }
-                last_err = ProxyError::Upstream {
-                    backend: backend.url.clone(),
-                    source: UpstreamError::Closed,
-                };
-                break;
+                stale = true;
+                continue;
             }
             Ok(Err(SendError::Failed(e))) if e.is_client() => {
                 // The client's upload broke off: nothing to hold against the backend.
@@ -389,16 +384,17 @@ fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
         .any(|(i, m)| !excluded.contains(&i) && m.backend.available(now, &snap.config))
 }
 
-/// A pooled connection for a request, or a new one. With `careful`, a pooled
-/// connection is first checked for a close from the backend (a request that cannot
-/// be sent again must not go out on a connection about to fail).
+/// A pooled connection for a request, or a new one (always, with `fresh`). With
+/// `careful`, a pooled connection is first checked for a close from the backend (a
+/// request that cannot be sent again must not go out on a connection about to fail).
 async fn checkout(
     backend: &Backend,
     cfg: &Config,
     metrics: &Metrics,
     careful: bool,
+    fresh: bool,
 ) -> Result<Box<Conn>, ConnectError> {
-    while let Some(mut conn) = backend.pool.take() {
+    while let Some(mut conn) = (!fresh).then(|| backend.pool.take()).flatten() {
         if !careful || conn.still_open() {
             return Ok(conn);
         }
