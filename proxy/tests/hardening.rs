@@ -118,11 +118,16 @@ async fn smuggling_shaped_requests_get_400_and_never_reach_a_backend() {
         .unwrap();
     let text = String::from_utf8_lossy(&all);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-    // Cases 0-2 are refused by our framing check; 3-6 hyper refuses itself while
-    // parsing (differing lengths, bad Transfer-Encoding, malformed header names).
+    // Cases 0-3 are smuggling-shaped framing (length with chunked, repeated
+    // lengths); 4-6 malformed heads (a coding other than chunked, chunked on
+    // HTTP/1.0, a space before the colon). Each kind has its counter.
     let prom = prometheus_text(p.admin_addr).await;
     assert!(
-        prom.contains("switchyard_requests_refused_framing_total 3"),
+        prom.contains("switchyard_requests_refused_framing_total 4"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("switchyard_requests_refused_malformed_total 3"),
         "{prom}"
     );
     p.shutdown().await;

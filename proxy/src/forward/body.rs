@@ -14,26 +14,56 @@ use tokio::time::Instant;
 use super::h1::{Conn, UpstreamBody, UpstreamError};
 use crate::app::App;
 use crate::backend::Backend;
+pub use crate::listener::h1::ClientBody;
 
 /// A request body on its way upstream.
 pub enum ReqBody {
     /// No body (also used to replay a bodiless request on another backend).
     Empty,
-    /// The client's body, streamed.
+    /// An HTTP/2 client's body (hyper's server), streamed.
     Incoming(Incoming),
+    /// An HTTP/1.1 client's body (our server), streamed.
+    Client(ClientBody),
+}
+
+impl ReqBody {
+    /// hyper's body, or `Empty` when it has already ended.
+    pub fn from_incoming(b: Incoming) -> Self {
+        if b.is_end_stream() {
+            ReqBody::Empty
+        } else {
+            ReqBody::Incoming(b)
+        }
+    }
+}
+
+/// Why a client's request body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("client closed the connection before the body was complete")]
+    Closed,
+    #[error("malformed body: {0}")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    Io(std::io::Error),
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Incoming(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ClientBodyError::Hyper))),
+            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -41,6 +71,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Incoming(b) => b.is_end_stream(),
+            ReqBody::Client(b) => b.is_end_stream(),
         }
     }
 
@@ -48,6 +79,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Incoming(b) => b.size_hint(),
+            ReqBody::Client(b) => b.size_hint(),
         }
     }
 }

@@ -55,7 +55,7 @@ pub enum UpstreamError {
     #[error("request body: {0}")]
     RequestBody(&'static str),
     #[error("client body: {0}")]
-    Client(#[source] hyper::Error),
+    Client(#[source] super::body::ClientBodyError),
 }
 
 impl UpstreamError {
@@ -325,7 +325,7 @@ impl Writer {
     }
 }
 
-fn put_hex(dst: &mut BytesMut, mut n: u64) {
+pub(crate) fn put_hex(dst: &mut BytesMut, mut n: u64) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
@@ -339,7 +339,7 @@ fn put_hex(dst: &mut BytesMut, mut n: u64) {
     dst.put_slice(&digits[i..]);
 }
 
-fn put_header(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(crate) fn put_header(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_slice(name);
     dst.put_slice(b": ");
     dst.put_slice(value);
@@ -426,7 +426,7 @@ fn encode_head(
             }
             Out::Length(0)
         }
-        (ReqBody::Incoming(b), None) => match b.size_hint().exact() {
+        (b, None) => match b.size_hint().exact() {
             Some(n) => {
                 dst.put_slice(b"content-length: ");
                 put_dec(dst, n);
@@ -443,7 +443,7 @@ fn encode_head(
     Ok(framing)
 }
 
-fn put_dec(dst: &mut BytesMut, mut n: u64) {
+pub(crate) fn put_dec(dst: &mut BytesMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -470,7 +470,7 @@ enum In {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     DataEnd,
@@ -960,7 +960,7 @@ impl Body for UpstreamBody {
 }
 
 /// What one step of chunked decoding produced.
-enum Step {
+pub(crate) enum Step {
     /// State advanced; go on.
     Next(Chunk),
     /// `n` bytes of data at the start of the buffer, then this state.
@@ -971,7 +971,7 @@ enum Step {
     More,
 }
 
-fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, UpstreamError> {
+pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, UpstreamError> {
     match state {
         Chunk::Size => match httparse::parse_chunk_size(buf) {
             Ok(httparse::Status::Complete((used, size))) => {

@@ -26,8 +26,6 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -41,7 +39,7 @@ use crate::app::App;
 use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
 use crate::errors::ProxyError;
-use crate::listener::framing::Ambiguity;
+use crate::listener::h1::{Ambiguity, ClientUpgrade};
 use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -64,12 +62,24 @@ impl Peer {
 }
 
 /// Handles one client request end to end; never fails (errors become responses).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+/// `upgrade` is where the client's connection comes from after a 101, for a
+/// request that asked to switch protocols.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<ReqBody>,
+    peer: Peer,
+    upgrade: Option<ClientUpgrade>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     app.metrics.start_request();
+    // Until an answer is settled (by the response's guard, or below), a dropped
+    // future (client gone, HTTP/2 stream reset) must still end the count.
+    let counted = Counted(&app.metrics);
     let snap = app.snapshot();
     let mut trace = Some(Trace::start(&app, &req, peer.addr, &snap));
-    match forward(&app, &snap, req, &peer, started, &mut trace).await {
+    let result = forward(&app, &snap, req, &peer, upgrade, started, &mut trace).await;
+    std::mem::forget(counted);
+    match result {
         Ok(resp) => {
             app.metrics.count_status(resp.status());
             resp
@@ -88,7 +98,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Respon
     }
 }
 
-/// Answers a request whose framing is ambiguous (see `listener::framing`): 400 and
+/// Ends a request's in-flight count if its future is dropped before it answers.
+struct Counted<'a>(&'a Metrics);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Answers a request whose framing is ambiguous (see `listener::h1`): 400 and
 /// close, before anything is forwarded.
 pub fn refuse_ambiguous(app: &App, ambiguity: Ambiguity, peer: SocketAddr) -> Response<ProxyBody> {
     app.metrics.refused_framing.fetch_add(1, Relaxed);
@@ -99,11 +118,24 @@ pub fn refuse_ambiguous(app: &App, ambiguity: Ambiguity, peer: SocketAddr) -> Re
     ProxyError::BadRequest("ambiguous request framing\n").into_response()
 }
 
+/// Answers a request head the listener could not accept (malformed, too large,
+/// too slow) with `status` and close.
+pub fn refuse_malformed(app: &App, status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    app.metrics.refused_malformed.fetch_add(1, Relaxed);
+    app.metrics.start_request();
+    app.metrics.count_status(status);
+    app.metrics.finish_request(Duration::ZERO);
+    let mut resp = ProxyError::BadRequest(body).into_response();
+    *resp.status_mut() = status;
+    resp
+}
+
 async fn forward(
     app: &Arc<App>,
     snap: &Snapshot,
-    mut req: Request<Incoming>,
+    req: Request<ReqBody>,
     peer: &Peer,
+    upgrade: Option<ClientUpgrade>,
     started: Instant,
     trace: &mut Option<Trace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -115,20 +147,15 @@ async fn forward(
         }
         checked?;
     }
-    let upgrade = headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
     let (mut parts, incoming) = req.into_parts();
-    prepare(&mut parts, peer, cfg, upgrade);
+    prepare(&mut parts, peer, cfg, client_upgrade.is_some());
 
     let bodiless = incoming.is_end_stream();
     // A request that can be sent again as it is: on another backend after a lost
     // connection, or on a fresh connection after a stale pooled one.
     let replayable = bodiless && is_idempotent(&parts.method);
-    let mut body = Some(if bodiless {
-        ReqBody::Empty
-    } else {
-        ReqBody::Incoming(incoming)
-    });
+    let mut body = Some(if bodiless { ReqBody::Empty } else { incoming });
 
     let max_attempts = 1 + cfg.retries.attempts.as_usize();
     let mut attempts = 0usize;
@@ -310,7 +337,7 @@ async fn forward(
 /// unless it was upgraded.
 fn respond(
     resp: Response<UpstreamBody>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     guard: ResponseGuard,
 ) -> Response<ProxyBody> {
     let (parts, mut body) = resp.into_parts();
@@ -326,12 +353,15 @@ fn respond(
 
 /// Splices an upgraded (WebSocket) connection to the backend's; the guard keeps the
 /// backend's in-flight count until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, mut conn: Box<Conn>, guard: ResponseGuard) {
-    if let Ok(client) = client.await {
-        let mut client = TokioIo::new(client);
-        // Bytes the backend sent on the new protocol right behind its 101.
+async fn tunnel(client: ClientUpgrade, mut conn: Box<Conn>, guard: ResponseGuard) {
+    if let Ok(up) = client.await {
+        let mut client = up.io;
+        // Bytes each side sent on the new protocol right behind the head (the
+        // backend's after its 101, the client's after its request).
         let early = conn.rbuf.split();
-        if early.is_empty() || client.write_all(&early).await.is_ok() {
+        if (early.is_empty() || client.write_all(&early).await.is_ok())
+            && (up.early.is_empty() || conn.io.write_all(&up.early).await.is_ok())
+        {
             let _ = tokio::io::copy_bidirectional(&mut client, &mut conn.io).await;
         }
     }

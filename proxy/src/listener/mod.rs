@@ -1,53 +1,31 @@
 //! The proxy listener: accepts client connections (HTTP/1.1 and h2c), enforces the
-//! connection-level limits, refuses ambiguous framing ([`framing`]) and drains
+//! connection-level limits (the HTTP/1.1 server and its refusals are in [`h1`]) and drains
 //! gracefully on shutdown.
 
-pub mod framing;
+pub mod h1;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::config::ServerConfig;
 use crate::forward;
 
-/// The connection builder for the configured limits. Listener settings are read
-/// once at start; changing them needs a restart.
-pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout.get())
-        .max_headers(cfg.max_headers.as_usize())
-        .max_buf_size(cfg.max_header_bytes.as_usize().max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(cfg.max_header_bytes.as_u32())
-        .keep_alive_interval(Duration::from_secs(30));
-    if cfg.http2 { b } else { b.http1_only() }
-}
-
 /// Accepts until `stop` fires, then lets open connections finish within the grace
-/// period.
+/// period (idle ones close at once, busy ones after their response).
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let config = app.config();
-    let builder = builder(&config.server);
+    let limits = Arc::new(h1::Limits::from_config(&config.server));
     let max_conns = config.server.max_connections.as_u64();
-    let graceful = GracefulShutdown::new();
+    drop(config);
+    let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -68,37 +46,25 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
         }
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(app.clone());
-        let svc_app = app.clone();
-        let (stream, verdicts) = framing::Watched::new(stream);
-        let peer = forward::Peer::new(peer);
-        let svc = service_fn(move |req| {
-            let app = svc_app.clone();
-            let peer = peer.clone();
-            let verdict = verdicts.next();
-            async move {
-                if let Some(ambiguity) = verdict {
-                    return Ok::<_, Infallible>(forward::refuse_ambiguous(
-                        &app, ambiguity, peer.addr,
-                    ));
-                }
-                Ok::<_, Infallible>(forward::handle(app, req, peer).await)
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
+        let conn = h1::serve(
+            stream,
+            app.clone(),
+            forward::Peer::new(peer),
+            limits.clone(),
+            stop.clone(),
+        );
+        tracker.spawn(async move {
+            conn.await;
             drop(guard);
         });
     }
     drop(listener);
+    tracker.close();
     let grace = app.config().server.grace_period.get();
-    let open = graceful.count();
+    let open = tracker.len();
     info!(connections = open, grace = ?grace, "proxy listener closed; draining connections");
     tokio::select! {
-        _ = graceful.shutdown() => info!("all client connections finished"),
+        _ = tracker.wait() => info!("all client connections finished"),
         _ = tokio::time::sleep(grace) => warn!("grace period over; closing remaining connections"),
     }
 }

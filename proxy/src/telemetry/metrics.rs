@@ -41,6 +41,7 @@ pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
 pub const SPANS_DROPPED_TOTAL: &str = "switchyard_telemetry_spans_dropped_total";
 pub const REFUSED_FRAMING_TOTAL: &str = "switchyard_requests_refused_framing_total";
+pub const REFUSED_MALFORMED_TOTAL: &str = "switchyard_requests_refused_malformed_total";
 
 /// Proxy-wide figures.
 #[derive(Default)]
@@ -72,6 +73,8 @@ pub struct Metrics {
     pub config_failures: AtomicU64,
     /// Requests refused for ambiguous framing (smuggling-shaped).
     pub refused_framing: AtomicU64,
+    /// Request heads refused as malformed, too large or too slow (400/431/408).
+    pub refused_malformed: AtomicU64,
     /// The same histograms as OpenTelemetry instruments, while OTLP metrics are on.
     pub otel: std::sync::OnceLock<super::otel::OtelHistograms>,
 }

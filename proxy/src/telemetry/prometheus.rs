@@ -153,7 +153,7 @@ pub fn render(app: &App, format: Format) -> String {
         &m.connect.counts(),
         m.connect.sum_seconds(),
     );
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             RETRIES_TOTAL,
             "Attempts retried on another backend.",
@@ -188,6 +188,11 @@ pub fn render(app: &App, format: Format) -> String {
             REFUSED_FRAMING_TOTAL,
             "Requests refused with 400 for ambiguous framing (Content-Length with Transfer-Encoding, repeated Content-Length).",
             m.refused_framing.load(Relaxed),
+        ),
+        (
+            REFUSED_MALFORMED_TOTAL,
+            "Request heads refused before forwarding: malformed (400), too large (431) or not received within header_read_timeout (408).",
+            m.refused_malformed.load(Relaxed),
         ),
     ];
     for (name, help, v) in counters {

@@ -1,0 +1,449 @@
+//! The server's head parser, response encoder and request body on real sockets.
+//! (Whole connections are covered black-box by `tests/h1_server.rs`.)
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderValue, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_head: 1024,
+        max_headers: 8,
+        header_timeout: Duration::from_secs(5),
+        http2: true,
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
+    let mut buf = BytesMut::from(bytes);
+    parse_request(&mut buf, &limits())
+}
+
+fn head(bytes: &[u8]) -> Head {
+    match parse(bytes) {
+        Ok(Some(h)) => h,
+        Ok(None) => panic!("incomplete: {:?}", String::from_utf8_lossy(bytes)),
+        Err(r) => panic!("refused ({r:?}): {:?}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+fn refusal(bytes: &[u8]) -> Refusal {
+    match parse(bytes) {
+        Err(r) => r,
+        Ok(_) => panic!("accepted: {:?}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+#[test]
+fn a_complete_head_is_consumed_and_what_follows_is_left() {
+    let mut buf =
+        BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-One: 1\r\n\r\nGET /next"[..]);
+    let h = parse_request(&mut buf, &limits())
+        .expect("parsed")
+        .expect("complete");
+    assert_eq!(&buf[..], b"GET /next");
+    assert_eq!(h.parts.method, Method::GET);
+    assert_eq!(h.parts.uri, "/a?b=1");
+    assert_eq!(h.parts.version, Version::HTTP_11);
+    assert_eq!(h.parts.headers["host"], "x");
+    assert_eq!(h.parts.headers["x-one"], "1");
+    assert_eq!(h.framing, ReqFraming::Length(0));
+    assert!(h.keep_alive);
+    assert!(!h.upgrade && !h.expect_continue && !h.trailers);
+}
+
+#[test]
+fn an_incomplete_head_waits_for_more() {
+    assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None)));
+    assert!(matches!(parse(b"GE"), Ok(None)));
+}
+
+#[test]
+fn keep_alive_follows_the_version_and_connection_tokens() {
+    assert!(!head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+    assert!(!head(b"GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n").keep_alive);
+    assert!(!head(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+    assert!(head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+    assert!(!head(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+}
+
+#[test]
+fn body_framing_is_read_from_the_head() {
+    assert_eq!(
+        head(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").framing,
+        ReqFraming::Length(12)
+    );
+    assert_eq!(
+        head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").framing,
+        ReqFraming::Chunked(Chunk::Size)
+    );
+    assert_eq!(
+        head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .framing,
+        ReqFraming::Chunked(Chunk::Size)
+    );
+}
+
+#[test]
+fn smuggling_shaped_framing_is_refused() {
+    use Refusal::{Ambiguous, Malformed};
+    assert!(matches!(
+        refusal(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Ambiguous(Ambiguity::LengthAndChunked)
+    ));
+    assert!(matches!(
+        refusal(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+        Ambiguous(Ambiguity::DuplicateLength)
+    ));
+    assert!(matches!(
+        refusal(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+        Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Malformed(_)
+    ));
+    for bad in [
+        &b"+3"[..],
+        b"3,3",
+        b"-1",
+        b"",
+        b"0x10",
+        b"99999999999999999999",
+    ] {
+        let mut req = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
+        req.extend_from_slice(bad);
+        req.extend_from_slice(b"\r\n\r\n");
+        assert!(matches!(refusal(&req), Malformed(_)), "{bad:?}");
+    }
+}
+
+#[test]
+fn malformed_and_oversized_heads_are_refused() {
+    assert!(matches!(refusal(b"GARBAGE\r\n\r\n"), Refusal::Malformed(_)));
+    assert!(matches!(
+        refusal(b"GET / HTTP/1.1\r\nno colon\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(b"GET / HTTP/1.1\r\nName : v\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(b"GET / HTTP/2.0\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..9 {
+        many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert!(matches!(refusal(&many), Refusal::TooLarge));
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2000));
+    assert!(matches!(refusal(long.as_bytes()), Refusal::TooLarge));
+}
+
+#[test]
+fn upgrade_continue_and_trailers_are_noticed() {
+    let h =
+        head(b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(h.upgrade);
+    // An Upgrade header that Connection does not name is not a request to switch.
+    assert!(!head(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+    assert!(
+        head(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+            .expect_continue
+    );
+    // Nothing to continue to without a body, nor for an HTTP/1.0 client.
+    assert!(!head(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    assert!(
+        !head(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+            .expect_continue
+    );
+    assert!(head(b"GET / HTTP/1.1\r\nTE: gzip, trailers\r\n\r\n").trailers);
+}
+
+fn encode(
+    resp: Response<ProxyBody>,
+    head_request: bool,
+    version: Version,
+    keep: bool,
+) -> (String, OutFraming, bool) {
+    let mut keep = keep;
+    let (parts, body) = resp.into_parts();
+    let e = encode_response(&parts, &body, head_request, version, false, true, &mut keep);
+    (
+        String::from_utf8_lossy(&e.head).into_owned(),
+        e.framing,
+        keep,
+    )
+}
+
+fn response(status: u16, headers: &[(&str, &str)], body: ProxyBody) -> Response<ProxyBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+    for (n, v) in headers {
+        r.headers_mut().append(
+            http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    r
+}
+
+#[test]
+fn responses_are_framed_by_length_when_known() {
+    let (text, framing, keep) = encode(
+        response(200, &[("x-a", "1")], ProxyBody::full("hello")),
+        false,
+        Version::HTTP_11,
+        true,
+    );
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 5\r\n"), "{text}");
+    assert!(text.contains("x-a: 1\r\n"), "{text}");
+    assert!(text.contains("date: "), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
+    assert_eq!(framing, OutFraming::Length(5));
+    assert!(keep);
+    // A declared length is used as it is, and a backend's date is kept.
+    let (text, framing, _) = encode(
+        response(
+            200,
+            &[("content-length", "7"), ("date", "then")],
+            ProxyBody::empty(),
+        ),
+        false,
+        Version::HTTP_11,
+        true,
+    );
+    assert_eq!(framing, OutFraming::Length(7));
+    assert_eq!(text.matches("content-length").count(), 1, "{text}");
+    assert!(text.contains("date: then\r\n") && text.matches("date").count() == 1);
+}
+
+#[test]
+fn bodiless_responses_keep_or_drop_their_length_as_the_rfc_says() {
+    // HEAD and 304 describe the body they would have had.
+    let (text, framing, _) = encode(
+        response(200, &[("content-length", "42")], ProxyBody::empty()),
+        true,
+        Version::HTTP_11,
+        true,
+    );
+    assert_eq!(framing, OutFraming::None);
+    assert!(text.contains("content-length: 42\r\n"), "{text}");
+    let (text, framing, _) = encode(
+        response(304, &[("content-length", "42")], ProxyBody::empty()),
+        false,
+        Version::HTTP_11,
+        true,
+    );
+    assert_eq!(framing, OutFraming::None);
+    assert!(text.contains("content-length: 42\r\n"), "{text}");
+    // 204 has none at all.
+    let (text, framing, _) = encode(
+        response(204, &[("content-length", "0")], ProxyBody::empty()),
+        false,
+        Version::HTTP_11,
+        true,
+    );
+    assert_eq!(framing, OutFraming::None);
+    assert!(!text.contains("content-length"), "{text}");
+}
+
+#[test]
+fn unknown_lengths_are_chunked_for_http11_and_close_delimited_for_http10() {
+    assert_eq!(
+        choose_framing(None, None, false, Version::HTTP_11, true),
+        OutFraming::Chunked { trailers: true }
+    );
+    assert_eq!(
+        choose_framing(None, None, false, Version::HTTP_10, true),
+        OutFraming::Close
+    );
+    assert_eq!(
+        choose_framing(None, Some(3), false, Version::HTTP_10, false),
+        OutFraming::Length(3)
+    );
+    // A declared length wins over what the body says; no body wins over both.
+    assert_eq!(
+        choose_framing(Some(5), Some(3), false, Version::HTTP_11, false),
+        OutFraming::Length(5)
+    );
+    assert_eq!(
+        choose_framing(Some(5), None, true, Version::HTTP_11, false),
+        OutFraming::None
+    );
+}
+
+#[test]
+fn connection_headers_say_what_happens_next() {
+    // Closing: said once, whoever decided it.
+    let (text, _, keep) = encode(
+        response(400, &[("connection", "close")], ProxyBody::full("x")),
+        false,
+        Version::HTTP_11,
+        true,
+    );
+    assert!(!keep);
+    assert_eq!(text.matches("connection").count(), 1, "{text}");
+    let (text, _, keep) = encode(
+        response(200, &[], ProxyBody::full("x")),
+        false,
+        Version::HTTP_11,
+        false,
+    );
+    assert!(!keep && text.contains("connection: close\r\n"), "{text}");
+    // An HTTP/1.0 client that asked to keep the connection is told it is kept.
+    let (text, _, keep) = encode(
+        response(200, &[], ProxyBody::full("x")),
+        false,
+        Version::HTTP_10,
+        true,
+    );
+    assert!(
+        keep && text.contains("connection: keep-alive\r\n"),
+        "{text}"
+    );
+}
+
+/// A connected pair: (the server's end, the client's end).
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+    (server.expect("accept").0, client.expect("connect"))
+}
+
+fn client_body(
+    io: TcpStream,
+    already: &[u8],
+    framing: ReqFraming,
+) -> (ClientBody, Arc<Mutex<BodyState>>) {
+    let state = Arc::new(Mutex::new(BodyState {
+        buf: BytesMut::from(already),
+        framing,
+        cont: Continue::No,
+    }));
+    (
+        ClientBody {
+            io: Arc::new(io),
+            state: state.clone(),
+        },
+        state,
+    )
+}
+
+#[tokio::test]
+async fn a_length_body_is_read_across_writes_and_the_next_request_is_left() {
+    let (server, mut client) = pair().await;
+    let (body, state) = client_body(server, b"hel", ReqFraming::Length(11));
+    let send = tokio::spawn(async move {
+        client.write_all(b"lo w").await.expect("write");
+        tokio::task::yield_now().await;
+        client.write_all(b"orldGET /next").await.expect("write");
+        client
+    });
+    let got = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("in time")
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&got[..], b"hello world");
+    let _client = send.await.expect("sender");
+    let st = state.lock();
+    assert_eq!(st.framing, ReqFraming::Done);
+    // What came after the body stays for the connection (maybe not all read yet).
+    assert!(b"GET /next".starts_with(&st.buf[..]), "{:?}", st.buf);
+}
+
+#[tokio::test]
+async fn a_chunked_body_with_trailers_is_decoded() {
+    let (server, mut client) = pair().await;
+    let (mut body, state) = client_body(
+        server,
+        b"4;ext=1\r\nwiki\r\n",
+        ReqFraming::Chunked(Chunk::Size),
+    );
+    client
+        .write_all(b"5\r\npedia\r\n0\r\nx-sum: 9\r\n\r\nNEXT")
+        .await
+        .expect("write");
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("in time")
+    {
+        let frame = frame.expect("frame");
+        match frame.into_data() {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    assert_eq!(data, b"wikipedia");
+    assert_eq!(trailers.expect("trailers")["x-sum"], "9");
+    let st = state.lock();
+    assert_eq!(st.framing, ReqFraming::Done);
+    assert_eq!(&st.buf[..], b"NEXT");
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_client_is_an_error() {
+    let (server, mut client) = pair().await;
+    let (body, _) = client_body(server, b"", ReqFraming::Length(10));
+    client.write_all(b"abc").await.expect("write");
+    drop(client);
+    let r = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("in time");
+    assert!(matches!(r, Err(ClientBodyError::Closed)), "{r:?}");
+}
+
+#[tokio::test]
+async fn continue_is_sent_when_the_body_is_first_wanted_and_never_after_the_answer() {
+    let (server, mut client) = pair().await;
+    let (mut body, state) = client_body(server, b"", ReqFraming::Length(2));
+    state.lock().cont = Continue::Wanted(0);
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; CONTINUE.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .expect("100");
+        client.write_all(b"ok").await.expect("write");
+        (got, client)
+    });
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("in time")
+        .expect("frame")
+        .expect("data");
+    assert_eq!(frame.into_data().expect("data"), "ok");
+    let (got, _client) = reader.await.expect("reader");
+    assert_eq!(got, CONTINUE);
+
+    // Once refused (the final answer began), polling the body sends nothing.
+    let (server, mut client) = pair().await;
+    let (mut body, state) = client_body(server, b"", ReqFraming::Length(2));
+    state.lock().cont = Continue::Refused;
+    client.write_all(b"ok").await.expect("write");
+    let _ = body.frame().await;
+    drop(body);
+    drop(state);
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut rest),
+    )
+    .await
+    .expect("in time")
+    .expect("read");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
