@@ -23,5 +23,6 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod server;
 pub mod snapshot;
+pub mod sockio;
 pub mod state;
 pub mod telemetry;

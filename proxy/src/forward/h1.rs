@@ -187,7 +187,10 @@ impl Conn {
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         self.rbuf.reserve(want);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        match &mut self.io {
+            Io::Plain(s) => crate::sockio::poll_read(s, cx, &mut self.rbuf),
+            Io::Tls(_) => tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf),
+        }
     }
 }
 

@@ -54,6 +54,7 @@ use crate::config::ServerConfig;
 use crate::forward::body::{ClientBodyError, ProxyBody, ReqBody};
 use crate::forward::h1::{self as wire, Chunk, Step};
 use crate::forward::{self, Peer};
+use crate::sockio;
 
 /// Why a request head is refused as smuggling-shaped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +226,7 @@ impl Connection {
             if self.buf.capacity() - self.buf.len() < 512 {
                 self.buf.reserve(HEAD_READ);
             }
-            match self.io.try_read_buf(&mut self.buf) {
+            match sockio::try_read(&self.io, &mut self.buf) {
                 Ok(0) => return Read::Gone,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -383,7 +384,7 @@ impl Connection {
                 return true;
             }
             buf.reserve(usize::try_from(rest).unwrap_or(BODY_READ).min(BODY_READ));
-            match self.io.try_read_buf(&mut buf) {
+            match sockio::try_read(&self.io, &mut buf) {
                 Ok(0) => return false,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -657,16 +658,10 @@ fn poll_fill(
     buf: &mut BytesMut,
     want: usize,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < want.min(BODY_READ) {
-            buf.reserve(want.clamp(1024, BODY_READ));
-        }
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
+    if buf.capacity() - buf.len() < want.min(BODY_READ) {
+        buf.reserve(want.clamp(1024, BODY_READ));
     }
+    sockio::poll_read(io, cx, buf)
 }
 
 impl Body for ClientBody {
@@ -782,7 +777,8 @@ enum OutFraming {
 }
 
 struct Encoded {
-    head: Bytes,
+    /// With room for a small body behind it, so both go out in one `send`.
+    head: BytesMut,
     framing: OutFraming,
 }
 
@@ -830,7 +826,14 @@ fn encode_response(
     for (n, v) in &parts.headers {
         size += n.as_str().len() + v.len() + 4;
     }
-    let mut dst = BytesMut::with_capacity(size);
+    let small_body = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| parse_length(v.as_bytes()))
+        .or(body.size_hint().exact())
+        .filter(|&n| n <= COPY_MAX as u64)
+        .map_or(0, |n| n as usize);
+    let mut dst = BytesMut::with_capacity(size + small_body);
     dst.put_slice(b"HTTP/1.1 ");
     dst.put_slice(status.as_str().as_bytes());
     dst.put_u8(b' ');
@@ -890,10 +893,7 @@ fn encode_response(
         }
     }
     dst.put_slice(b"\r\n");
-    Encoded {
-        head: dst.freeze(),
-        framing,
-    }
+    Encoded { head: dst, framing }
 }
 
 /// Writes a `date` header line, formatted at most once a second per thread.
@@ -914,17 +914,52 @@ fn put_date(dst: &mut BytesMut) {
     });
 }
 
-/// Bytes for the socket, in order.
+/// Body frames up to this size are copied behind what is queued rather than
+/// sent from their own buffer: one `send` of a contiguous buffer is cheaper than
+/// a `writev` of several, and most API responses are a head and a small body.
+const COPY_MAX: usize = 4 * 1024;
+/// Most bytes gathered by copying before they go out as one buffer.
+const COALESCE: usize = 16 * 1024;
+
+/// Bytes for the socket, in order: `parts`, then `tail`.
 struct Queue {
     parts: SmallVec<[Bytes; 6]>,
+    /// Small pieces copied together (it starts as the response head).
+    tail: BytesMut,
     len: usize,
 }
 
 impl Queue {
     fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.len += b.len();
-            self.parts.push(b);
+        if b.is_empty() {
+            return;
+        }
+        if b.len() <= COPY_MAX && self.tail.len() + b.len() <= COALESCE {
+            self.copy(&b);
+            return;
+        }
+        self.seal();
+        self.len += b.len();
+        self.parts.push(b);
+    }
+
+    fn copy(&mut self, b: &[u8]) {
+        self.tail.extend_from_slice(b);
+        self.len += b.len();
+    }
+
+    /// A chunk-size line for `n` bytes of data.
+    fn chunk_line(&mut self, n: usize) {
+        let before = self.tail.len();
+        wire::put_hex(&mut self.tail, n as u64);
+        self.tail.put_slice(b"\r\n");
+        self.len += self.tail.len() - before;
+    }
+
+    /// Moves the copied bytes into `parts`, ready to write.
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.parts.push(self.tail.split().freeze());
         }
     }
 
@@ -966,12 +1001,11 @@ async fn write_response(
 ) -> Result<(), WriteError> {
     let mut queue = Queue {
         parts: SmallVec::new(),
-        len: 0,
+        len: out.head.len(),
+        tail: out.head,
     };
-    queue.push(out.head);
     let mut framing = out.framing;
     let mut body_done = framing == OutFraming::None;
-    let mut scratch = BytesMut::new();
     poll_fn(|cx| {
         loop {
             while !body_done && queue.len < WRITE_HIGH {
@@ -992,10 +1026,7 @@ async fn write_response(
                                         queue.push(data);
                                     }
                                     OutFraming::Chunked { .. } => {
-                                        scratch.reserve(20);
-                                        wire::put_hex(&mut scratch, data.len() as u64);
-                                        scratch.put_slice(b"\r\n");
-                                        queue.push(scratch.split().freeze());
+                                        queue.chunk_line(data.len());
                                         queue.push(data);
                                         queue.push(CRLF);
                                     }
@@ -1047,6 +1078,7 @@ async fn write_response(
             if ready!(io.poll_write_ready(cx)).is_err() {
                 return Poll::Ready(Err(WriteError::Io));
             }
+            queue.seal();
             let res = if queue.parts.len() == 1 {
                 io.try_write(&queue.parts[0])
             } else {
