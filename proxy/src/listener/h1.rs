@@ -178,14 +178,19 @@ impl Connection {
         loop {
             let head = match self.read_head().await {
                 Read::Head(h) => h,
-                Read::Gone => return self.close(false).await,
-                Read::Refused(r) => return self.refuse(r).await,
-                Read::H2 => return self.serve_h2().await,
+                Read::Gone => return Box::pin(self.close(false)).await,
+                // The rare endings are boxed too (a refusal holds a whole response).
+                Read::Refused(r) => return Box::pin(self.refuse(r)).await,
+                // Boxed: hyper's HTTP/2 connection state would otherwise make every
+                // HTTP/1.1 connection's task kilobytes larger, idle or not.
+                Read::H2 => return Box::pin(self.serve_h2()).await,
             };
             self.first = false;
-            match self.exchange(*head).await {
+            // Boxed, and the request's whole future with it: between requests the
+            // task keeps only what waiting for the next head needs.
+            match Box::pin(self.exchange(*head)).await {
                 Next::KeepAlive => {}
-                Next::Close { linger } => return self.close(linger).await,
+                Next::Close { linger } => return Box::pin(self.close(linger)).await,
                 Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
                     Ok(io) => {
                         let early = self.buf.freeze();
@@ -304,13 +309,7 @@ impl Connection {
         let head_request = parts.method == Method::HEAD;
         let version = parts.version;
         let req = Request::from_parts(parts, body);
-        let resp = Box::pin(forward::handle(
-            self.app.clone(),
-            req,
-            self.peer.clone(),
-            upgrade_rx,
-        ))
-        .await;
+        let resp = forward::handle(self.app.clone(), req, self.peer.clone(), upgrade_rx).await;
 
         if let Some(s) = &state {
             // A 100 Continue after the final response has begun would corrupt it.

@@ -447,3 +447,21 @@ async fn continue_is_sent_when_the_body_is_first_wanted_and_never_after_the_answ
     .expect("read");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
+
+/// An idle connection costs its task's size; keep it small (hyper's HTTP/2 state
+/// and the per-request future are boxed, not inline).
+#[tokio::test]
+async fn a_connection_task_stays_small() {
+    let app = crate::app::App::new(
+        crate::config::Config::default(),
+        Arc::new(crate::state::MemoryStore::default()),
+        "x".into(),
+        crate::server::file_source("x"),
+    );
+    let (server, _client) = pair().await;
+    let peer = Peer::new("127.0.0.1:1".parse().expect("addr"));
+    let (_tx, rx) = watch::channel(false);
+    let conn = serve(server, app, peer, Arc::new(limits()), rx);
+    let size = std::mem::size_of_val(&conn);
+    assert!(size <= 1024, "connection future is {size} bytes");
+}
