@@ -480,6 +480,17 @@ pub(crate) enum Chunk {
     Trailers,
 }
 
+impl Chunk {
+    /// How much to read next in this state, at most `max`: the rest of a chunk's
+    /// data, or a little for a size line or trailers.
+    pub(crate) fn read_hint(self, max: usize) -> usize {
+        match self {
+            Chunk::Data(rest) => usize::try_from(rest).unwrap_or(max).clamp(64, max),
+            _ => 1024,
+        }
+    }
+}
+
 /// A parsed response head.
 struct Head {
     response: Response<()>,
@@ -931,12 +942,7 @@ impl Body for UpstreamBody {
                         return Poll::Ready(None);
                     }
                     Ok(Step::More) => {
-                        let want = match state {
-                            Chunk::Data(rest) => usize::try_from(rest)
-                                .unwrap_or(BODY_READ)
-                                .clamp(64, BODY_READ),
-                            _ => 1024,
-                        };
+                        let want = state.read_hint(BODY_READ);
                         match ready!(conn.poll_fill(cx, want)) {
                             Ok(0) => return Poll::Ready(Some(Err(UpstreamError::Closed))),
                             Ok(_) => {}

@@ -726,12 +726,7 @@ impl Body for ClientBody {
                         return Poll::Ready(None);
                     }
                     Ok(Step::More) => {
-                        let want = match c {
-                            Chunk::Data(rest) => usize::try_from(rest)
-                                .unwrap_or(BODY_READ)
-                                .clamp(64, BODY_READ),
-                            _ => 1024,
-                        };
+                        let want = c.read_hint(BODY_READ);
                         match ready!(poll_fill(&this.io, cx, &mut st.buf, want)) {
                             Ok(0) => return Poll::Ready(Some(Err(ClientBodyError::Closed))),
                             Ok(_) => {}
