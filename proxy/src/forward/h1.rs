@@ -194,6 +194,22 @@ impl Conn {
     }
 }
 
+/// Drops the first `n` bytes of a write queue (what the socket accepted).
+pub(crate) fn consume<A: smallvec::Array<Item = Bytes>>(queue: &mut SmallVec<A>, mut n: usize) {
+    while n > 0 {
+        let Some(first) = queue.first_mut() else {
+            return;
+        };
+        if n >= first.len() {
+            n -= first.len();
+            queue.remove(0);
+        } else {
+            let _ = first.split_to(n);
+            n = 0;
+        }
+    }
+}
+
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Out {
@@ -215,20 +231,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn consume(&mut self, mut n: usize) {
+    fn consume(&mut self, n: usize) {
         self.written = true;
-        while n > 0 {
-            let Some(first) = self.queue.first_mut() else {
-                return;
-            };
-            if n >= first.len() {
-                n -= first.len();
-                self.queue.remove(0);
-            } else {
-                let _ = first.split_to(n);
-                n = 0;
-            }
-        }
+        consume(&mut self.queue, n);
     }
 
     /// Writes what is queued and pulls the client's body until the request is

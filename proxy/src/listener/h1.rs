@@ -957,20 +957,9 @@ impl Queue {
         }
     }
 
-    fn consume(&mut self, mut n: usize) {
+    fn consume(&mut self, n: usize) {
         self.len -= n;
-        while n > 0 {
-            let Some(first) = self.parts.first_mut() else {
-                return;
-            };
-            if n >= first.len() {
-                n -= first.len();
-                self.parts.remove(0);
-            } else {
-                let _ = first.split_to(n);
-                n = 0;
-            }
-        }
+        wire::consume(&mut self.parts, n);
     }
 }
 
