@@ -5,6 +5,7 @@
 # The numbers behind docs/benchmarks.md §6.
 #
 #   bench/kernel-split.sh [haproxy|ours ...]     # default: haproxy ours
+#   BIN=/path/to/switchyard bench/kernel-split.sh ours   # another build of ours
 #
 # Proxy pinned to cpu0 with one worker; the peerbench backend (three ports) and wrk
 # (64 keep-alive connections, 2 s warm-up + 8 s) on cpu1. Needs perf, haproxy, wrk.
@@ -49,7 +50,7 @@ backend be
 CFG
     taskset -c 0 haproxy -f "$work/haproxy.cfg" > /dev/null 2>&1 & pp=$!
   else
-    taskset -c 0 "$root/target/release/switchyard" --config "$here/configs/plain.yaml" \
+    taskset -c 0 "${BIN:-$root/target/release/switchyard}" --config "$here/configs/plain.yaml" \
       --listen "127.0.0.1:$lp" --admin-listen 127.0.0.1:0 \
       --backend "127.0.0.1:$b1,127.0.0.1:$b2,127.0.0.1:$b3" --threads 1 > "$work/proxy.log" 2>&1 & pp=$!
   fi

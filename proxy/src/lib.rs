@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod events;
+pub mod flush;
 pub mod forward;
 pub mod gitops;
 pub mod health;

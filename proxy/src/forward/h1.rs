@@ -17,6 +17,7 @@
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::body::ReqBody;
+use crate::flush;
 
 /// Longest response head accepted (status line and header lines), and longest
 /// chunk-size line or trailer section.
@@ -81,9 +83,10 @@ impl From<UpstreamError> for SendError {
     }
 }
 
-/// A backend connection: plain TCP or TLS.
+/// A backend connection: plain TCP or TLS. A plain socket is shared so a request
+/// can be handed to the turn's flusher ([`crate::flush`]).
 pub enum Io {
-    Plain(TcpStream),
+    Plain(Arc<TcpStream>),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -94,7 +97,17 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Plain(s) => loop {
+                ready!(s.poll_read_ready(cx))?;
+                match s.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -107,7 +120,13 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Plain(s) => loop {
+                ready!(s.poll_write_ready(cx))?;
+                match s.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return Poll::Ready(r),
+                }
+            },
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -118,28 +137,36 @@ impl AsyncWrite for Io {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Plain(s) => loop {
+                ready!(s.poll_write_ready(cx))?;
+                match s.try_write_vectored(bufs) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return Poll::Ready(r),
+                }
+            },
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Io::Plain(s) => s.is_write_vectored(),
+            Io::Plain(_) => true,
             Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Plain(_) => Poll::Ready(Ok(())),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Plain(s) => {
+                Poll::Ready(socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Write))
+            }
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -228,12 +255,64 @@ struct Writer {
     touched: bool,
     /// The socket accepted at least one byte.
     written: bool,
+    /// The request waiting for this turn's flusher.
+    deferred: Option<flush::Pending>,
+    /// The request was offered to the flusher once already.
+    offered: bool,
 }
 
 impl Writer {
+    /// The flusher's part of sending: `Some` while the request waits for it, or once
+    /// it sent all of it or failed; `None` when the writer writes (the rest) itself.
+    /// A whole request (head and any body already queued) on a plain socket is
+    /// offered to the flusher once.
+    fn poll_deferred(
+        &mut self,
+        io: &Io,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<(), UpstreamError>>> {
+        if let Some(p) = self.deferred.take() {
+            return match p.outcome() {
+                Err(p) => {
+                    self.deferred = Some(p);
+                    Some(Poll::Pending)
+                }
+                Ok(sent) => {
+                    self.written |= sent.any;
+                    self.queue = sent.rest.into_iter().collect();
+                    if let Some(e) = sent.error {
+                        Some(Poll::Ready(Err(e.into())))
+                    } else if self.queue.is_empty() {
+                        Some(Poll::Ready(Ok(())))
+                    } else {
+                        None
+                    }
+                }
+            };
+        }
+        if self.offered || !self.body_done || self.queue.is_empty() {
+            return None;
+        }
+        let Io::Plain(s) = io else {
+            return None;
+        };
+        self.offered = true;
+        let p = flush::defer(s, &mut self.queue, cx.waker())?;
+        self.deferred = Some(p);
+        Some(Poll::Pending)
+    }
+
     fn consume(&mut self, n: usize) {
         self.written = true;
         consume(&mut self.queue, n);
+    }
+
+    /// Sends the request, through the flusher when it can.
+    fn poll_out(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        match self.poll_deferred(io, cx) {
+            Some(p) => p,
+            None => self.poll_send(io, cx),
+        }
     }
 
     /// Writes what is queued and pulls the client's body until the request is
@@ -714,6 +793,8 @@ impl Exchange {
                 body_done: !had_body,
                 touched: false,
                 written: false,
+                deferred: None,
+                offered: false,
             }),
             head_request: parts.method == Method::HEAD,
             replayable,
@@ -771,7 +852,7 @@ impl Future for Exchange {
             return Poll::Ready(Err(SendError::Failed(UpstreamError::Closed)));
         };
         if let Some(w) = this.writer.as_mut() {
-            let sent = w.poll_send(&mut conn.io, cx);
+            let sent = w.poll_out(&mut conn.io, cx);
             this.touched |= w.touched;
             this.written |= w.written;
             match sent {
@@ -881,7 +962,7 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         };
         if let Some(w) = this.writer.as_mut() {
-            match w.poll_send(&mut conn.io, cx) {
+            match w.poll_out(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => this.writer = None,
                 Poll::Ready(Err(e)) if e.is_client() => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Err(_)) => {

@@ -89,7 +89,7 @@ async fn connect_inner(backend: &Backend) -> Result<Box<Conn>, ConnectError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     tcp.set_nodelay(true)?;
     let io = match target.scheme {
-        Scheme::Http => Io::Plain(tcp),
+        Scheme::Http => Io::Plain(std::sync::Arc::new(tcp)),
         Scheme::Https => Io::Tls(Box::new(tls::connect(&target.host, tcp).await?)),
     };
     Ok(Conn::new(io))

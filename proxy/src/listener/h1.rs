@@ -54,7 +54,7 @@ use crate::config::ServerConfig;
 use crate::forward::body::{ClientBodyError, ProxyBody, ReqBody};
 use crate::forward::h1::{self as wire, Chunk, Step};
 use crate::forward::{self, Peer};
-use crate::sockio;
+use crate::{flush, sockio};
 
 /// Why a request head is refused as smuggling-shaped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +129,8 @@ pub async fn serve(
         stop,
         buf: BytesMut::new(),
         first: true,
+        pending: None,
+        timer: None,
     };
     conn.run().await;
 }
@@ -142,6 +144,11 @@ struct Connection {
     /// Bytes read and not yet used: a head being read, or what a client pipelined.
     buf: BytesMut,
     first: bool,
+    /// The last response, handed to this turn's flusher (see [`crate::flush`]).
+    pending: Option<flush::Pending>,
+    /// The header timeout's timer, armed once and moved on only when it fires
+    /// before the current wait's deadline (no timer is set up for every request).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What reading a head came to.
@@ -176,7 +183,13 @@ enum Next {
 impl Connection {
     async fn run(mut self) {
         loop {
-            let head = match self.read_head().await {
+            let read = self.read_head().await;
+            // Whatever comes next goes out after the last response: a pipelined
+            // request's answer, a refusal, the close.
+            if !self.settle().await {
+                return;
+            }
+            let head = match read {
                 Read::Head(h) => h,
                 Read::Gone => return Box::pin(self.close(false)).await,
                 // The rare endings are boxed too (a refusal holds a whole response).
@@ -190,7 +203,12 @@ impl Connection {
             // task keeps only what waiting for the next head needs.
             match Box::pin(self.exchange(*head)).await {
                 Next::KeepAlive => {}
-                Next::Close { linger } => return Box::pin(self.close(linger)).await,
+                Next::Close { linger } => {
+                    if !self.settle().await {
+                        return;
+                    }
+                    return Box::pin(self.close(linger)).await;
+                }
                 Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
                     Ok(io) => {
                         let early = self.buf.freeze();
@@ -208,6 +226,48 @@ impl Connection {
 
     fn stopping(&self) -> bool {
         *self.stop.borrow()
+    }
+
+    /// Waits until a response handed to the flusher is out, writing what it left.
+    /// False when the connection broke.
+    async fn settle(&mut self) -> bool {
+        match self.pending.take() {
+            None => true,
+            Some(p) => self.finish(p.settle()).await,
+        }
+    }
+
+    /// Writes what the flusher left of a response (boxed: rare, and the task stays
+    /// small). False when the connection broke.
+    async fn finish(&mut self, sent: flush::Sent) -> bool {
+        if sent.error.is_some() {
+            return false;
+        }
+        sent.rest.is_empty() || Box::pin(self.write_rest(sent.rest)).await
+    }
+
+    async fn write_rest(&mut self, rest: Vec<Bytes>) -> bool {
+        let mut rest: flush::Bufs = rest.into_iter().collect();
+        poll_fn(|cx| {
+            while !rest.is_empty() {
+                if ready!(self.io.poll_write_ready(cx)).is_err() {
+                    return Poll::Ready(false);
+                }
+                let written = {
+                    let slices: SmallVec<[io::IoSlice<'_>; 4]> =
+                        rest.iter().map(|b| io::IoSlice::new(b)).collect();
+                    self.io.try_write_vectored(&slices)
+                };
+                match written {
+                    Ok(0) => return Poll::Ready(false),
+                    Ok(n) => wire::consume(&mut rest, n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(false),
+                }
+            }
+            Poll::Ready(true)
+        })
+        .await
     }
 
     /// Reads until a complete request head is buffered.
@@ -245,10 +305,24 @@ impl Connection {
                     }
                     let at = *deadline
                         .get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                     tokio::select! {
                         biased;
+                        sent = flushed(&mut self.pending) => {
+                            // The flusher could not send all of the last response.
+                            if !self.finish(sent).await {
+                                return Read::Gone;
+                            }
+                        }
                         r = self.io.readable() => if r.is_err() { return Read::Gone },
-                        _ = tokio::time::sleep_until(at) => {
+                        _ = timer.as_mut() => {
+                            // Armed for an earlier wait (deadlines only move later).
+                            if Instant::now() < at {
+                                timer.as_mut().reset(at);
+                                continue;
+                            }
                             return if idle { Read::Gone } else { Read::Refused(Refusal::Timeout) };
                         }
                         _ = self.stop.changed(), if idle => return Read::Gone,
@@ -330,10 +404,14 @@ impl Connection {
             trailers,
             &mut keep,
         );
-        let written = write_response(&self.io, out, &mut body).await;
+        // A whole response on a connection that goes on can wait for the end of
+        // this turn; the connection then waits for the next request.
+        let defer = keep && !upgrading;
+        let written = write_response(&self.io, out, &mut body, defer).await;
         drop(body);
-        if written.is_err() {
-            return Next::Close { linger: false };
+        match written {
+            Ok(p) => self.pending = p,
+            Err(_) => return Next::Close { linger: false },
         }
         // Whatever the body left unread decides whether the connection can go on.
         let mut body_complete = true;
@@ -428,7 +506,7 @@ impl Connection {
             false,
             &mut keep,
         );
-        let written = write_response(&self.io, out, &mut body).await;
+        let written = write_response(&self.io, out, &mut body, false).await;
         drop(body);
         if written.is_ok() {
             self.close(true).await;
@@ -978,10 +1056,11 @@ enum WriteError {
 /// Writes a response: the head, then the body as it comes, several frames per
 /// write when they are ready together.
 async fn write_response(
-    io: &TcpStream,
+    io: &Arc<TcpStream>,
     out: Encoded,
     body: &mut ProxyBody,
-) -> Result<(), WriteError> {
+    defer: bool,
+) -> Result<Option<flush::Pending>, WriteError> {
     let mut queue = Queue {
         parts: SmallVec::new(),
         len: out.head.len(),
@@ -989,6 +1068,7 @@ async fn write_response(
     };
     let mut framing = out.framing;
     let mut body_done = framing == OutFraming::None;
+    let mut offered = !defer;
     poll_fn(|cx| {
         loop {
             while !body_done && queue.len < WRITE_HIGH {
@@ -1053,10 +1133,22 @@ async fn write_response(
             }
             if queue.len == 0 {
                 return if body_done {
-                    Poll::Ready(Ok(()))
+                    Poll::Ready(Ok(None))
                 } else {
                     Poll::Pending
                 };
+            }
+            if body_done && !offered {
+                // All of it is here: hand it to the flusher (once).
+                offered = true;
+                queue.seal();
+                if queue.parts.len() <= 4 {
+                    let mut bufs: flush::Bufs = queue.parts.drain(..).collect();
+                    if let Some(p) = flush::defer(io, &mut bufs, cx.waker()) {
+                        return Poll::Ready(Ok(Some(p)));
+                    }
+                    queue.parts.extend(bufs);
+                }
             }
             if ready!(io.poll_write_ready(cx)).is_err() {
                 return Poll::Ready(Err(WriteError::Io));
@@ -1078,6 +1170,24 @@ async fn write_response(
         }
     })
     .await
+}
+
+/// Resolves when the flusher is done with the last response and could not send
+/// all of it (it wakes the connection then); pending otherwise.
+fn flushed(pending: &mut Option<flush::Pending>) -> impl Future<Output = flush::Sent> + '_ {
+    poll_fn(move |_| {
+        let Some(p) = pending.take() else {
+            return Poll::Pending;
+        };
+        match p.outcome() {
+            Err(p) => {
+                *pending = Some(p);
+                Poll::Pending
+            }
+            Ok(sent) if sent.rest.is_empty() && sent.error.is_none() => Poll::Pending,
+            Ok(sent) => Poll::Ready(sent),
+        }
+    })
 }
 
 // === HTTP/2 ===

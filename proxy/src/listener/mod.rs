@@ -26,6 +26,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
     let max_conns = config.server.max_connections.as_u64();
     drop(config);
     let tracker = TaskTracker::new();
+    // One worker: this turn's writes leave together (see `flush`).
+    crate::flush::start();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -144,7 +144,7 @@ async fn tcp_pair() -> (TcpStream, Server) {
 /// A fresh upstream connection and the backend's end of it.
 async fn pair() -> (Box<Conn>, Server) {
     let (client, server) = tcp_pair().await;
-    (Conn::new(Io::Plain(client)), server)
+    (Conn::new(Io::Plain(std::sync::Arc::new(client))), server)
 }
 
 /// Waits until the runtime saw the connection become readable (data, a close or
@@ -2198,6 +2198,8 @@ fn writer(framing: Out, queue: SmallVec<[Bytes; 4]>) -> Writer {
         body_done: false,
         touched: false,
         written: false,
+        deferred: None,
+        offered: false,
     }
 }
 

@@ -1,0 +1,242 @@
+//! Sends held back to the end of the scheduler's turn, so one worker's writes leave
+//! in a burst (HAProxy's loop runs every receive before it sends, for the same reason).
+//!
+//! With one worker, tokio runs the tasks woken by one epoll batch one after the other
+//! and each used to write its message as soon as it had it: the writes left a few
+//! microseconds apart, a peer that keeps up (a backend, a load generator) fell asleep
+//! between two of them, and nearly every send paid for waking it (the wake-up is
+//! charged to the sender's system call). A task whose whole message is ready hands it
+//! to this thread's flusher instead; the flusher is woken once, runs after the tasks
+//! already queued in this turn, and sends everything back to back.
+//!
+//! Only on a thread that runs a flusher ([`start`] spawns one on a current-thread
+//! runtime); anywhere else [`defer`] leaves the message with the caller, who writes
+//! it itself. The owner keeps a [`Pending`]: it says what the flusher sent, hands
+//! back what the socket did not take (the owner writes the rest the usual way,
+//! waiting for writability), and dropping it before the flusher ran cancels the send.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio::net::TcpStream;
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// A message: buffers written in order.
+pub type Bufs = SmallVec<[Bytes; 4]>;
+
+thread_local! {
+    static TURN: RefCell<Turn> = const {
+        RefCell::new(Turn { flusher: None, queued: Vec::new() })
+    };
+}
+
+/// This thread's flusher and the sends waiting for it.
+struct Turn {
+    flusher: Option<Waker>,
+    queued: Vec<Arc<Slot>>,
+}
+
+struct Slot(Mutex<State>);
+
+enum State {
+    Queued {
+        io: Arc<TcpStream>,
+        bufs: Bufs,
+        owner: Waker,
+    },
+    Sent(Sent),
+    /// The outcome was taken, or the owner gave up before the flusher ran.
+    Over,
+}
+
+/// What the flusher did with a message.
+#[derive(Debug)]
+pub struct Sent {
+    /// What the socket did not take, for the owner to write (rarely anything: a
+    /// `Vec` keeps this small in the owner's future).
+    pub rest: Vec<Bytes>,
+    /// The socket took at least one byte.
+    pub any: bool,
+    pub error: Option<io::Error>,
+}
+
+/// A message handed to the flusher. Dropping it before the flusher ran cancels it.
+pub struct Pending(Arc<Slot>);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+/// Starts this thread's flusher if the current runtime is a current-thread one and
+/// none runs yet. Must be called from within the runtime.
+pub fn start() {
+    if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+        return;
+    }
+    let fresh = TURN.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.flusher.is_some() {
+            return false;
+        }
+        // Claimed at once so a second `start` does not spawn another; sends
+        // deferred before the flusher's first poll wait for that poll.
+        t.flusher = Some(Waker::noop().clone());
+        true
+    });
+    if fresh {
+        tokio::spawn(run());
+    }
+}
+
+/// Hands the message in `bufs` for `io` to this thread's flusher (taking it out of
+/// `bufs`); `owner` is woken if the flusher could not send all of it. `None`, with
+/// `bufs` left as they were, when this thread has no flusher.
+pub fn defer(io: &Arc<TcpStream>, bufs: &mut Bufs, owner: &Waker) -> Option<Pending> {
+    TURN.with(|t| {
+        let mut t = t.try_borrow_mut().ok()?;
+        let flusher = t.flusher.as_ref()?;
+        if t.queued.is_empty() {
+            flusher.wake_by_ref();
+        }
+        let slot = Arc::new(Slot(Mutex::new(State::Queued {
+            io: io.clone(),
+            bufs: std::mem::take(bufs),
+            owner: owner.clone(),
+        })));
+        t.queued.push(slot.clone());
+        Some(Pending(slot))
+    })
+}
+
+impl Pending {
+    /// What became of the message; `Err(self)` while it waits for the flusher.
+    pub fn outcome(self) -> Result<Sent, Pending> {
+        let mut s = self.0.0.lock();
+        match std::mem::replace(&mut *s, State::Over) {
+            State::Sent(sent) => Ok(sent),
+            State::Over => Ok(Sent {
+                rest: Vec::new(),
+                any: false,
+                error: Some(io::ErrorKind::Other.into()),
+            }),
+            queued @ State::Queued { .. } => {
+                *s = queued;
+                drop(s);
+                Err(self)
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// The outcome now: a message the flusher has not sent yet is taken back
+    /// whole (for the owner to write before anything that must follow it).
+    pub fn settle(self) -> Sent {
+        let mut s = self.0.0.lock();
+        match std::mem::replace(&mut *s, State::Over) {
+            State::Sent(sent) => sent,
+            State::Queued { bufs, .. } => Sent {
+                rest: bufs.into_vec(),
+                any: false,
+                error: None,
+            },
+            State::Over => Sent {
+                rest: Vec::new(),
+                any: false,
+                error: Some(io::ErrorKind::Other.into()),
+            },
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Cancels a send the flusher has not made yet; frees an outcome not taken.
+        *self.0.0.lock() = State::Over;
+    }
+}
+
+impl Slot {
+    fn send(&self) {
+        let mut s = self.0.lock();
+        let State::Queued {
+            io,
+            mut bufs,
+            owner,
+        } = std::mem::replace(&mut *s, State::Over)
+        else {
+            return;
+        };
+        let res = if bufs.len() == 1 {
+            io.try_write(&bufs[0])
+        } else {
+            let slices: SmallVec<[IoSlice<'_>; 4]> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            io.try_write_vectored(&slices)
+        };
+        let (any, error) = match res {
+            Ok(n) => {
+                crate::forward::h1::consume(&mut bufs, n);
+                (n > 0, None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, None),
+            Err(e) => (false, Some(e)),
+        };
+        let done = bufs.is_empty() && error.is_none();
+        *s = State::Sent(Sent {
+            rest: if done { Vec::new() } else { bufs.into_vec() },
+            any,
+            error,
+        });
+        drop(s);
+        drop(io);
+        if !done {
+            owner.wake();
+        }
+    }
+}
+
+/// Clears this thread's registration when the flusher task ends (its runtime shut
+/// down), so a later runtime on the same thread starts its own.
+struct Registered;
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let _ = TURN.try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.flusher = None;
+                t.queued.clear();
+            }
+        });
+    }
+}
+
+/// The flusher: each time it is woken, sends what was deferred since.
+async fn run() {
+    let _registered = Registered;
+    let mut batch: Vec<Arc<Slot>> = Vec::new();
+    poll_fn(|cx| {
+        TURN.with(|t| {
+            let mut t = t.borrow_mut();
+            if !t.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                t.flusher = Some(cx.waker().clone());
+            }
+            std::mem::swap(&mut t.queued, &mut batch);
+        });
+        for slot in batch.drain(..) {
+            slot.send();
+        }
+        Poll::<()>::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests;
