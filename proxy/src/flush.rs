@@ -82,7 +82,9 @@ pub fn start() {
         return;
     }
     let fresh = TURN.with(|t| {
-        let mut t = t.borrow_mut();
+        let Ok(mut t) = t.try_borrow_mut() else {
+            return false;
+        };
         if t.flusher.is_some() {
             return false;
         }
@@ -224,7 +226,10 @@ async fn run() {
     let mut batch: Vec<Arc<Slot>> = Vec::new();
     poll_fn(|cx| {
         TURN.with(|t| {
-            let mut t = t.borrow_mut();
+            // Never borrowed elsewhere while this runs (one thread, no re-entry).
+            let Ok(mut t) = t.try_borrow_mut() else {
+                return;
+            };
             if !t.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 t.flusher = Some(cx.waker().clone());
             }
