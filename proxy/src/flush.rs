@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -177,12 +177,7 @@ impl Slot {
         else {
             return;
         };
-        let res = if bufs.len() == 1 {
-            io.try_write(&bufs[0])
-        } else {
-            let slices: SmallVec<[IoSlice<'_>; 4]> = bufs.iter().map(|b| IoSlice::new(b)).collect();
-            io.try_write_vectored(&slices)
-        };
+        let res = crate::sockio::try_write_bufs(&io, &bufs);
         let (any, error) = match res {
             Ok(n) => {
                 crate::forward::h1::consume(&mut bufs, n);

@@ -53,6 +53,17 @@ pub fn poll_read(
     }
 }
 
+/// Writes as much of `bufs` as the socket takes now, in order: one `send` for a
+/// single buffer, a vectored write for several. `WouldBlock` when it takes nothing.
+pub fn try_write_bufs(io: &TcpStream, bufs: &[bytes::Bytes]) -> io::Result<usize> {
+    if let [one] = bufs {
+        return io.try_write(one);
+    }
+    let slices: smallvec::SmallVec<[io::IoSlice<'_>; 6]> =
+        bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+    io.try_write_vectored(&slices)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -253,12 +253,7 @@ impl Connection {
                 if ready!(self.io.poll_write_ready(cx)).is_err() {
                     return Poll::Ready(false);
                 }
-                let written = {
-                    let slices: SmallVec<[io::IoSlice<'_>; 4]> =
-                        rest.iter().map(|b| io::IoSlice::new(b)).collect();
-                    self.io.try_write_vectored(&slices)
-                };
-                match written {
+                match sockio::try_write_bufs(&self.io, &rest) {
                     Ok(0) => return Poll::Ready(false),
                     Ok(n) => wire::consume(&mut rest, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -1154,14 +1149,7 @@ async fn write_response(
                 return Poll::Ready(Err(WriteError::Io));
             }
             queue.seal();
-            let res = if queue.parts.len() == 1 {
-                io.try_write(&queue.parts[0])
-            } else {
-                let slices: SmallVec<[io::IoSlice<'_>; 6]> =
-                    queue.parts.iter().map(|b| io::IoSlice::new(b)).collect();
-                io.try_write_vectored(&slices)
-            };
-            match res {
+            match sockio::try_write_bufs(io, &queue.parts) {
                 Ok(0) => return Poll::Ready(Err(WriteError::Io)),
                 Ok(n) => queue.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
