@@ -132,8 +132,20 @@ impl Backend {
         probe: bool,
         snap: &Snapshot,
     ) -> Recorded {
+        self.record_at(outcome, started, Instant::now(), probe, snap)
+    }
+
+    /// [`Backend::record`] for an attempt that ended at `now` (a clock reading
+    /// the caller already has).
+    pub fn record_at(
+        &self,
+        outcome: Outcome,
+        started: Instant,
+        now: Instant,
+        probe: bool,
+        snap: &Snapshot,
+    ) -> Recorded {
         let cfg = &*snap.config;
-        let now = Instant::now();
         let failed = outcome.failed();
         let mut slow = false;
         if let Outcome::Response { status, ttfb } = outcome {

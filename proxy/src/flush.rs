@@ -32,7 +32,7 @@ pub type Bufs = SmallVec<[Bytes; 4]>;
 
 thread_local! {
     static TURN: RefCell<Turn> = const {
-        RefCell::new(Turn { flusher: None, queued: Vec::new() })
+        RefCell::new(Turn { flusher: None, queued: Vec::new(), spare: Vec::new() })
     };
 }
 
@@ -40,7 +40,13 @@ thread_local! {
 struct Turn {
     flusher: Option<Waker>,
     queued: Vec<Arc<Slot>>,
+    /// Slots whose message is over, kept for the next ones (a hand-over then
+    /// allocates nothing).
+    spare: Vec<Arc<Slot>>,
 }
+
+/// Most slots kept for reuse per thread (about the messages one turn hands over).
+const SPARE_MAX: usize = 256;
 
 struct Slot(Mutex<State>);
 
@@ -66,8 +72,29 @@ pub struct Sent {
     pub error: Option<io::Error>,
 }
 
+impl Sent {
+    /// The outcome of a message whose slot is gone.
+    fn broken() -> Self {
+        Self {
+            rest: Vec::new(),
+            any: false,
+            error: Some(io::ErrorKind::Other.into()),
+        }
+    }
+
+    /// Moves the outcome out, leaving an empty one.
+    fn take(&mut self) -> Self {
+        Self {
+            rest: std::mem::take(&mut self.rest),
+            any: self.any,
+            error: self.error.take(),
+        }
+    }
+}
+
 /// A message handed to the flusher. Dropping it before the flusher ran cancels it.
-pub struct Pending(Arc<Slot>);
+/// (`None` only while it is being dropped.)
+pub struct Pending(Option<Arc<Slot>>);
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,93 +135,112 @@ pub fn defer(io: &Arc<TcpStream>, bufs: &mut Bufs, owner: &Waker) -> Option<Pend
         if t.queued.is_empty() {
             flusher.wake_by_ref();
         }
-        let slot = Arc::new(Slot(Mutex::new(State::Queued {
+        let state = State::Queued {
             io: io.clone(),
             bufs: std::mem::take(bufs),
             owner: owner.clone(),
-        })));
+        };
+        // A spare slot is only ever held by the list, so it is ours alone.
+        let slot = match t.spare.pop() {
+            Some(mut slot) => match Arc::get_mut(&mut slot) {
+                Some(only) => {
+                    *only.0.get_mut() = state;
+                    slot
+                }
+                None => Arc::new(Slot(Mutex::new(state))),
+            },
+            None => Arc::new(Slot(Mutex::new(state))),
+        };
         t.queued.push(slot.clone());
-        Some(Pending(slot))
+        Some(Pending(Some(slot)))
     })
 }
 
 impl Pending {
     /// What became of the message; `Err(self)` while it waits for the flusher.
     pub fn outcome(self) -> Result<Sent, Pending> {
-        let mut s = self.0.0.lock();
-        match std::mem::replace(&mut *s, State::Over) {
-            State::Sent(sent) => Ok(sent),
-            State::Over => Ok(Sent {
-                rest: Vec::new(),
-                any: false,
-                error: Some(io::ErrorKind::Other.into()),
-            }),
-            queued @ State::Queued { .. } => {
-                *s = queued;
-                drop(s);
-                Err(self)
-            }
-        }
+        let Some(slot) = self.0.as_deref() else {
+            return Ok(Sent::broken());
+        };
+        let taken = match &mut *slot.0.lock() {
+            State::Sent(sent) => Some(sent.take()),
+            State::Over => Some(Sent::broken()),
+            State::Queued { .. } => None,
+        };
+        taken.ok_or(self)
     }
-}
 
-impl Pending {
     /// The outcome now: a message the flusher has not sent yet is taken back
     /// whole (for the owner to write before anything that must follow it).
     pub fn settle(self) -> Sent {
-        let mut s = self.0.0.lock();
-        match std::mem::replace(&mut *s, State::Over) {
-            State::Sent(sent) => sent,
+        let Some(slot) = self.0.as_deref() else {
+            return Sent::broken();
+        };
+        let mut s = slot.0.lock();
+        let sent = match &mut *s {
+            State::Sent(sent) => sent.take(),
             State::Queued { bufs, .. } => Sent {
-                rest: bufs.into_vec(),
+                rest: std::mem::take(bufs).into_vec(),
                 any: false,
                 error: None,
             },
-            State::Over => Sent {
-                rest: Vec::new(),
-                any: false,
-                error: Some(io::ErrorKind::Other.into()),
-            },
-        }
+            State::Over => Sent::broken(),
+        };
+        // Not sent by the flusher now, if it still holds the slot.
+        *s = State::Over;
+        sent
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        // Cancels a send the flusher has not made yet; frees an outcome not taken.
-        *self.0.0.lock() = State::Over;
+        let Some(mut slot) = self.0.take() else {
+            return;
+        };
+        match Arc::get_mut(&mut slot) {
+            // The flusher is done with it: kept for the next message.
+            Some(only) => {
+                *only.0.get_mut() = State::Over;
+                let _ = TURN.try_with(|t| {
+                    if let Ok(mut t) = t.try_borrow_mut()
+                        && t.flusher.is_some()
+                        && t.spare.len() < SPARE_MAX
+                    {
+                        t.spare.push(slot);
+                    }
+                });
+            }
+            // Still queued: cancelled (the flusher skips it, then frees it).
+            None => *slot.0.lock() = State::Over,
+        }
     }
 }
 
 impl Slot {
     fn send(&self) {
         let mut s = self.0.lock();
-        let State::Queued {
-            io,
-            mut bufs,
-            owner,
-        } = std::mem::replace(&mut *s, State::Over)
-        else {
+        let State::Queued { io, bufs, owner } = &mut *s else {
             return;
         };
-        let res = crate::sockio::try_write_bufs(&io, &bufs);
-        let (any, error) = match res {
+        let (any, error) = match crate::sockio::try_write_bufs(io, bufs) {
             Ok(n) => {
-                crate::forward::h1::consume(&mut bufs, n);
+                crate::forward::h1::consume(bufs, n);
                 (n > 0, None)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, None),
             Err(e) => (false, Some(e)),
         };
         let done = bufs.is_empty() && error.is_none();
-        *s = State::Sent(Sent {
-            rest: if done { Vec::new() } else { bufs.into_vec() },
-            any,
-            error,
-        });
+        let (rest, wake) = if done {
+            (Vec::new(), None)
+        } else {
+            let owner = std::mem::replace(owner, Waker::noop().clone());
+            (std::mem::take(bufs).into_vec(), Some(owner))
+        };
+        // Drops the socket handle and the owner's waker with the queued state.
+        *s = State::Sent(Sent { rest, any, error });
         drop(s);
-        drop(io);
-        if !done {
+        if let Some(owner) = wake {
             owner.wake();
         }
     }
@@ -210,6 +256,7 @@ impl Drop for Registered {
             if let Ok(mut t) = t.try_borrow_mut() {
                 t.flusher = None;
                 t.queued.clear();
+                t.spare.clear();
             }
         });
     }

@@ -146,3 +146,51 @@ fn a_runtime_that_ends_takes_its_flusher_with_it() {
         assert!(defer(&a, &mut bufs(&[b"x"]), &waker).is_some());
     });
 }
+
+fn slot_ptr(p: &Pending) -> *const Slot {
+    Arc::as_ptr(p.0.as_ref().expect("a slot"))
+}
+
+fn spares() -> usize {
+    TURN.with(|t| t.borrow().spare.len())
+}
+
+/// A message whose outcome was taken leaves its slot for the next one: a steady
+/// stream of messages allocates no slots.
+#[tokio::test]
+async fn a_finished_slot_carries_the_next_message() {
+    start();
+    let (a, mut b) = pair().await;
+    let waker = Waker::from(Arc::new(Owner::default()));
+    let first = defer(&a, &mut bufs(&[b"one"]), &waker).expect("a flusher");
+    let ptr = slot_ptr(&first);
+    tokio::task::yield_now().await;
+    assert!(first.outcome().expect("sent").rest.is_empty());
+    assert_eq!(spares(), 1);
+    let second = defer(&a, &mut bufs(&[b"two"]), &waker).expect("a flusher");
+    assert_eq!(slot_ptr(&second), ptr, "the same slot, reused");
+    assert_eq!(spares(), 0);
+    tokio::task::yield_now().await;
+    let sent = second.outcome().expect("sent");
+    assert!(sent.any && sent.rest.is_empty() && sent.error.is_none());
+    assert_eq!(read_exact(&mut b, 6).await, b"onetwo");
+}
+
+/// A message cancelled while queued is not reused before the flusher let go of
+/// it, and is not sent either.
+#[tokio::test]
+async fn a_cancelled_slot_is_not_reused_while_queued() {
+    start();
+    let (a, mut b) = pair().await;
+    let waker = Waker::from(Arc::new(Owner::default()));
+    let before = spares();
+    let p = defer(&a, &mut bufs(&[b"cancelled"]), &waker).expect("a flusher");
+    let ptr = slot_ptr(&p);
+    drop(p);
+    assert_eq!(spares(), before, "still held by the flusher's queue");
+    let next = defer(&a, &mut bufs(&[b"next"]), &waker).expect("a flusher");
+    assert_ne!(slot_ptr(&next), ptr);
+    tokio::task::yield_now().await;
+    assert!(next.outcome().expect("sent").rest.is_empty());
+    assert_eq!(read_exact(&mut b, 4).await, b"next");
+}

@@ -194,11 +194,12 @@ impl ResponseGuard {
             return;
         }
         self.done = true;
+        let now = Instant::now();
         if let Some(conn) = conn {
-            self.backend.pool.put(conn, self.max_idle);
+            self.backend.pool.put(conn, self.max_idle, now);
         }
         self.backend.stats.active.fetch_sub(1, Relaxed);
-        let elapsed = self.started.elapsed();
+        let elapsed = now.saturating_duration_since(self.started);
         self.app.metrics.finish_request(elapsed);
         if let Some(mut t) = self.trace.take() {
             t.finish(elapsed);

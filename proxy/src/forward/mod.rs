@@ -163,9 +163,11 @@ async fn forward(
     let mut excluded: SmallVec<[usize; 4]> = SmallVec::new();
     let mut stale = false;
     let mut last_err = ProxyError::NoBackend;
+    // The first attempt starts when the request did (one clock reading less).
+    let mut clock = Some(started);
 
     while attempts < max_attempts {
-        let now = Instant::now();
+        let now = clock.take().unwrap_or_else(Instant::now);
         let Some(idx) = snap.pick(&excluded, now) else {
             break;
         };
@@ -195,8 +197,9 @@ async fn forward(
 
         // A request that could not be sent again checks its pooled connection first;
         // one that already met a stale pooled connection takes a fresh one.
-        let conn = match checkout(backend, cfg, &app.metrics, !replayable, stale).await {
-            Ok(conn) => conn,
+        let (conn, connected) = match checkout(backend, cfg, &app.metrics, !replayable, stale).await
+        {
+            Ok(c) => c,
             Err(source) => {
                 Trace::attempt_done(&client_span, None, Some("connect"));
                 app.noted(
@@ -229,8 +232,11 @@ async fn forward(
             }
         };
         let timeout = cfg.timeouts.request.get();
+        // The request timeout runs from the send: a new connection's handshake had
+        // its own (connect) timeout.
+        let deadline = connected.unwrap_or(attempt_start) + timeout;
 
-        let resp = match tokio::time::timeout(timeout, exchange).await {
+        let resp = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(SendError::Stale(b))) => {
                 // The pooled connection had been closed by the backend; nothing was
@@ -299,7 +305,8 @@ async fn forward(
                 source: UpstreamError::Malformed("101 without an upgrade request"),
             });
         }
-        let ttfb = attempt_start.elapsed();
+        let answered = Instant::now();
+        let ttfb = answered.saturating_duration_since(attempt_start);
         let retry_status = replayable
             && attempts < max_attempts
             && cfg
@@ -311,7 +318,10 @@ async fn forward(
         let outcome = Outcome::Response { status, ttfb };
         Trace::attempt_done(&client_span, Some(status), None);
         drop(client_span);
-        app.noted(backend, backend.record(outcome, attempt_start, probe, snap));
+        app.noted(
+            backend,
+            backend.record_at(outcome, attempt_start, answered, probe, snap),
+        );
         app.metrics.record_backend_latency(&backend.key, ttfb);
         if retry_status {
             // Retried elsewhere: this answer (and its connection) is dropped.
@@ -414,29 +424,29 @@ fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
         .any(|(i, m)| !excluded.contains(&i) && m.backend.available(now, &snap.config))
 }
 
-/// A pooled connection for a request, or a new one (always, with `fresh`). With
-/// `careful`, a pooled connection is first checked for a close from the backend (a
-/// request that cannot be sent again must not go out on a connection about to fail).
+/// A pooled connection for a request, or a new one (always, with `fresh`), then
+/// with the time it was ready. With `careful`, a pooled connection is first checked
+/// for a close from the backend (a request that cannot be sent again must not go
+/// out on a connection about to fail).
 async fn checkout(
     backend: &Backend,
     cfg: &Config,
     metrics: &Metrics,
     careful: bool,
     fresh: bool,
-) -> Result<Box<Conn>, ConnectError> {
+) -> Result<(Box<Conn>, Option<Instant>), ConnectError> {
     while let Some(mut conn) = (!fresh).then(|| backend.pool.take()).flatten() {
         if !careful || conn.still_open() {
-            return Ok(conn);
+            return Ok((conn, None));
         }
     }
     let started = Instant::now();
     // Boxed: a new connection is the rare path, and its (TLS) handshake state would
     // otherwise make every request's future kilobytes larger.
-    let conn = Box::pin(pool::connect(backend, cfg.timeouts.connect.get())).await;
-    if conn.is_ok() {
-        metrics.record_connect(started.elapsed());
-    }
-    conn
+    let conn = Box::pin(pool::connect(backend, cfg.timeouts.connect.get())).await?;
+    let ready = Instant::now();
+    metrics.record_connect(ready.saturating_duration_since(started));
+    Ok((conn, Some(ready)))
 }
 
 /// One in-flight count on a backend for an attempt; released on drop unless a

@@ -31,14 +31,12 @@ impl Pool {
         self.idle.lock().pop().map(|i| i.conn)
     }
 
-    /// Returns a connection after a clean exchange (up to `max` are kept).
-    pub fn put(&self, conn: Box<Conn>, max: usize) {
+    /// Returns a connection after a clean exchange that ended at `now` (up to
+    /// `max` are kept).
+    pub fn put(&self, conn: Box<Conn>, max: usize, now: Instant) {
         let mut idle = self.idle.lock();
         if idle.len() < max {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push(Idle { conn, since: now });
         }
     }
 

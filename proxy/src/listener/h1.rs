@@ -87,6 +87,9 @@ impl Limits {
 
 /// First read of a request head (most requests fit several times over).
 const HEAD_READ: usize = 4 * 1024;
+/// Room the request's header map keeps for what forwarding adds (`X-Forwarded-For`,
+/// `-Proto`, `-Host`, a `Host`), so adding them does not grow and rehash it.
+const FORWARD_HEADERS: usize = 4;
 /// Largest unread request body rest read and dropped to keep a connection.
 const DRAIN_MAX: u64 = 256 * 1024;
 /// Largest read of a request body at once.
@@ -283,7 +286,9 @@ impl Connection {
                     return r;
                 }
             }
-            if self.buf.capacity() - self.buf.len() < 512 {
+            if self.buf.capacity() == 0 {
+                self.buf = spare::take();
+            } else if self.buf.capacity() - self.buf.len() < 512 {
                 self.buf.reserve(HEAD_READ);
             }
             match sockio::try_read(&self.io, &mut self.buf) {
@@ -292,8 +297,9 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let idle = self.buf.is_empty();
                     if idle {
-                        // Nothing is kept while a connection waits.
-                        self.buf = BytesMut::new();
+                        // Nothing is kept while a connection waits: the buffer goes
+                        // to the thread's spares, for whichever connection reads next.
+                        spare::give(std::mem::take(&mut self.buf));
                         if self.stopping() {
                             return Read::Gone;
                         }
@@ -605,7 +611,7 @@ fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Re
 
     let slice = |s: &(u32, u32, u32, u32)| &head[s.0 as usize..(s.0 + s.1) as usize];
     let value = |s: &(u32, u32, u32, u32)| &head[s.2 as usize..(s.2 + s.3) as usize];
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + FORWARD_HEADERS);
     let (mut close, mut keep_alive_token, mut upgrade_token) = (false, false, false);
     let (mut has_upgrade, mut expect_continue, mut trailers) = (false, false, false);
     let mut lengths = 0u32;
@@ -964,21 +970,71 @@ fn encode_response(
 }
 
 /// Writes a `date` header line, formatted at most once a second per thread.
+/// The second comes from the kernel's coarse wall clock (updated every tick, read
+/// without a TSC read): a `Date` has one-second precision anyway.
 fn put_date(dst: &mut BytesMut) {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = coarse_unix_secs();
     CACHE.with_borrow_mut(|(at, text)| {
         if *at != secs || text.is_empty() {
             *at = secs;
-            *text = httpdate::fmt_http_date(now);
+            *text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
         }
         wire::put_header(dst, b"date", text.as_bytes());
     });
+}
+
+/// Read buffers of waiting connections, kept per thread for the next connection that
+/// reads: a request then costs no 4 KiB allocation, and an idle connection still
+/// holds no buffer.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::HEAD_READ;
+
+    /// Most buffers kept per thread (256 KiB).
+    const MAX: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for a request head.
+    pub(super) fn take() -> BytesMut {
+        FREE.try_with(|f| f.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| BytesMut::with_capacity(HEAD_READ))
+    }
+
+    /// Keeps an emptied buffer if its whole allocation can be written again (no
+    /// request head read into it is still alive) and it is not oversized.
+    pub(super) fn give(mut buf: BytesMut) {
+        buf.clear();
+        if !buf.try_reclaim(HEAD_READ) || buf.capacity() > 4 * HEAD_READ {
+            return;
+        }
+        let _ = FREE.try_with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut()
+                && f.len() < MAX
+            {
+                f.push(buf);
+            }
+        });
+    }
+}
+
+/// Seconds since the Unix epoch from `CLOCK_REALTIME_COARSE` (at most one tick,
+/// a few milliseconds, behind the precise clock).
+fn coarse_unix_secs() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    u64::try_from(t.tv_sec).unwrap_or(0)
 }
 
 /// Body frames up to this size are copied behind what is queued rather than

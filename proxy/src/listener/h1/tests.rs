@@ -465,3 +465,32 @@ async fn a_connection_task_stays_small() {
     let size = std::mem::size_of_val(&conn);
     assert!(size <= 1024, "connection future is {size} bytes");
 }
+
+/// A waiting connection's read buffer is kept for the next read only once no
+/// request head read into it is alive; then it is handed out whole again.
+#[test]
+fn a_read_buffer_is_reused_only_when_nothing_points_into_it() {
+    let mut buf = spare::take();
+    assert!(buf.capacity() >= HEAD_READ);
+    buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let head = buf.split_to(buf.len()).freeze();
+    // The head still points into the allocation: the buffer is not kept.
+    spare::give(std::mem::take(&mut buf));
+    let other = spare::take();
+    assert_ne!(
+        other.as_ptr(),
+        head.as_ptr(),
+        "not the live head's allocation"
+    );
+    drop(other);
+
+    let mut buf = spare::take();
+    buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let start = buf.as_ptr();
+    let head = buf.split_to(buf.len()).freeze();
+    drop(head);
+    spare::give(buf);
+    let again = spare::take();
+    assert_eq!(again.as_ptr(), start, "the same allocation, from its start");
+    assert!(again.is_empty() && again.capacity() >= HEAD_READ);
+}
