@@ -166,10 +166,10 @@ impl Backend {
         if failed {
             rtt = rtt.max(cfg.adaptive.failure_penalty.get());
         }
-        let tau = cfg.adaptive.decay.get().as_nanos().max(1) as f64;
+        let tau = (cfg.adaptive.decay.get().as_secs_f64() * 1e9).max(1.0);
         let now_ns = self.nanos(now);
         self.latency
-            .observe(rtt.as_nanos() as f64, failed, now_ns, tau);
+            .observe(rtt.as_secs_f64() * 1e9, failed, now_ns, tau);
 
         let cb = cfg.circuit_breaker.as_ref();
         let od = cfg.outlier_detection.as_ref();
@@ -201,11 +201,16 @@ impl Backend {
     /// Whether new requests may go here now: not draining, not failing active
     /// health checks, not ejected, circuit not open.
     pub fn available(&self, now: Instant, cfg: &Config) -> bool {
+        let cb = cfg.circuit_breaker.as_ref();
+        if self.is_draining() || !self.health.is_healthy() {
+            return false;
+        }
+        // The usual case needs no time arithmetic: never ejected, circuit closed.
+        if !self.outlier.ever_ejected() && self.circuit.is_closed(cb) {
+            return true;
+        }
         let ns = self.nanos(now);
-        !self.is_draining()
-            && self.health.is_healthy()
-            && !self.outlier.is_ejected(ns)
-            && self.circuit.admits(ns, cfg.circuit_breaker.as_ref())
+        !self.outlier.is_ejected(ns) && self.circuit.admits(ns, cb)
     }
 
     /// Whether requests may go here when too few backends are available and the

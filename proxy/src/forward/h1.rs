@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::body::ReqBody;
+use super::headers::Forwarded;
 use crate::flush;
 
 /// Longest response head accepted (status line and header lines), and longest
@@ -467,6 +468,7 @@ fn encode_head(
     parts: &Parts,
     host: Option<&HeaderValue>,
     extra: &HeaderMap,
+    forwarded: Option<&Forwarded<'_>>,
     body: &ReqBody,
 ) -> Result<Out, UpstreamError> {
     dst.put_slice(parts.method.as_str().as_bytes());
@@ -481,6 +483,7 @@ fn encode_head(
         if (host.is_some() && name == header::HOST)
             || name == header::TRANSFER_ENCODING
             || (!extra.is_empty() && extra.contains_key(name))
+            || forwarded.is_some_and(|f| f.replaces(name))
         {
             continue;
         }
@@ -489,6 +492,16 @@ fn encode_head(
     }
     if let Some(h) = host {
         put_header(dst, b"host", h.as_bytes());
+    }
+    if let Some(f) = forwarded {
+        f.write(&parts.headers, |name, value| {
+            dst.put_slice(name);
+            dst.put_slice(b": ");
+            for v in value {
+                dst.put_slice(v);
+            }
+            dst.put_slice(b"\r\n");
+        });
     }
     for (name, value) in extra {
         put_header(dst, name.as_str().as_bytes(), value.as_bytes());
@@ -772,14 +785,28 @@ impl Exchange {
     /// closing an idle connection as the request arrives is the common race, and
     /// such a request may be repeated in any case).
     pub fn start(
-        mut conn: Box<Conn>,
+        conn: Box<Conn>,
         parts: &Parts,
         host: Option<&HeaderValue>,
         extra: &HeaderMap,
         body: ReqBody,
         replayable: bool,
     ) -> Result<Self, UpstreamError> {
-        let framing = encode_head(&mut conn.wbuf, parts, host, extra, &body)?;
+        Self::start_forwarded(conn, parts, host, extra, None, body, replayable)
+    }
+
+    /// [`Exchange::start`] for a client's request: `forwarded` says which
+    /// `X-Forwarded-*` lines it gets on the way (see [`Forwarded`]).
+    pub fn start_forwarded(
+        mut conn: Box<Conn>,
+        parts: &Parts,
+        host: Option<&HeaderValue>,
+        extra: &HeaderMap,
+        forwarded: Option<&Forwarded<'_>>,
+        body: ReqBody,
+        replayable: bool,
+    ) -> Result<Self, UpstreamError> {
+        let framing = encode_head(&mut conn.wbuf, parts, host, extra, forwarded, &body)?;
         let head = conn.wbuf.split().freeze();
         let mut queue = SmallVec::new();
         queue.push(head);
@@ -885,7 +912,7 @@ impl Future for Exchange {
                         let keep_alive = head.keep_alive && this.write_error.is_none();
                         let body = UpstreamBody {
                             conn: this.conn.take(),
-                            writer: this.writer.take(),
+                            writer: this.writer.take().map(Box::new),
                             framing: head.framing,
                             keep_alive,
                         };
@@ -916,8 +943,9 @@ impl Future for Exchange {
 /// back for the pool if the exchange ended cleanly.
 pub struct UpstreamBody {
     conn: Option<Box<Conn>>,
-    /// The request body, if the backend answered before it was all sent.
-    writer: Option<Writer>,
+    /// The request body, if the backend answered before it was all sent (boxed:
+    /// rare, and every response moves this struct a few times).
+    writer: Option<Box<Writer>>,
     framing: In,
     keep_alive: bool,
 }

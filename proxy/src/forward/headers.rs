@@ -78,10 +78,57 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Sets `X-Forwarded-*`. From a trusted peer the existing chain is extended and its
-/// proto/host kept; from anyone else all three are replaced, so a client cannot
-/// forge its address to a backend or to our rate limiter. `ip` is the peer's
-/// address as a header value (made once per connection, see `forward::Peer`).
+/// The `X-Forwarded-*` lines a request gets on its way to a backend. From a trusted
+/// peer the existing chain is extended and its proto/host kept; from anyone else
+/// all three are replaced, so a client cannot forge its address to a backend or to
+/// our rate limiter.
+///
+/// Applied while the request head is encoded (`h1::encode_head`): the client's
+/// lines that are replaced are skipped ([`Forwarded::replaces`]) and ours are
+/// written after the others ([`Forwarded::write`]). That costs no hashed insert
+/// into the header map, and for an untrusted peer (the usual case) no lookup
+/// at all. [`set_forwarded`] does the same on a map.
+#[derive(Debug)]
+pub struct Forwarded<'a> {
+    /// The peer's address as a header value (made once per connection, see
+    /// `forward::Peer`).
+    pub ip: &'a HeaderValue,
+    pub trusted: bool,
+    /// The request's host, for `X-Forwarded-Host`.
+    pub host: Option<HeaderValue>,
+}
+
+impl Forwarded<'_> {
+    /// Whether the client's `name` line is left out (ours takes its place).
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR
+            || (!self.trusted && (*name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST))
+    }
+
+    /// Writes our lines, given the client's `headers`: `put(name, value parts)`.
+    pub fn write(&self, headers: &HeaderMap, mut put: impl FnMut(&[u8], &[&[u8]])) {
+        let name = X_FORWARDED_FOR.as_str().as_bytes();
+        match self
+            .trusted
+            .then(|| headers.get(&X_FORWARDED_FOR))
+            .flatten()
+        {
+            Some(prev) => put(name, &[prev.as_bytes(), b", ", self.ip.as_bytes()]),
+            None => put(name, &[self.ip.as_bytes()]),
+        }
+        if !(self.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+            put(X_FORWARDED_PROTO.as_str().as_bytes(), &[b"http"]);
+        }
+        if !(self.trusted && headers.contains_key(&X_FORWARDED_HOST))
+            && let Some(h) = &self.host
+        {
+            put(X_FORWARDED_HOST.as_str().as_bytes(), &[h.as_bytes()]);
+        }
+    }
+}
+
+/// Sets `X-Forwarded-*` in a header map, by the rules of [`Forwarded`]. `ip` is the
+/// peer's address as a header value.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     ip: &HeaderValue,
@@ -228,6 +275,109 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.local");
+    }
+
+    /// The lines a request's head gets: what the client sent, minus what is
+    /// replaced, then ours (as `h1::encode_head` writes them).
+    fn encoded(h: &HeaderMap, f: &Forwarded<'_>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = h
+            .iter()
+            .filter(|(n, _)| !f.replaces(n))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        f.write(h, |name, value| {
+            let v: Vec<u8> = value.concat();
+            out.push((
+                String::from_utf8(name.to_vec()).unwrap(),
+                String::from_utf8(v).unwrap(),
+            ));
+        });
+        out
+    }
+
+    fn lines(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_untrusted_peer_gets_all_three_forwarded_lines_replaced() {
+        let ip = ip_value("10.0.0.1".parse().unwrap());
+        let h = map(&[
+            ("accept", "*/*"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let host = Some(HeaderValue::from_static("api.local"));
+        let f = Forwarded {
+            ip: &ip,
+            trusted: false,
+            host,
+        };
+        assert_eq!(
+            encoded(&h, &f),
+            lines(&[
+                ("accept", "*/*"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "api.local"),
+            ])
+        );
+        // Without a host the client's X-Forwarded-Host is still dropped.
+        let f = Forwarded {
+            ip: &ip,
+            trusted: false,
+            host: None,
+        };
+        assert_eq!(
+            encoded(&h, &f),
+            lines(&[
+                ("accept", "*/*"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "http"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_has_its_chain_extended_and_its_proto_and_host_kept() {
+        let ip = ip_value("10.0.0.1".parse().unwrap());
+        let h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+        ]);
+        let host = Some(HeaderValue::from_static("api.local"));
+        let f = Forwarded {
+            ip: &ip,
+            trusted: true,
+            host,
+        };
+        assert_eq!(
+            encoded(&h, &f),
+            lines(&[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "shop.example"),
+                ("x-forwarded-for", "1.2.3.4, 10.0.0.1"),
+            ])
+        );
+        // A trusted peer that sent none gets them all from us.
+        let f = Forwarded {
+            ip: &ip,
+            trusted: true,
+            host: Some(HeaderValue::from_static("api.local")),
+        };
+        assert_eq!(
+            encoded(&map(&[]), &f),
+            lines(&[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "api.local"),
+            ])
+        );
     }
 
     #[test]

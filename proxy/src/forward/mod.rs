@@ -18,9 +18,11 @@ pub mod pool;
 pub mod tls;
 pub mod trace;
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -33,6 +35,7 @@ use tracing::debug;
 
 use self::body::{ProxyBody, ReqBody, ResponseGuard};
 use self::h1::{Conn, SendError, UpstreamBody, UpstreamError};
+use self::headers::Forwarded;
 use self::pool::ConnectError;
 use self::trace::Trace;
 use crate::app::App;
@@ -149,7 +152,7 @@ async fn forward(
     }
     let client_upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
     let (mut parts, incoming) = req.into_parts();
-    prepare(&mut parts, peer, cfg, client_upgrade.is_some());
+    let forwarded = prepare(&mut parts, peer, cfg, client_upgrade.is_some());
 
     let bodiless = incoming.is_end_stream();
     // A request that can be sent again as it is: on another backend after a lost
@@ -221,7 +224,15 @@ async fn forward(
         let host = (!cfg.upstream.preserve_host).then_some(&backend.authority);
         let mut extra = HeaderMap::new();
         Trace::inject(app, &client_span, &mut extra);
-        let exchange = match h1::Exchange::start(conn, &parts, host, &extra, b, replayable) {
+        let exchange = match h1::Exchange::start_forwarded(
+            conn,
+            &parts,
+            host,
+            &extra,
+            Some(&forwarded),
+            b,
+            replayable,
+        ) {
             Ok(x) => x,
             Err(e) => {
                 debug!(error = %e, "request not sendable");
@@ -236,7 +247,18 @@ async fn forward(
         // its own (connect) timeout.
         let deadline = connected.unwrap_or(attempt_start) + timeout;
 
-        let resp = match tokio::time::timeout_at(deadline, exchange).await {
+        // The exchange and its deadline polled in place (a `Timeout` would move the
+        // exchange into itself and then into this future).
+        let mut exchange = std::pin::pin!(exchange);
+        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            expiry.as_mut().poll(cx).map(Err)
+        })
+        .await;
+        let resp = match answered {
             Ok(Ok(resp)) => resp,
             Ok(Err(SendError::Stale(b))) => {
                 // The pooled connection had been closed by the backend; nothing was
@@ -378,9 +400,11 @@ async fn tunnel(client: ClientUpgrade, mut conn: Box<Conn>, guard: ResponseGuard
     drop(guard);
 }
 
-/// Rewrites the client's request head for the backend.
-fn prepare(parts: &mut Parts, peer: &Peer, cfg: &Config, upgrade: bool) {
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+/// Rewrites the client's request head for the backend; the `X-Forwarded-*` lines
+/// are written with the head (see [`headers::Forwarded`]).
+fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -> Forwarded<'a> {
+    let given = parts.headers.get(header::HOST).cloned();
+    let host = given.clone().or_else(|| {
         parts
             .uri
             .authority()
@@ -395,7 +419,7 @@ fn prepare(parts: &mut Parts, peer: &Peer, cfg: &Config, upgrade: bool) {
             .unwrap_or("/");
         parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     }
-    if !parts.headers.contains_key(header::HOST)
+    if given.is_none()
         && let Some(h) = &host
     {
         parts.headers.insert(header::HOST, h.clone());
@@ -403,9 +427,12 @@ fn prepare(parts: &mut Parts, peer: &Peer, cfg: &Config, upgrade: bool) {
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
     parts.headers.remove(header::EXPECT);
-    let trusted = in_any(&cfg.server.trusted_proxies, peer.addr.ip());
-    headers::set_forwarded(&mut parts.headers, &peer.ip, trusted, host);
     parts.version = Version::HTTP_11;
+    Forwarded {
+        ip: &peer.ip,
+        trusted: in_any(&cfg.server.trusted_proxies, peer.addr.ip()),
+        host,
+    }
 }
 
 fn is_idempotent(m: &Method) -> bool {

@@ -204,7 +204,10 @@ impl Connection {
             self.first = false;
             // Boxed, and the request's whole future with it: between requests the
             // task keeps only what waiting for the next head needs.
-            match Box::pin(self.exchange(*head)).await {
+            // Built in its box (allocated first, so the future is not built on the
+            // stack and then copied in).
+            let exchange = Box::write(Box::new_uninit(), self.exchange(*head));
+            match Box::into_pin(exchange).await {
                 Next::KeepAlive => {}
                 Next::Close { linger } => {
                     if !self.settle().await {
@@ -855,12 +858,11 @@ struct Encoded {
     framing: OutFraming,
 }
 
-fn has_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+/// Whether a `Connection` value lists `close`.
+fn says_close(v: &HeaderValue) -> bool {
+    v.as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// How a response body is sent: its declared length, else the length its body
@@ -895,14 +897,23 @@ fn encode_response(
     keep: &mut bool,
 ) -> Encoded {
     let status = parts.status;
+    // One pass over the headers finds what the framing needs (no hashed lookups).
     let mut size = 64;
+    let mut length: Option<&HeaderValue> = None;
+    let mut close = false;
+    let mut dated = false;
     for (n, v) in &parts.headers {
         size += n.as_str().len() + v.len() + 4;
+        if n == header::CONTENT_LENGTH {
+            length.get_or_insert(v);
+        } else if n == header::CONNECTION {
+            close |= says_close(v);
+        } else if n == header::DATE {
+            dated = true;
+        }
     }
-    let small_body = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| parse_length(v.as_bytes()))
+    let declared = length.and_then(|v| parse_length(v.as_bytes()));
+    let small_body = declared
         .or(body.size_hint().exact())
         .filter(|&n| n <= COPY_MAX as u64)
         .map_or(0, |n| n as usize);
@@ -912,7 +923,7 @@ fn encode_response(
     dst.put_u8(b' ');
     dst.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     dst.put_slice(b"\r\n");
-    if has_close(&parts.headers) {
+    if close {
         *keep = false;
     }
     let no_body = head_request
@@ -920,10 +931,6 @@ fn encode_response(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| parse_length(v.as_bytes()));
     let framing = choose_framing(
         declared,
         body.size_hint().exact(),
@@ -941,7 +948,7 @@ fn encode_response(
         OutFraming::Close => *keep = false,
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         // RFC 9110 §6.6.1: a response forwarded without a date gets one (and ours
         // are the origin's).
         put_date(&mut dst);
@@ -958,7 +965,7 @@ fn encode_response(
     }
     if !upgrading {
         if !*keep {
-            if !has_close(&parts.headers) {
+            if !close {
                 dst.put_slice(b"connection: close\r\n");
             }
         } else if version == Version::HTTP_10 {

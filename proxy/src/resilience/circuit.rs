@@ -79,6 +79,11 @@ impl Circuit {
 
     /// Whether a request could be let through now (no side effects; for scanning
     /// candidates).
+    /// Closed (or no breaker configured): admits whatever the time.
+    pub fn is_closed(&self, cfg: Option<&CircuitBreakerConfig>) -> bool {
+        cfg.is_none() || self.state.load(Relaxed) == CLOSED
+    }
+
     pub fn admits(&self, now_ns: u64, cfg: Option<&CircuitBreakerConfig>) -> bool {
         let Some(cfg) = cfg else { return true };
         match self.state.load(Relaxed) {

@@ -37,6 +37,12 @@ pub struct Outlier {
 }
 
 impl Outlier {
+    /// Whether this backend was ever ejected (only then does `is_ejected` need
+    /// the time).
+    pub fn ever_ejected(&self) -> bool {
+        self.until_ns.load(Relaxed) != 0
+    }
+
     pub fn is_ejected(&self, now_ns: u64) -> bool {
         let until = self.until_ns.load(Relaxed);
         until != 0 && now_ns < until
