@@ -155,12 +155,15 @@ async fn chaos_soak() {
             load.push(tokio::spawn(async move {
                 let c = client();
                 while !stop.load(Relaxed) {
-                    let ph = current.load(Relaxed) as usize;
                     let res = tokio::time::timeout(
                         Duration::from_secs(10),
                         send(&c, Method::GET, &url(target, "/"), None),
                     )
                     .await;
+                    // Counted in the phase it ended in: a request still in flight on
+                    // the replica killed at the start of a phase fails because of that
+                    // kill, not because of the phase it was sent in.
+                    let ph = current.load(Relaxed) as usize;
                     let failure = match res {
                         Ok(Ok(r)) if r.status == StatusCode::OK => None,
                         Ok(Ok(r)) => Some(format!("{} {}", r.status, r.body.trim())),
