@@ -243,8 +243,8 @@ async fn forward(
             }
         };
         let timeout = cfg.timeouts.request.get();
-        // The request timeout runs from the send: a new connection's handshake had
-        // its own (connect) timeout.
+        // The request timeout runs from the attempt's start, or for a new connection
+        // from when it was ready (its handshake had the connect timeout).
         let deadline = connected.unwrap_or(attempt_start) + timeout;
 
         // The exchange and its deadline polled in place (a `Timeout` would move the

@@ -1020,8 +1020,11 @@ mod spare {
             .unwrap_or_else(|| BytesMut::with_capacity(HEAD_READ))
     }
 
-    /// Keeps an emptied buffer if its whole allocation can be written again (no
-    /// request head read into it is still alive) and it is not oversized.
+    /// Keeps an emptied buffer that has room for a request head without
+    /// allocating: its own spare room, or its whole allocation again once no request
+    /// head read into it is alive (`try_reclaim`). A kept buffer whose room is the
+    /// tail of an allocation a live head still uses keeps that allocation until it
+    /// is used up; the size check and `MAX` bound what that can hold.
     pub(super) fn give(mut buf: BytesMut) {
         buf.clear();
         if !buf.try_reclaim(HEAD_READ) || buf.capacity() > 4 * HEAD_READ {
