@@ -35,6 +35,7 @@ use switchyard::ratelimit::{ClusterLink, RateLimiter};
 use switchyard::snapshot::Snapshot;
 use switchyard::state::{MemoryStore, Overlay, StateStore, TokenRequest};
 use switchyard::telemetry::metrics::Metrics;
+use switchyard_http1::codec::Extra as _;
 
 fn parse(yaml: &str) -> Config {
     config::parse(yaml, "bench.yaml").expect("bench config parses")

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
+use switchyard_http1::Refusal;
 
 use crate::forward::body::ProxyBody;
 use crate::forward::pool::ConnectError;
@@ -26,7 +27,7 @@ pub enum ProxyError {
     Upstream {
         backend: Arc<str>,
         #[source]
-        source: crate::forward::h1::UpstreamError,
+        source: switchyard_http1::UpstreamError,
     },
     #[error("upstream {backend} sent no response within {timeout:?}")]
     Timeout {
@@ -35,6 +36,9 @@ pub enum ProxyError {
     },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A request head the HTTP/1.1 server would not pass on.
+    #[error("request head refused: {0:?}")]
+    Refused(Refusal),
 }
 
 /// What a 429 tells the client.
@@ -56,6 +60,11 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(r) => match r {
+                Refusal::Malformed(_) | Refusal::Ambiguous(_) => StatusCode::BAD_REQUEST,
+                Refusal::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
+            },
         }
     }
 
@@ -68,6 +77,12 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "bad gateway\n",
             ProxyError::Timeout { .. } => "gateway timeout\n",
             ProxyError::BadRequest(reason) => reason,
+            ProxyError::Refused(r) => match r {
+                Refusal::Malformed(reason) => reason,
+                Refusal::Ambiguous(_) => "ambiguous request framing\n",
+                Refusal::TooLarge => "request header fields too large\n",
+                Refusal::Timeout => "request head not received in time\n",
+            },
         };
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
@@ -89,7 +104,7 @@ impl ProxyError {
                 h.insert("ratelimit-remaining", HeaderValue::from(rl.remaining));
                 h.insert("ratelimit-reset", HeaderValue::from(rl.reset));
             }
-            ProxyError::BadRequest(_) => {
+            ProxyError::BadRequest(_) | ProxyError::Refused(_) => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::{HeaderMap, Request, header};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
+use switchyard_http1::{Exchange, SendError};
 use switchyard_shared::{EventKind, HealthStatus};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,7 +26,7 @@ use crate::app::App;
 use crate::backend::Backend;
 use crate::config::StatusRanges;
 use crate::forward::body::ReqBody;
-use crate::forward::{h1, pool};
+use crate::forward::pool;
 
 /// A backend's active-health verdict.
 #[derive(Default)]
@@ -244,11 +245,11 @@ async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<u16, 
             .into_parts();
         let host = Some(&backend.authority);
         let exchange =
-            h1::Exchange::start(conn, &parts, host, &HeaderMap::new(), ReqBody::Empty, false)
+            Exchange::start(conn, &parts, host, &HeaderMap::new(), ReqBody::Empty, false)
                 .map_err(|e| e.to_string())?;
         let resp = exchange.await.map_err(|e| match e {
-            h1::SendError::Failed(e) => e.to_string(),
-            h1::SendError::Stale(_) => "connection closed".to_string(),
+            SendError::Failed(e) => e.to_string(),
+            SendError::Stale(_) => "connection closed".to_string(),
         })?;
         let status = resp.status().as_u16();
         // Read (and discard) a bounded body so the connection ends cleanly.

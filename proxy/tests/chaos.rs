@@ -20,7 +20,7 @@ use std::time::Duration;
 use common::*;
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
-use switchyard::demo::DemoServer;
+use switchyard_demo::DemoServer;
 
 fn commit(dir: &Path, content: &str, msg: &str) -> String {
     std::fs::write(dir.join("config.yaml"), content).unwrap();

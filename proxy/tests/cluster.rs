@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
-use switchyard::demo::DemoServer;
+use switchyard_demo::DemoServer;
 use tokio::time::Instant;
 
 struct Cluster {

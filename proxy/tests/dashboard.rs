@@ -19,7 +19,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Deserialize;
-use switchyard::demo::DemoServer;
+use switchyard_demo::DemoServer;
 use tokio::time::Instant;
 
 const CHROME_FLAGS: &[&str] = &[

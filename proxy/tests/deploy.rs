@@ -32,7 +32,6 @@ use serde::Deserialize;
 use serde_json::Value as J;
 
 const SWITCHYARD: &str = env!("CARGO_BIN_EXE_switchyard");
-const DEMO_UPSTREAM: &str = env!("CARGO_BIN_EXE_demo-upstream");
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,7 +93,7 @@ fn known() -> &'static Known {
         ] {
             help.push_str(&stdout_of(SWITCHYARD, args));
         }
-        let demo_help = stdout_of(DEMO_UPSTREAM, &["--help"]);
+        let demo_help = stdout_of(demo_upstream_bin(), &["--help"]);
         Known {
             flags: flags_in(&help),
             help_env: words(&help)
@@ -681,7 +680,11 @@ fn check_dockerfile(text: &str) -> Vec<String> {
             .map(String::as_str)
             .chain(["Cargo.toml", "Cargo.lock"])
         {
-            if !copied.iter().any(|c| c == need) {
+            // A member inside a copied directory (proxy/http1 in proxy) is copied too.
+            if !copied
+                .iter()
+                .any(|c| c == need || need.starts_with(&format!("{c}/")))
+            {
                 p.push(format!(
                     "Dockerfile: stage `{}` builds the workspace but does not COPY `{need}`",
                     stage.name
@@ -2756,7 +2759,7 @@ impl LocalCluster {
             .env("SWITCHYARD_UPSTREAM_BASE_PORT", upstream_base.to_string())
             .env("SWITCHYARD_CLUSTER_DIR", dir.path())
             .env("SWITCHYARD_BIN", SWITCHYARD)
-            .env("DEMO_UPSTREAM_BIN", DEMO_UPSTREAM)
+            .env("DEMO_UPSTREAM_BIN", demo_upstream_bin())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
-use switchyard::demo::DemoServer;
+use switchyard_demo::DemoServer;
 
 /// A git repository made for the test.
 struct Repo {

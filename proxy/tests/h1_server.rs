@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use parking_lot::Mutex;
-use switchyard::demo::DemoServer;
 use switchyard::server::Running;
+use switchyard_demo::DemoServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -2,6 +2,7 @@
 //! so a URL the dashboard accepts is exactly a URL the proxy accepts.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Smallest accepted backend weight.
 pub const MIN_WEIGHT: i64 = 1;
@@ -167,6 +168,59 @@ pub fn weight(w: i64) -> Result<u32, String> {
             "weight must be an integer from {MIN_WEIGHT} to {MAX_WEIGHT}, got {w}"
         ))
     }
+}
+
+/// Parses `"500ms"`, `"10s"`, `"1m30s"`, `"2h"`, `"100us"`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err("empty duration: expected e.g. \"500ms\" or \"10s\"".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "`{s}` is not a duration: expected e.g. \"500ms\" or \"10s\""
+            ));
+        }
+        let number: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration: bad number"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => {
+                return Err(format!(
+                    "`{s}` has no unit: write e.g. \"{s}s\" or \"{s}ms\""
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{s}` has an unknown unit `{other}` (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        let secs = number * scale;
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(format!("`{s}` is too long"));
+        }
+        total += Duration::from_secs_f64(secs);
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

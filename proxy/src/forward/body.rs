@@ -11,10 +11,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::h1::{Conn, UpstreamBody, UpstreamError};
+use switchyard_http1::{Conn, UpstreamError};
+
 use crate::app::App;
 use crate::backend::Backend;
-pub use crate::listener::h1::ClientBody;
+pub use switchyard_http1::ClientBody;
+
+/// The backend's response body, as the proxy reads it.
+pub type UpstreamBody = switchyard_http1::UpstreamBody<ReqBody>;
 
 /// A request body on its way upstream.
 pub enum ReqBody {
@@ -40,14 +44,12 @@ impl ReqBody {
 /// Why a client's request body could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
+    /// An HTTP/2 client's.
     #[error("{0}")]
     Hyper(#[from] hyper::Error),
-    #[error("client closed the connection before the body was complete")]
-    Closed,
-    #[error("malformed body: {0}")]
-    Malformed(&'static str),
-    #[error("{0}")]
-    Io(std::io::Error),
+    /// An HTTP/1.1 client's.
+    #[error(transparent)]
+    Client(#[from] switchyard_http1::ClientBodyError),
 }
 
 impl Body for ReqBody {
@@ -63,7 +65,9 @@ impl Body for ReqBody {
             ReqBody::Incoming(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(ClientBodyError::Hyper))),
-            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Client(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ClientBodyError::Client))),
         }
     }
 

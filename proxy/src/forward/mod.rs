@@ -3,7 +3,7 @@
 //! Retries (on a backend not tried yet, up to `retries.attempts`):
 //! - a connect failure, for any method: nothing was sent;
 //! - a pooled connection the backend had closed, found before any answer
-//!   ([`h1::SendError::Stale`], the body handed back untouched): tried again on a
+//!   ([`SendError::Stale`], the body handed back untouched): tried again on a
 //!   fresh connection, not counted as an attempt nor held against the backend;
 //! - a connection lost after sending, only for idempotent requests without a body
 //!   (the request can be replayed exactly).
@@ -12,11 +12,12 @@
 //! client and the failure to the passive-health and circuit accounting.
 
 pub mod body;
-pub mod h1;
-pub mod headers;
 pub mod pool;
 pub mod tls;
 pub mod trace;
+
+/// Header rewriting between the hops (the wire crate's).
+pub use switchyard_http1::headers;
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -33,8 +34,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::debug;
 
-use self::body::{ProxyBody, ReqBody, ResponseGuard};
-use self::h1::{Conn, SendError, UpstreamBody, UpstreamError};
+use switchyard_http1::{ClientUpgrade, Conn, Exchange, Refusal, UpstreamError};
+
+use self::body::{ProxyBody, ReqBody, ResponseGuard, UpstreamBody};
 use self::headers::Forwarded;
 use self::pool::ConnectError;
 use self::trace::Trace;
@@ -42,7 +44,6 @@ use crate::app::App;
 use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
 use crate::errors::ProxyError;
-use crate::listener::h1::{Ambiguity, ClientUpgrade};
 use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -110,27 +111,21 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// Answers a request whose framing is ambiguous (see `listener::h1`): 400 and
-/// close, before anything is forwarded.
-pub fn refuse_ambiguous(app: &App, ambiguity: Ambiguity, peer: SocketAddr) -> Response<ProxyBody> {
-    app.metrics.refused_framing.fetch_add(1, Relaxed);
+/// Answers a request head the HTTP/1.1 server refused (malformed, too large, too
+/// slow, or with ambiguous framing): counted, then 400, 408 or 431 and close,
+/// before anything is forwarded.
+pub fn refuse(app: &App, refusal: Refusal, peer: SocketAddr) -> Response<ProxyBody> {
+    if let Refusal::Ambiguous(ambiguity) = refusal {
+        app.metrics.refused_framing.fetch_add(1, Relaxed);
+        debug!(client = %peer, ?ambiguity, "refused a request with ambiguous framing");
+    } else {
+        app.metrics.refused_malformed.fetch_add(1, Relaxed);
+    }
+    let e = ProxyError::Refused(refusal);
     app.metrics.start_request();
-    app.metrics.count_status(StatusCode::BAD_REQUEST);
+    app.metrics.count_status(e.status());
     app.metrics.finish_request(Duration::ZERO);
-    debug!(client = %peer, ?ambiguity, "refused a request with ambiguous framing");
-    ProxyError::BadRequest("ambiguous request framing\n").into_response()
-}
-
-/// Answers a request head the listener could not accept (malformed, too large,
-/// too slow) with `status` and close.
-pub fn refuse_malformed(app: &App, status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    app.metrics.refused_malformed.fetch_add(1, Relaxed);
-    app.metrics.start_request();
-    app.metrics.count_status(status);
-    app.metrics.finish_request(Duration::ZERO);
-    let mut resp = ProxyError::BadRequest(body).into_response();
-    *resp.status_mut() = status;
-    resp
+    e.into_response()
 }
 
 async fn forward(
@@ -224,7 +219,7 @@ async fn forward(
         let host = (!cfg.upstream.preserve_host).then_some(&backend.authority);
         let mut extra = HeaderMap::new();
         Trace::inject(app, &client_span, &mut extra);
-        let exchange = match h1::Exchange::start_forwarded(
+        let exchange = match Exchange::start_forwarded(
             conn,
             &parts,
             host,
@@ -260,7 +255,7 @@ async fn forward(
         .await;
         let resp = match answered {
             Ok(Ok(resp)) => resp,
-            Ok(Err(SendError::Stale(b))) => {
+            Ok(Err(switchyard_http1::SendError::Stale(b))) => {
                 // The pooled connection had been closed by the backend; nothing was
                 // answered, so this attempt does not count against it. Its other idle
                 // connections are likely closed too: drop those, and try again on a
@@ -275,7 +270,7 @@ async fn forward(
                 stale = true;
                 continue;
             }
-            Ok(Err(SendError::Failed(e))) if e.is_client() => {
+            Ok(Err(switchyard_http1::SendError::Failed(e))) if e.is_client() => {
                 // The client's upload broke off: nothing to hold against the backend.
                 Trace::attempt_done(&client_span, None, Some("client aborted"));
                 if probe {
@@ -284,7 +279,7 @@ async fn forward(
                 debug!(error = %e, "client body failed");
                 return Err(ProxyError::BadRequest("incomplete request body\n"));
             }
-            Ok(Err(SendError::Failed(e))) => {
+            Ok(Err(switchyard_http1::SendError::Failed(e))) => {
                 Trace::attempt_done(&client_span, None, Some("connection lost"));
                 app.noted(
                     backend,

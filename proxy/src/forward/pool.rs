@@ -1,94 +1,23 @@
-//! Per-backend pools of keep-alive HTTP/1.1 connections ([`Conn`]).
-//!
-//! Each backend owns its pool, so a backend kept across a config reload keeps its
-//! warm connections and a removed one takes its connections with it. Connections are
-//! reused most-recently-used first (warm caches, and the idle tail ages out).
+//! New upstream connections for a backend (the idle pools themselves are
+//! [`switchyard_http1::pool`]'s, one per backend).
 
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::net::TcpStream;
-use tokio::time::Instant;
-
-use super::h1::{Conn, Io};
-use super::tls;
-use crate::backend::Backend;
 use switchyard_shared::validate::Scheme;
 
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
-}
+use switchyard_http1::Conn;
+pub use switchyard_http1::pool::{ConnectError, Pool};
 
-struct Idle {
-    conn: Box<Conn>,
-    since: Instant,
-}
-
-impl Pool {
-    /// The most recently used idle connection.
-    pub fn take(&self) -> Option<Box<Conn>> {
-        self.idle.lock().pop().map(|i| i.conn)
-    }
-
-    /// Returns a connection after a clean exchange that ended at `now` (up to
-    /// `max` are kept).
-    pub fn put(&self, conn: Box<Conn>, max: usize, now: Instant) {
-        let mut idle = self.idle.lock();
-        if idle.len() < max {
-            idle.push(Idle { conn, since: now });
-        }
-    }
-
-    /// Drops connections idle for longer than `max_idle` and those the backend
-    /// closed (or sent stray bytes on).
-    pub fn evict(&self, max_idle: Duration, now: Instant) {
-        self.idle.lock().retain_mut(|i| {
-            now.saturating_duration_since(i.since) < max_idle && i.conn.still_open()
-        });
-    }
-
-    /// Drops the idle connections the backend has closed.
-    pub fn prune(&self) {
-        self.idle.lock().retain_mut(|i| i.conn.still_open());
-    }
-
-    pub fn clear(&self) {
-        self.idle.lock().clear();
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
-    }
-}
-
-/// Why a new connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("tls: {0}")]
-    Tls(String),
-}
+use super::tls;
+use crate::backend::Backend;
 
 /// Opens a new connection to `backend` (TCP, and TLS for https), bounded by
 /// `timeout` as a whole.
 pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Box<Conn>, ConnectError> {
-    match tokio::time::timeout(timeout, connect_inner(backend)).await {
-        Ok(r) => r,
-        Err(_) => Err(ConnectError::Timeout(timeout)),
-    }
-}
-
-async fn connect_inner(backend: &Backend) -> Result<Box<Conn>, ConnectError> {
     let target = &backend.target;
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    tcp.set_nodelay(true)?;
-    let io = match target.scheme {
-        Scheme::Http => Io::Plain(std::sync::Arc::new(tcp)),
-        Scheme::Https => Io::Tls(Box::new(tls::connect(&target.host, tcp).await?)),
+    let tls = match target.scheme {
+        Scheme::Http => None,
+        Scheme::Https => Some(tls::connector().map_err(ConnectError::Tls)?),
     };
-    Ok(Conn::new(io))
+    switchyard_http1::pool::connect(&target.host, target.port, tls, timeout).await
 }

@@ -5,13 +5,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-
-use super::pool::ConnectError;
 
 /// The client TLS settings in force, with the CA file they were built from.
 struct Current {
@@ -63,21 +59,15 @@ pub fn configure(ca_file: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn connect(host: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ConnectError> {
-    let connector = match CURRENT.load_full() {
-        Some(c) => c.connector.clone(),
-        None => {
-            configure(None).map_err(ConnectError::Tls)?;
-            match CURRENT.load_full() {
-                Some(c) => c.connector.clone(),
-                None => return Err(ConnectError::Tls("TLS not configured".into())),
-            }
-        }
-    };
-    let name =
-        ServerName::try_from(host.to_string()).map_err(|e| ConnectError::Tls(e.to_string()))?;
-    connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| ConnectError::Tls(e.to_string()))
+/// The connector for new upstream TLS connections (Mozilla's roots alone until a
+/// config says otherwise).
+pub fn connector() -> Result<TlsConnector, String> {
+    if let Some(c) = CURRENT.load_full() {
+        return Ok(c.connector.clone());
+    }
+    configure(None)?;
+    match CURRENT.load_full() {
+        Some(c) => Ok(c.connector.clone()),
+        None => Err("TLS not configured".into()),
+    }
 }

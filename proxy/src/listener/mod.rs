@@ -1,6 +1,6 @@
 //! The proxy listener: accepts client connections (HTTP/1.1 and h2c), enforces the
-//! connection-level limits (the HTTP/1.1 server and its refusals are in [`h1`]) and drains
-//! gracefully on shutdown.
+//! connection-level limits (the HTTP/1.1 server is the wire crate's; [`h1`] is what it
+//! calls) and drains gracefully on shutdown.
 
 pub mod h1;
 
@@ -22,12 +22,12 @@ use crate::forward;
 /// period (idle ones close at once, busy ones after their response).
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let config = app.config();
-    let limits = Arc::new(h1::Limits::from_config(&config.server));
+    let limits = Arc::new(h1::limits(&config.server));
     let max_conns = config.server.max_connections.as_u64();
     drop(config);
     let tracker = TaskTracker::new();
     // One worker: this turn's writes leave together (see `flush`).
-    crate::flush::start();
+    switchyard_http1::flush::start();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -48,13 +48,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
         }
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(app.clone());
-        let conn = h1::serve(
-            stream,
-            app.clone(),
-            forward::Peer::new(peer),
-            limits.clone(),
-            stop.clone(),
-        );
+        let handler = h1::Proxy::new(app.clone(), forward::Peer::new(peer), &limits);
+        let conn = switchyard_http1::server::serve(stream, handler, limits.clone(), stop.clone());
         tracker.spawn(async move {
             conn.await;
             drop(guard);

@@ -15,8 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
-use switchyard::demo::DemoServer;
 use switchyard::server::{self, Running};
+use switchyard_demo::DemoServer;
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -126,6 +126,58 @@ pub async fn post(url: &str, body: &str) -> Resp {
     send(&client(), Method::POST, url, Some(body))
         .await
         .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// The `demo-upstream` binary (package `switchyard-demo`). `CARGO_BIN_EXE_*` only
+/// names binaries of the package under test, so it is built here, once per test
+/// process, into this test's own target directory and profile (a no-op when it is
+/// up to date, as after `cargo test --workspace`), and found there.
+pub fn demo_upstream_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test runs as <target>/<profile>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("test executable");
+        let profile_dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("<target>/<profile>");
+        let target = profile_dir.parent().expect("<target>");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile name");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "switchyard-demo",
+                "--bin",
+                "demo-upstream",
+            ])
+            .arg("--target-dir")
+            .arg(target);
+        match profile {
+            "debug" => {}
+            "release" => {
+                cargo.arg("--release");
+            }
+            other => {
+                cargo.args(["--profile", other]);
+            }
+        }
+        let out = cargo.output().expect("run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p switchyard-demo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join("demo-upstream");
+        assert!(bin.exists(), "{} not built", bin.display());
+        bin.to_string_lossy().into_owned()
+    })
 }
 
 /// A demo upstream on a free loopback port.

@@ -6,7 +6,8 @@
 use std::future::{Future, poll_fn};
 use std::time::Duration;
 
-use http::Request;
+use http::header::HeaderName;
+use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -16,6 +17,47 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::body::{Step, chunk_step};
+use crate::codec::{
+    Chunk, MAX_HEADERS, content_length, expects_body, has_token, hop_by_hop, parse_response,
+    put_dec, put_hex,
+};
+
+/// A request body as the proxy hands one over: none, or a client's body streamed
+/// as it arrives (hyper's `Incoming` here).
+enum ReqBody {
+    Empty,
+    Incoming(Incoming),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Incoming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Incoming(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Bound on any single wait: a bug fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(10);
@@ -215,20 +257,20 @@ fn get(uri: &str) -> Parts {
     req(Method::GET, uri, &[("host", "client.example")])
 }
 
-fn start(conn: Box<Conn>, parts: &Parts, body: ReqBody) -> Exchange {
+fn start(conn: Box<Conn>, parts: &Parts, body: ReqBody) -> Exchange<ReqBody> {
     Exchange::start(conn, parts, None, &HeaderMap::new(), body, false).expect("start")
 }
 
-type Outcome = Result<Response<UpstreamBody>, SendError>;
+type Outcome = Result<Response<UpstreamBody<ReqBody>>, SendError<ReqBody>>;
 
-fn describe(e: &SendError) -> String {
+fn describe(e: &SendError<ReqBody>) -> String {
     match e {
         SendError::Stale(_) => "Stale".to_string(),
         SendError::Failed(e) => format!("Failed({e:?})"),
     }
 }
 
-fn ok(r: Outcome) -> Response<UpstreamBody> {
+fn ok(r: Outcome) -> Response<UpstreamBody<ReqBody>> {
     match r {
         Ok(resp) => resp,
         Err(e) => panic!("expected a response, got {}", describe(&e)),
@@ -289,7 +331,11 @@ async fn respond(raw: &[u8]) -> (Outcome, Server) {
 }
 
 /// Polls `ex` until `done` holds; the exchange must not end before that.
-async fn drive_until(ex: &mut Exchange, what: &str, done: impl Fn(&Exchange) -> bool) {
+async fn drive_until(
+    ex: &mut Exchange<ReqBody>,
+    what: &str,
+    done: impl Fn(&Exchange<ReqBody>) -> bool,
+) {
     within(poll_fn(|cx| match Pin::new(&mut *ex).poll(cx) {
         Poll::Ready(Ok(resp)) => panic!("exchange ended before {what}: {}", resp.status()),
         Poll::Ready(Err(e)) => panic!("exchange ended before {what}: {}", describe(&e)),
@@ -301,10 +347,10 @@ async fn drive_until(ex: &mut Exchange, what: &str, done: impl Fn(&Exchange) -> 
 
 /// Drives `ex` until `done` holds while the backend reads the request head; the head.
 async fn head_while(
-    ex: &mut Exchange,
+    ex: &mut Exchange<ReqBody>,
     srv: &mut Server,
     what: &str,
-    done: impl Fn(&Exchange) -> bool,
+    done: impl Fn(&Exchange<ReqBody>) -> bool,
 ) -> String {
     within(async { tokio::join!(drive_until(ex, what, done), srv.read_head()) })
         .await
@@ -319,7 +365,7 @@ struct Got {
     error: Option<UpstreamError>,
 }
 
-async fn read_body(body: &mut UpstreamBody) -> Got {
+async fn read_body(body: &mut UpstreamBody<ReqBody>) -> Got {
     let mut got = Got::default();
     while let Some(frame) = within(body.frame()).await {
         let frame = match frame {
@@ -343,7 +389,7 @@ async fn read_body(body: &mut UpstreamBody) -> Got {
 }
 
 /// The whole body; it must end cleanly and without trailers.
-async fn body_bytes(body: &mut UpstreamBody) -> Vec<u8> {
+async fn body_bytes(body: &mut UpstreamBody<ReqBody>) -> Vec<u8> {
     let got = read_body(body).await;
     if let Some(e) = got.error {
         panic!("body failed after {:?}: {e:?}", text(&got.data));
@@ -2145,6 +2191,14 @@ fn content_length_parsing_edge_cases() {
     assert_eq!(cl(&["42", ""]), Err(()));
 }
 
+/// `hop_by_hop` for a name as it may come on the wire (any case).
+fn hop(name: &str, upgrade: bool) -> bool {
+    hop_by_hop(
+        &HeaderName::from_bytes(name.as_bytes()).expect("name"),
+        upgrade,
+    )
+}
+
 #[test]
 fn hop_by_hop_names_and_connection_tokens() {
     for name in [
@@ -2157,13 +2211,13 @@ fn hop_by_hop_names_and_connection_tokens() {
         "Trailer",
         "transfer-encoding",
     ] {
-        assert!(hop_by_hop(name.as_bytes(), false), "{name}");
-        assert!(hop_by_hop(name.as_bytes(), true), "{name}");
+        assert!(hop(name, false), "{name}");
+        assert!(hop(name, true), "{name}");
     }
-    assert!(hop_by_hop(b"Upgrade", false));
-    assert!(!hop_by_hop(b"Upgrade", true));
+    assert!(hop("Upgrade", false));
+    assert!(!hop("Upgrade", true));
     for name in ["content-length", "x-te", "trailers", "connections", "host"] {
-        assert!(!hop_by_hop(name.as_bytes(), false), "{name}");
+        assert!(!hop(name, false), "{name}");
     }
     assert!(has_token(b"close", b"close"));
     assert!(has_token(b"keep-alive, Close", b"close"));
@@ -2190,7 +2244,7 @@ fn methods_that_expect_a_body() {
     }
 }
 
-fn writer(framing: Out, queue: SmallVec<[Bytes; 4]>) -> Writer {
+fn writer(framing: Out, queue: SmallVec<[Bytes; 4]>) -> Writer<ReqBody> {
     Writer {
         body: ReqBody::Empty,
         framing,
@@ -2203,7 +2257,7 @@ fn writer(framing: Out, queue: SmallVec<[Bytes; 4]>) -> Writer {
     }
 }
 
-fn queued(w: &Writer) -> Vec<String> {
+fn queued(w: &Writer<ReqBody>) -> Vec<String> {
     w.queue.iter().map(|b| text(b)).collect()
 }
 
@@ -2269,10 +2323,7 @@ fn writer_frames_request_data() {
 
 /// Runs `chunk_step` as `UpstreamBody` does, giving it `input` `step` bytes at a
 /// time whenever it asks for more.
-fn decode_chunked(
-    input: &[u8],
-    step: usize,
-) -> Result<(Vec<u8>, Option<HeaderMap>), UpstreamError> {
+fn decode_chunked(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
     let mut buf = BytesMut::new();
     let mut state = Chunk::Size;
     let mut data = Vec::new();
@@ -2344,51 +2395,54 @@ fn chunked_decoding_is_independent_of_how_input_is_split() {
 #[test]
 fn parse_head_consumes_informational_heads_and_waits_for_the_rest() {
     let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"[..]);
-    assert!(matches!(parse_head(&mut buf, false), Ok(None)));
+    assert!(matches!(parse_response(&mut buf, false), Ok(None)));
     assert_eq!(&buf[..], b"HTTP/1.1 200");
     buf.extend_from_slice(b" OK\r\ncontent-length: 3\r\n\r\nabc");
-    let head = parse_head(&mut buf, false)
+    let head = parse_response(&mut buf, false)
         .expect("parse")
         .expect("complete");
     assert_eq!(head.response.status(), StatusCode::OK);
-    assert_eq!(head.framing, In::Length(3));
+    assert_eq!(head.framing, Framing::Length(3));
     assert!(head.keep_alive);
     assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
 
     // Framing decisions.
-    let framing = |raw: &[u8], head_req: bool| -> (In, bool) {
+    let framing = |raw: &[u8], head_req: bool| -> (Framing, bool) {
         let mut buf = BytesMut::from(raw);
-        let h = parse_head(&mut buf, head_req)
+        let h = parse_response(&mut buf, head_req)
             .expect("parse")
             .expect("complete");
         (h.framing, h.keep_alive)
     };
-    assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", false), (In::Eof, false));
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
+        (Framing::Eof, false)
+    );
     assert_eq!(
         framing(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
-        (In::Empty, true)
+        (Framing::Empty, true)
     );
     assert_eq!(
         framing(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             false
         ),
-        (In::Chunked(Chunk::Size), true)
+        (Framing::Chunked(Chunk::Size), true)
     );
     assert_eq!(
         framing(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n",
             false
         ),
-        (In::Chunked(Chunk::Size), false)
+        (Framing::Chunked(Chunk::Size), false)
     );
     assert_eq!(
         framing(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
-        (In::Empty, true)
+        (Framing::Empty, true)
     );
     assert_eq!(
         framing(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
-        (In::Empty, false)
+        (Framing::Empty, false)
     );
 }
 
@@ -2426,7 +2480,7 @@ fn upstream_error_texts_and_kinds() {
     }
     assert!(!is_reset(&io::Error::from(io::ErrorKind::TimedOut)));
     assert!(matches!(
-        SendError::from(UpstreamError::Closed),
+        SendError::<ReqBody>::from(UpstreamError::Closed),
         SendError::Failed(UpstreamError::Closed)
     ));
 }

@@ -224,7 +224,7 @@ impl Slot {
         };
         let (any, error) = match crate::sockio::try_write_bufs(io, bufs) {
             Ok(n) => {
-                crate::forward::h1::consume(bufs, n);
+                crate::sockio::consume(bufs, n);
                 (n > 0, None)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, None),

@@ -1,15 +1,27 @@
 //! The server's head parser, response encoder and request body on real sockets.
-//! (Whole connections are covered black-box by `tests/h1_server.rs`.)
+//! (Whole connections are covered black-box by switchyard's `tests/h1_server.rs`.)
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{HeaderValue, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::codec::{Ambiguity, Chunk, choose_framing, parse_request};
+
+/// A response body made in a test (the proxy's own bodies are its business).
+type TestBody = Full<Bytes>;
+
+fn full(text: &'static str) -> TestBody {
+    Full::new(Bytes::from_static(text.as_bytes()))
+}
+
+fn empty() -> TestBody {
+    Full::new(Bytes::new())
+}
 
 fn limits() -> Limits {
     Limits {
@@ -20,12 +32,13 @@ fn limits() -> Limits {
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
+fn parse(bytes: &[u8]) -> Result<Option<RequestHead>, Refusal> {
     let mut buf = BytesMut::from(bytes);
-    parse_request(&mut buf, &limits())
+    let l = limits();
+    parse_request(&mut buf, l.max_head, l.max_headers)
 }
 
-fn head(bytes: &[u8]) -> Head {
+fn head(bytes: &[u8]) -> RequestHead {
     match parse(bytes) {
         Ok(Some(h)) => h,
         Ok(None) => panic!("incomplete: {:?}", String::from_utf8_lossy(bytes)),
@@ -44,7 +57,8 @@ fn refusal(bytes: &[u8]) -> Refusal {
 fn a_complete_head_is_consumed_and_what_follows_is_left() {
     let mut buf =
         BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-One: 1\r\n\r\nGET /next"[..]);
-    let h = parse_request(&mut buf, &limits())
+    let l = limits();
+    let h = parse_request(&mut buf, l.max_head, l.max_headers)
         .expect("parsed")
         .expect("complete");
     assert_eq!(&buf[..], b"GET /next");
@@ -53,7 +67,7 @@ fn a_complete_head_is_consumed_and_what_follows_is_left() {
     assert_eq!(h.parts.version, Version::HTTP_11);
     assert_eq!(h.parts.headers["host"], "x");
     assert_eq!(h.parts.headers["x-one"], "1");
-    assert_eq!(h.framing, ReqFraming::Length(0));
+    assert_eq!(h.framing, Framing::Length(0));
     assert!(h.keep_alive);
     assert!(!h.upgrade && !h.expect_continue && !h.trailers);
 }
@@ -77,16 +91,16 @@ fn keep_alive_follows_the_version_and_connection_tokens() {
 fn body_framing_is_read_from_the_head() {
     assert_eq!(
         head(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").framing,
-        ReqFraming::Length(12)
+        Framing::Length(12)
     );
     assert_eq!(
         head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").framing,
-        ReqFraming::Chunked(Chunk::Size)
+        Framing::Chunked(Chunk::Size)
     );
     assert_eq!(
         head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
             .framing,
-        ReqFraming::Chunked(Chunk::Size)
+        Framing::Chunked(Chunk::Size)
     );
 }
 
@@ -170,7 +184,7 @@ fn upgrade_continue_and_trailers_are_noticed() {
 }
 
 fn encode(
-    resp: Response<ProxyBody>,
+    resp: Response<TestBody>,
     head_request: bool,
     version: Version,
     keep: bool,
@@ -185,7 +199,7 @@ fn encode(
     )
 }
 
-fn response(status: u16, headers: &[(&str, &str)], body: ProxyBody) -> Response<ProxyBody> {
+fn response(status: u16, headers: &[(&str, &str)], body: TestBody) -> Response<TestBody> {
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(status).expect("status");
     for (n, v) in headers {
@@ -200,7 +214,7 @@ fn response(status: u16, headers: &[(&str, &str)], body: ProxyBody) -> Response<
 #[test]
 fn responses_are_framed_by_length_when_known() {
     let (text, framing, keep) = encode(
-        response(200, &[("x-a", "1")], ProxyBody::full("hello")),
+        response(200, &[("x-a", "1")], full("hello")),
         false,
         Version::HTTP_11,
         true,
@@ -214,11 +228,7 @@ fn responses_are_framed_by_length_when_known() {
     assert!(keep);
     // A declared length is used as it is, and a backend's date is kept.
     let (text, framing, _) = encode(
-        response(
-            200,
-            &[("content-length", "7"), ("date", "then")],
-            ProxyBody::empty(),
-        ),
+        response(200, &[("content-length", "7"), ("date", "then")], empty()),
         false,
         Version::HTTP_11,
         true,
@@ -232,7 +242,7 @@ fn responses_are_framed_by_length_when_known() {
 fn bodiless_responses_keep_or_drop_their_length_as_the_rfc_says() {
     // HEAD and 304 describe the body they would have had.
     let (text, framing, _) = encode(
-        response(200, &[("content-length", "42")], ProxyBody::empty()),
+        response(200, &[("content-length", "42")], empty()),
         true,
         Version::HTTP_11,
         true,
@@ -240,7 +250,7 @@ fn bodiless_responses_keep_or_drop_their_length_as_the_rfc_says() {
     assert_eq!(framing, OutFraming::None);
     assert!(text.contains("content-length: 42\r\n"), "{text}");
     let (text, framing, _) = encode(
-        response(304, &[("content-length", "42")], ProxyBody::empty()),
+        response(304, &[("content-length", "42")], empty()),
         false,
         Version::HTTP_11,
         true,
@@ -249,7 +259,7 @@ fn bodiless_responses_keep_or_drop_their_length_as_the_rfc_says() {
     assert!(text.contains("content-length: 42\r\n"), "{text}");
     // 204 has none at all.
     let (text, framing, _) = encode(
-        response(204, &[("content-length", "0")], ProxyBody::empty()),
+        response(204, &[("content-length", "0")], empty()),
         false,
         Version::HTTP_11,
         true,
@@ -287,7 +297,7 @@ fn unknown_lengths_are_chunked_for_http11_and_close_delimited_for_http10() {
 fn connection_headers_say_what_happens_next() {
     // Closing: said once, whoever decided it.
     let (text, _, keep) = encode(
-        response(400, &[("connection", "close")], ProxyBody::full("x")),
+        response(400, &[("connection", "close")], full("x")),
         false,
         Version::HTTP_11,
         true,
@@ -295,19 +305,14 @@ fn connection_headers_say_what_happens_next() {
     assert!(!keep);
     assert_eq!(text.matches("connection").count(), 1, "{text}");
     let (text, _, keep) = encode(
-        response(200, &[], ProxyBody::full("x")),
+        response(200, &[], full("x")),
         false,
         Version::HTTP_11,
         false,
     );
     assert!(!keep && text.contains("connection: close\r\n"), "{text}");
     // An HTTP/1.0 client that asked to keep the connection is told it is kept.
-    let (text, _, keep) = encode(
-        response(200, &[], ProxyBody::full("x")),
-        false,
-        Version::HTTP_10,
-        true,
-    );
+    let (text, _, keep) = encode(response(200, &[], full("x")), false, Version::HTTP_10, true);
     assert!(
         keep && text.contains("connection: keep-alive\r\n"),
         "{text}"
@@ -325,7 +330,7 @@ async fn pair() -> (TcpStream, TcpStream) {
 fn client_body(
     io: TcpStream,
     already: &[u8],
-    framing: ReqFraming,
+    framing: Framing,
 ) -> (ClientBody, Arc<Mutex<BodyState>>) {
     let state = Arc::new(Mutex::new(BodyState {
         buf: BytesMut::from(already),
@@ -344,7 +349,7 @@ fn client_body(
 #[tokio::test]
 async fn a_length_body_is_read_across_writes_and_the_next_request_is_left() {
     let (server, mut client) = pair().await;
-    let (body, state) = client_body(server, b"hel", ReqFraming::Length(11));
+    let (body, state) = client_body(server, b"hel", Framing::Length(11));
     let send = tokio::spawn(async move {
         client.write_all(b"lo w").await.expect("write");
         tokio::task::yield_now().await;
@@ -359,7 +364,7 @@ async fn a_length_body_is_read_across_writes_and_the_next_request_is_left() {
     assert_eq!(&got[..], b"hello world");
     let _client = send.await.expect("sender");
     let st = state.lock();
-    assert_eq!(st.framing, ReqFraming::Done);
+    assert_eq!(st.framing, Framing::Done);
     // What came after the body stays for the connection (maybe not all read yet).
     assert!(b"GET /next".starts_with(&st.buf[..]), "{:?}", st.buf);
 }
@@ -370,7 +375,7 @@ async fn a_chunked_body_with_trailers_is_decoded() {
     let (mut body, state) = client_body(
         server,
         b"4;ext=1\r\nwiki\r\n",
-        ReqFraming::Chunked(Chunk::Size),
+        Framing::Chunked(Chunk::Size),
     );
     client
         .write_all(b"5\r\npedia\r\n0\r\nx-sum: 9\r\n\r\nNEXT")
@@ -391,14 +396,14 @@ async fn a_chunked_body_with_trailers_is_decoded() {
     assert_eq!(data, b"wikipedia");
     assert_eq!(trailers.expect("trailers")["x-sum"], "9");
     let st = state.lock();
-    assert_eq!(st.framing, ReqFraming::Done);
+    assert_eq!(st.framing, Framing::Done);
     assert_eq!(&st.buf[..], b"NEXT");
 }
 
 #[tokio::test]
 async fn a_body_cut_short_by_the_client_is_an_error() {
     let (server, mut client) = pair().await;
-    let (body, _) = client_body(server, b"", ReqFraming::Length(10));
+    let (body, _) = client_body(server, b"", Framing::Length(10));
     client.write_all(b"abc").await.expect("write");
     drop(client);
     let r = tokio::time::timeout(Duration::from_secs(5), body.collect())
@@ -410,7 +415,7 @@ async fn a_body_cut_short_by_the_client_is_an_error() {
 #[tokio::test]
 async fn continue_is_sent_when_the_body_is_first_wanted_and_never_after_the_answer() {
     let (server, mut client) = pair().await;
-    let (mut body, state) = client_body(server, b"", ReqFraming::Length(2));
+    let (mut body, state) = client_body(server, b"", Framing::Length(2));
     state.lock().cont = Continue::Wanted(0);
     let reader = tokio::spawn(async move {
         let mut got = vec![0u8; CONTINUE.len()];
@@ -431,7 +436,7 @@ async fn continue_is_sent_when_the_body_is_first_wanted_and_never_after_the_answ
 
     // Once refused (the final answer began), polling the body sends nothing.
     let (server, mut client) = pair().await;
-    let (mut body, state) = client_body(server, b"", ReqFraming::Length(2));
+    let (mut body, state) = client_body(server, b"", Framing::Length(2));
     state.lock().cont = Continue::Refused;
     client.write_all(b"ok").await.expect("write");
     let _ = body.frame().await;
@@ -448,20 +453,34 @@ async fn continue_is_sent_when_the_body_is_first_wanted_and_never_after_the_answ
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
 
-/// An idle connection costs its task's size; keep it small (hyper's HTTP/2 state
-/// and the per-request future are boxed, not inline).
+/// A handler that answers everything with a short text.
+struct Fixed;
+
+impl Handler for Fixed {
+    type Body = TestBody;
+
+    async fn call(
+        &self,
+        _req: Request<Option<ClientBody>>,
+        _upgrade: Option<ClientUpgrade>,
+    ) -> Response<TestBody> {
+        Response::new(full("ok"))
+    }
+
+    fn refuse(&self, _refusal: Refusal) -> Response<TestBody> {
+        Response::new(full("no"))
+    }
+
+    async fn serve_h2(&self, _io: Rewind, _stop: watch::Receiver<bool>) {}
+}
+
+/// An idle connection costs its task's size; keep it small (the HTTP/2 handler's
+/// state and the per-request future are boxed, not inline).
 #[tokio::test]
 async fn a_connection_task_stays_small() {
-    let app = crate::app::App::new(
-        crate::config::Config::default(),
-        Arc::new(crate::state::MemoryStore::default()),
-        "x".into(),
-        crate::server::file_source("x"),
-    );
     let (server, _client) = pair().await;
-    let peer = Peer::new("127.0.0.1:1".parse().expect("addr"));
     let (_tx, rx) = watch::channel(false);
-    let conn = serve(server, app, peer, Arc::new(limits()), rx);
+    let conn = serve(server, Fixed, Arc::new(limits()), rx);
     let size = std::mem::size_of_val(&conn);
     assert!(size <= 1024, "connection future is {size} bytes");
 }

@@ -1,11 +1,11 @@
-//! `demo-upstream`: a backend for demos and tests (see `switchyard::demo`).
+//! `demo-upstream`: a backend for demos and tests (see the library, `switchyard_demo`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::config::types::parse_duration;
-use switchyard::demo::{Behaviour, Control, DemoServer};
+use switchyard_demo::{Behaviour, Control, DemoServer};
+use switchyard_shared::validate::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(

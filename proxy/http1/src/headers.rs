@@ -1,23 +1,13 @@
-//! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1)
-//! and `X-Forwarded-For`/`-Proto`/`-Host`.
+//! Header rewriting between client and backend on header maps: hop-by-hop removal
+//! (RFC 9110 §7.6.1, the list in [`crate::codec::HOP_BY_HOP`]) and
+//! `X-Forwarded-For`/`-Proto`/`-Host`.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-/// Headers that describe one connection, never forwarded (plus any the
-/// `Connection` header names).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+use crate::codec::{Extra, has_token, hop_by_hop};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -37,8 +27,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             // Several Connection lines are rare; the first one names the extra headers.
             connection.get_or_insert_with(|| value.clone());
         }
-        let hop = HOP_BY_HOP.contains(name) || (name == header::UPGRADE && !upgrade);
-        if hop && !present.contains(name) {
+        if hop_by_hop(name, upgrade) && !present.contains(name) {
             present.push(name.clone());
         }
     }
@@ -70,12 +59,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Whether a request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"upgrade"))
 }
 
 /// The `X-Forwarded-*` lines a request gets on its way to a backend. From a trusted
@@ -83,9 +70,10 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// all three are replaced, so a client cannot forge its address to a backend or to
 /// our rate limiter.
 ///
-/// Applied while the request head is encoded (`h1::encode_head`): the client's
-/// lines that are replaced are skipped ([`Forwarded::replaces`]) and ours are
-/// written after the others ([`Forwarded::write`]). That costs no hashed insert
+/// Applied while the request head is encoded (an [`Extra`] for
+/// `Exchange::start_forwarded`): the client's lines that are replaced are skipped
+/// ([`Forwarded::replaces`]) and ours are written after the others
+/// ([`Forwarded::write`]). That costs no hashed insert
 /// into the header map, and for an untrusted peer (the usual case) no lookup
 /// at all.
 #[derive(Debug)]
@@ -98,15 +86,15 @@ pub struct Forwarded<'a> {
     pub host: Option<HeaderValue>,
 }
 
-impl Forwarded<'_> {
+impl Extra for Forwarded<'_> {
     /// Whether the client's `name` line is left out (ours takes its place).
-    pub fn replaces(&self, name: &HeaderName) -> bool {
+    fn replaces(&self, name: &HeaderName) -> bool {
         *name == X_FORWARDED_FOR
             || (!self.trusted && (*name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST))
     }
 
     /// Writes our lines, given the client's `headers`: `put(name, value parts)`.
-    pub fn write(&self, headers: &HeaderMap, mut put: impl FnMut(&[u8], &[&[u8]])) {
+    fn write(&self, headers: &HeaderMap, mut put: impl FnMut(&[u8], &[&[u8]])) {
         let name = X_FORWARDED_FOR.as_str().as_bytes();
         match self
             .trusted
@@ -251,7 +239,7 @@ mod tests {
     }
 
     /// The lines a request's head gets: what the client sent, minus what is
-    /// replaced, then ours (as `h1::encode_head` writes them).
+    /// replaced, then ours (as `codec::encode_request` writes them).
     fn encoded(h: &HeaderMap, f: &Forwarded<'_>) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = h
             .iter()

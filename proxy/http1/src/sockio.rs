@@ -1,4 +1,4 @@
-//! Socket reads that do not end in a wasted `EAGAIN`.
+//! Socket reads that do not end in a wasted `EAGAIN`, and buffer-list writes.
 //!
 //! tokio marks a socket readable when epoll says so and only forgets it when a
 //! read fails with `WouldBlock`, so every wait for the next message costs one read
@@ -62,6 +62,25 @@ pub fn try_write_bufs(io: &TcpStream, bufs: &[bytes::Bytes]) -> io::Result<usize
     let slices: smallvec::SmallVec<[io::IoSlice<'_>; 6]> =
         bufs.iter().map(|b| io::IoSlice::new(b)).collect();
     io.try_write_vectored(&slices)
+}
+
+/// Drops the first `n` bytes of a write queue (what the socket accepted).
+pub fn consume<A: smallvec::Array<Item = bytes::Bytes>>(
+    queue: &mut smallvec::SmallVec<A>,
+    mut n: usize,
+) {
+    while n > 0 {
+        let Some(first) = queue.first_mut() else {
+            return;
+        };
+        if n >= first.len() {
+            n -= first.len();
+            queue.remove(0);
+        } else {
+            let _ = first.split_to(n);
+            n = 0;
+        }
+    }
 }
 
 #[cfg(test)]

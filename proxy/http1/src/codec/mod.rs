@@ -1,0 +1,344 @@
+//! The HTTP/1.1 wire rules, written once for both directions (the model is
+//! pingora's `protocols/http/v1/common.rs`): one scan of a head's header lines for
+//! what framing and connection handling need, one `Transfer-Encoding` rule, one
+//! `Content-Length` parser, one list of hop-by-hop headers, and the chunk framing.
+//!
+//! - [`request`]: request heads, read by the server and written by the client;
+//! - [`response`]: response heads, read by the client and written by the server.
+//!
+//! Heads are read zero-copy: httparse finds the lines, the head is split off the
+//! read buffer once, and every header value is a slice of it.
+
+mod request;
+mod response;
+
+pub(crate) use request::encode_request;
+pub use request::{Ambiguity, Extra, Out, Refusal, RequestHead, expects_body, parse_request};
+pub use response::{
+    COPY_MAX, Encoded, MAX_HEAD, MAX_HEADERS, OutFraming, ResponseHead, choose_framing,
+    encode_response, parse_response,
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::SizeHint;
+use smallvec::SmallVec;
+
+/// How a message body is framed on the wire, and how much of it is left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all (a response to HEAD; 1xx, 204, 304; `content-length: 0`).
+    Empty,
+    /// This many bytes left (`Content-Length`).
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the sender closes the connection (a response with neither).
+    Eof,
+    /// Read to its end.
+    Done,
+}
+
+impl Framing {
+    /// Whether nothing more of the body is to come.
+    pub fn is_end(self) -> bool {
+        matches!(self, Framing::Empty | Framing::Done | Framing::Length(0))
+    }
+
+    pub fn size_hint(self) -> SizeHint {
+        match self {
+            Framing::Empty | Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Chunked(_) | Framing::Eof => SizeHint::default(),
+        }
+    }
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl Chunk {
+    /// How much to read next in this state, at most `max`: the rest of a chunk's
+    /// data, or a little for a size line or trailers.
+    pub fn read_hint(self, max: usize) -> usize {
+        match self {
+            Chunk::Data(rest) => usize::try_from(rest).unwrap_or(max).clamp(64, max),
+            _ => 1024,
+        }
+    }
+}
+
+// === the rules ===
+
+/// Headers that describe one connection and are never passed on (RFC 9110
+/// §7.6.1), besides those a `Connection` header names.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Whether `name` is hop-by-hop; `Upgrade` is too, unless the message switches
+/// protocols (`upgrade`).
+pub fn hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
+    HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE)
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitively).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The `Transfer-Encoding` rule: several lines form one list (RFC 9110 §5.3), and
+/// what counts is whether the last coding of the last line is `chunked`. Call it
+/// for each line in order; the last call's answer stands.
+pub fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"chunked")
+}
+
+/// One `Content-Length` value: digits only (no sign, no list), at most 19 of them
+/// (so it cannot overflow), surrounding whitespace allowed.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Every `Content-Length` in `values`, where each may be a list (`42, 42`): all
+/// must parse and agree (RFC 9110 §8.6). `Ok(None)` when there is none.
+pub(crate) fn content_length<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<u64>, ()> {
+    let mut found: Option<u64> = None;
+    for v in values {
+        for part in v.split(|&b| b == b',') {
+            let n = parse_length(part).ok_or(())?;
+            match found {
+                Some(prev) if prev != n => return Err(()),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+// === reading header lines ===
+
+/// Where one header line's name and value lie in its head: (name offset, name
+/// length, value offset, value length).
+pub(crate) type Span = (u32, u32, u32, u32);
+pub(crate) type Spans = SmallVec<[Span; 24]>;
+
+/// The spans of httparse's header lines, relative to `base` (the head's start).
+pub(crate) fn spans(headers: &[httparse::Header<'_>], base: usize) -> Spans {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            )
+        })
+        .collect()
+}
+
+/// Why header lines could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LineError {
+    Name,
+    Value,
+}
+
+/// A head's header lines, scanned once: their names, and what the framing and
+/// connection rules need from them.
+pub(crate) struct Lines {
+    head: Bytes,
+    spans: Spans,
+    names: SmallVec<[HeaderName; 24]>,
+    /// Indexes of the `Content-Length` lines.
+    pub lengths: SmallVec<[usize; 2]>,
+    /// `Transfer-Encoding` present: whether it ends in chunked.
+    pub chunked: Option<bool>,
+    /// `Connection` tokens.
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade_token: bool,
+    /// Indexes of the `Connection` lines (the headers they name are hop-by-hop).
+    pub connection: SmallVec<[usize; 2]>,
+    /// An `Upgrade` line.
+    pub upgrade: bool,
+    pub expect_continue: bool,
+    /// `TE: trailers`.
+    pub te_trailers: bool,
+}
+
+impl Lines {
+    pub(crate) fn scan(head: Bytes, spans: Spans) -> Result<Lines, LineError> {
+        let mut l = Lines {
+            names: SmallVec::with_capacity(spans.len()),
+            head,
+            spans,
+            lengths: SmallVec::new(),
+            chunked: None,
+            close: false,
+            keep_alive: false,
+            upgrade_token: false,
+            connection: SmallVec::new(),
+            upgrade: false,
+            expect_continue: false,
+            te_trailers: false,
+        };
+        for i in 0..l.spans.len() {
+            let s = l.spans[i];
+            let name = HeaderName::from_bytes(&l.head[s.0 as usize..(s.0 + s.1) as usize])
+                .map_err(|_| LineError::Name)?;
+            if name == header::CONTENT_LENGTH {
+                l.lengths.push(i);
+            } else if name == header::TRANSFER_ENCODING {
+                l.chunked = Some(last_coding_is_chunked(l.value(i)));
+            } else if name == header::CONNECTION {
+                let v = l.value(i);
+                let (close, keep_alive, upgrade) = (
+                    has_token(v, b"close"),
+                    has_token(v, b"keep-alive"),
+                    has_token(v, b"upgrade"),
+                );
+                l.close |= close;
+                l.keep_alive |= keep_alive;
+                l.upgrade_token |= upgrade;
+                l.connection.push(i);
+            } else if name == header::UPGRADE {
+                l.upgrade = true;
+            } else if name == header::EXPECT {
+                let expect = l
+                    .value(i)
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
+                l.expect_continue |= expect;
+            } else if name == header::TE {
+                let trailers = has_token(l.value(i), b"trailers");
+                l.te_trailers |= trailers;
+            }
+            l.names.push(name);
+        }
+        Ok(l)
+    }
+
+    pub(crate) fn value(&self, i: usize) -> &[u8] {
+        let s = self.spans[i];
+        &self.head[s.2 as usize..(s.2 + s.3) as usize]
+    }
+
+    /// The `Content-Length` values, in order.
+    pub(crate) fn length_values(&self) -> impl Iterator<Item = &[u8]> {
+        self.lengths.iter().map(|&i| self.value(i))
+    }
+
+    /// Whether a `Connection` line names `name`.
+    pub(crate) fn listed(&self, name: &HeaderName) -> bool {
+        self.connection
+            .iter()
+            .any(|&i| has_token(self.value(i), name.as_str().as_bytes()))
+    }
+
+    /// The header map of the lines `keep` accepts (values are slices of the head),
+    /// with room for `extra` more.
+    pub(crate) fn into_map(
+        mut self,
+        extra: usize,
+        keep: impl Fn(&Lines, &HeaderName) -> bool,
+    ) -> Result<HeaderMap, LineError> {
+        let mut map = HeaderMap::with_capacity(self.spans.len() + extra);
+        let names = std::mem::take(&mut self.names);
+        for (name, s) in names.into_iter().zip(&self.spans) {
+            if !keep(&self, &name) {
+                continue;
+            }
+            let value =
+                HeaderValue::from_maybe_shared(self.head.slice(s.2 as usize..(s.2 + s.3) as usize))
+                    .map_err(|_| LineError::Value)?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+// === writing ===
+
+pub(crate) const CRLF: Bytes = Bytes::from_static(b"\r\n");
+pub(crate) const LAST_CHUNK: Bytes = Bytes::from_static(b"0\r\n\r\n");
+
+pub fn put_hex(dst: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[i..]);
+}
+
+pub fn put_dec(dst: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[i..]);
+}
+
+pub fn put_header(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
+}
+
+/// A chunk-size line for `n` bytes of data.
+pub fn put_chunk_line(dst: &mut BytesMut, n: usize) {
+    put_hex(dst, n as u64);
+    dst.put_slice(b"\r\n");
+}
+
+/// The last chunk carrying `trailers`, and the end of the body.
+pub fn trailers_chunk(trailers: &HeaderMap) -> Bytes {
+    let mut t = BytesMut::with_capacity(64);
+    t.put_slice(b"0\r\n");
+    for (name, value) in trailers {
+        put_header(&mut t, name.as_str().as_bytes(), value.as_bytes());
+    }
+    t.put_slice(b"\r\n");
+    t.freeze()
+}
