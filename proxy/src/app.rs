@@ -21,7 +21,7 @@ use crate::ratelimit::RateLimiter;
 use crate::resilience::Transition;
 use crate::snapshot::{self, Diff, Snapshot};
 use crate::state::{Overlay, OverlayOp, StateStore};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{BackendReading, Metrics, Reading, Source};
 
 /// Who this replica is.
 #[derive(Clone, Debug)]
@@ -124,7 +124,9 @@ impl App {
 
     /// Attaches OpenTelemetry export (once) and registers its metric instruments.
     pub fn set_telemetry(self: &Arc<Self>, t: Arc<crate::telemetry::otel::Telemetry>) {
-        if let Some(h) = t.register_metrics(self) {
+        let weak = Arc::downgrade(self);
+        let source: std::sync::Weak<dyn Source> = weak;
+        if let Some(h) = t.register_metrics(source) {
             let _ = self.metrics.otel.set(h);
         }
         let _ = self.telemetry.set(t);
@@ -317,18 +319,23 @@ impl App {
         out
     }
 
-    /// The seed's `/metrics` array.
+    /// The seed's `/metrics` array, from the same reading as the metric families.
     pub fn metrics_entries(&self) -> Vec<MetricsEntry> {
-        self.backend_views()
-            .into_iter()
-            .map(|v| MetricsEntry {
-                alive: v.available,
-                active_conns: v.active_conns,
-                latency: v.latency_ns,
-                fails: v.errors,
-                url: v.url,
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.read(&mut |r| {
+            out = r
+                .backends
+                .iter()
+                .map(|b| MetricsEntry {
+                    alive: b.up,
+                    active_conns: b.active,
+                    latency: b.latency_ewma_ns,
+                    fails: b.errors,
+                    url: b.url.to_string(),
+                })
+                .collect();
+        });
+        out
     }
 
     pub fn config_status(&self) -> ConfigStatus {
@@ -435,6 +442,56 @@ impl App {
                 self.note(&m.backend, t);
             }
         }
+    }
+}
+
+impl Source for App {
+    /// Reads every figure the metric families show, the running set's backends
+    /// first, then the draining ones.
+    fn read(&self, f: &mut dyn FnMut(&Reading<'_>)) {
+        let snap = self.snapshot();
+        let draining = self.draining();
+        let now = Instant::now();
+        let cfg = &snap.config;
+        let backends = snap
+            .members
+            .iter()
+            .map(|m| &m.backend)
+            .chain(&draining)
+            .map(|b| {
+                let ns = b.nanos(now);
+                BackendReading {
+                    key: b.key.clone(),
+                    url: b.url.clone(),
+                    status: b.stats.status_classes(),
+                    errors: b.stats.errors.load(Relaxed),
+                    active: b.active(),
+                    up: b.available(now, cfg),
+                    healthy: b.health.is_healthy(),
+                    ejected: b.outlier.is_ejected(ns),
+                    circuit: if cfg.circuit_breaker.is_some() {
+                        b.circuit.state(ns)
+                    } else {
+                        CircuitState::Closed
+                    },
+                    latency: &b.stats.latency,
+                    latency_ewma_ns: b.latency.raw_ns(),
+                }
+            })
+            .collect();
+        let (generation, refused) = {
+            let inner = self.inner.lock();
+            (inner.status.generation, inner.status.last_error.is_some())
+        };
+        f(&Reading {
+            proxy: &self.metrics,
+            spans_lost: self.telemetry().map_or(0, |t| t.spans_lost()),
+            config_generation: generation,
+            config_refused: refused,
+            store: self.store.status(),
+            replicas: self.cluster.link.live() as u64,
+            backends,
+        });
     }
 }
 

@@ -381,6 +381,96 @@ async fn spans_and_metrics_arrive_over_http_protobuf() {
     traces_and_metrics_arrive("http/protobuf").await;
 }
 
+/// Every family on `/metrics` reaches the OTLP receiver under the same name
+/// (counters without `_total`, which a Prometheus exporter puts back) and with
+/// the same value type: a counter as a monotonic sum, a gauge as a gauge, a
+/// histogram as a histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metrics_family_reaches_otlp_with_the_same_name_and_type() {
+    let sink = Sink::default();
+    let addr = http_receiver(sink.clone()).await;
+    let good = demo("good").await;
+    let yaml = format!("{}{}", server_yaml(), backends_yaml(&[(&good, 1)]));
+    let p = exporting(
+        &yaml,
+        &format!("http://{addr}"),
+        "http/protobuf",
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    // Answers (request and backend histograms) over a new connection (connect).
+    for _ in 0..3 {
+        assert_eq!(get(&url(p.proxy, "/")).await.status, StatusCode::OK);
+    }
+    // The families `/metrics` shows samples of, with their types.
+    let text = prometheus_text(p.admin).await;
+    let mut families: std::collections::BTreeMap<String, String> = Default::default();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            let sampled = text.lines().any(|l| {
+                !l.starts_with('#')
+                    && l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+            });
+            if sampled {
+                families.insert(name.to_string(), kind.to_string());
+            }
+        }
+    }
+    assert!(families.len() >= 29, "{families:#?}");
+    // The families the first OTLP exporter left out (all must be there now).
+    for name in [
+        "switchyard_admin_errors_total",
+        "switchyard_backend_ejected",
+        "switchyard_cluster_replicas",
+        "switchyard_config_generation",
+        "switchyard_config_last_reload_failed",
+        "switchyard_requests_refused_framing_total",
+        "switchyard_requests_refused_malformed_total",
+    ] {
+        assert!(families.contains_key(name), "{name} not on /metrics");
+    }
+    let otlp_name = |name: &str, kind: &str| match kind {
+        "counter" => name.strip_suffix("_total").unwrap_or(name).to_string(),
+        _ => name.to_string(),
+    };
+    let problems = |metrics: &[Metric]| -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, kind) in &families {
+            let want = otlp_name(name, kind);
+            let Some(m) = metrics.iter().rev().find(|m| m.name == want) else {
+                out.push(format!("{name} ({kind}): no OTLP metric `{want}`"));
+                continue;
+            };
+            let same = match (kind.as_str(), &m.data) {
+                ("counter", Some(metric::Data::Sum(s))) => s.is_monotonic,
+                ("gauge", Some(metric::Data::Gauge(_))) => true,
+                ("histogram", Some(metric::Data::Histogram(_))) => true,
+                _ => false,
+            };
+            if !same {
+                out.push(format!("{name} ({kind}): OTLP `{want}` is {:?}", m.data));
+            }
+        }
+        out
+    };
+    // Exports come every 300 ms; give a loaded machine plenty of time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = problems(&sink.0.lock().metrics);
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "families on /metrics not exported over OTLP as they are:\n  {}",
+            missing.join("\n  ")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(p);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsampled_requests_make_no_spans_and_pass_traceparent_through() {
     let good = demo("good").await;

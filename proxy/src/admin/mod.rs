@@ -120,17 +120,22 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    use crate::telemetry::metrics::Source;
     use crate::telemetry::prometheus::{Format, render};
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     match Format::negotiate(accept) {
         Format::Json => Json(s.app.metrics_entries()).into_response(),
-        format => (
-            [(axum::http::header::CONTENT_TYPE, format.content_type())],
-            render(&s.app, format),
-        )
-            .into_response(),
+        format => {
+            let mut text = String::new();
+            s.app.read(&mut |r| text = render(r, format));
+            (
+                [(axum::http::header::CONTENT_TYPE, format.content_type())],
+                text,
+            )
+                .into_response()
+        }
     }
 }
 

@@ -1,15 +1,23 @@
-//! Proxy-wide counters and the metric names.
+//! The metric families, in one table ([`TABLE`]: name, kind, unit, help, labels
+//! and how each is read), and the proxy-wide counters the request path updates.
 //!
-//! Names are constants here and nowhere else. Hot-path figures are relaxed atomics
-//! (per backend in [`crate::backend::Stats`], proxy-wide in [`Metrics`]); the
-//! Prometheus rendering and the OTLP export both read these same cells, so there is
-//! one set of instruments with two outputs.
+//! Every exporter walks the table: `/metrics` in the Prometheus and OpenMetrics
+//! text formats ([`super::prometheus`]) and the OTLP instruments
+//! ([`super::otel`]), so a family cannot reach one and miss the other. Values are
+//! read from a [`Reading`]: the relaxed atomics of [`Metrics`] (proxy-wide) and of
+//! each backend's stats, plus the state the replica reports about itself, taken
+//! whenever an exporter asks (a scrape, an OTLP export). The seed's JSON array on
+//! `/metrics` is read from the same [`BackendReading`]s.
+//!
+//! Names are the Prometheus ones (a counter's ends in `_total`); over OTLP a
+//! counter is named without `_total`, which a Prometheus exporter puts back.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::StatusCode;
-use switchyard_shared::LATENCY_BUCKETS_S;
+use switchyard_shared::{CircuitState, LATENCY_BUCKETS_S, StoreView};
 
 // === names ===
 
@@ -43,8 +51,431 @@ pub const SPANS_DROPPED_TOTAL: &str = "switchyard_telemetry_spans_dropped_total"
 pub const REFUSED_FRAMING_TOTAL: &str = "switchyard_requests_refused_framing_total";
 pub const REFUSED_MALFORMED_TOTAL: &str = "switchyard_requests_refused_malformed_total";
 
+// === the table ===
+
+/// What a family's values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (a Prometheus counter, an OTLP monotonic sum).
+    Counter,
+    /// A value now.
+    Gauge,
+    /// A latency histogram over [`LATENCY_BUCKETS_S`].
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family.
+#[derive(Debug)]
+pub struct Def {
+    /// The Prometheus name (a counter's ends in `_total`).
+    pub name: &'static str,
+    pub kind: Kind,
+    /// UCUM unit for OTLP: `s`, or an annotation in braces for a count (which a
+    /// Prometheus exporter leaves out of the name).
+    pub unit: &'static str,
+    pub help: &'static str,
+    /// Label names, in the order samples carry them.
+    pub labels: &'static [&'static str],
+    /// How to read it: its samples in a reading.
+    pub read: fn(&Reading<'_>, &mut Vec<Sample>),
+}
+
+impl Def {
+    /// The name over OTLP: a counter's without `_total`.
+    pub fn otlp_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Counter => self.name.strip_suffix("_total").unwrap_or(self.name),
+            _ => self.name,
+        }
+    }
+}
+
+/// One sample of a family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Values of the family's labels, in its order.
+    pub labels: Vec<String>,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(u64),
+    /// Per-bucket (not cumulative) counts and the sum in seconds.
+    Histogram {
+        counts: Vec<u64>,
+        sum: f64,
+    },
+}
+
+/// Status classes, as the `code_class` label shows them.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn int(out: &mut Vec<Sample>, labels: Vec<String>, v: u64) {
+    out.push(Sample {
+        labels,
+        value: Value::Int(v),
+    });
+}
+
+fn by_class(out: &mut Vec<Sample>, prefix: &[String], classes: [u64; 5]) {
+    for (class, v) in CLASSES.iter().zip(classes) {
+        let mut labels = prefix.to_vec();
+        labels.push((*class).to_string());
+        int(out, labels, v);
+    }
+}
+
+fn hist(out: &mut Vec<Sample>, labels: Vec<String>, h: &Histogram) {
+    out.push(Sample {
+        labels,
+        value: Value::Histogram {
+            counts: h.counts(),
+            sum: h.sum_seconds(),
+        },
+    });
+}
+
+/// A proxy-wide counter read from [`Metrics`].
+macro_rules! proxy_counter {
+    ($name:expr, $unit:expr, $help:expr, $field:ident) => {
+        Def {
+            name: $name,
+            kind: Kind::Counter,
+            unit: $unit,
+            help: $help,
+            labels: &[],
+            read: |r, out| int(out, Vec::new(), r.proxy.$field.load(Relaxed)),
+        }
+    };
+}
+
+/// A per-backend family.
+macro_rules! per_backend {
+    ($name:expr, $kind:expr, $unit:expr, $help:expr, |$b:ident| $value:expr) => {
+        Def {
+            name: $name,
+            kind: $kind,
+            unit: $unit,
+            help: $help,
+            labels: &["backend"],
+            read: |r, out| {
+                for $b in &r.backends {
+                    int(out, vec![$b.key.to_string()], $value);
+                }
+            },
+        }
+    };
+}
+
+/// Every metric family, in the order `/metrics` lists them.
+pub static TABLE: &[Def] = &[
+    Def {
+        name: REQUESTS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{request}",
+        help: "Client requests answered, by status class.",
+        labels: &["code_class"],
+        read: |r, out| by_class(out, &[], r.proxy.status_classes()),
+    },
+    Def {
+        name: REQUEST_DURATION,
+        kind: Kind::Histogram,
+        unit: "s",
+        help: "Client-visible request duration in seconds.",
+        labels: &[],
+        read: |r, out| hist(out, Vec::new(), &r.proxy.duration),
+    },
+    Def {
+        name: REQUESTS_IN_FLIGHT,
+        kind: Kind::Gauge,
+        unit: "{request}",
+        help: "Requests being served.",
+        labels: &[],
+        read: |r, out| int(out, Vec::new(), r.proxy.in_flight.load(Relaxed)),
+    },
+    Def {
+        name: UPSTREAM_CONNECT,
+        kind: Kind::Histogram,
+        unit: "s",
+        help: "Time to open a new upstream connection, seconds.",
+        labels: &[],
+        read: |r, out| hist(out, Vec::new(), &r.proxy.connect),
+    },
+    proxy_counter!(
+        RETRIES_TOTAL,
+        "{attempt}",
+        "Attempts retried on another backend.",
+        retries
+    ),
+    proxy_counter!(
+        RATE_LIMITED_TOTAL,
+        "{request}",
+        "Requests refused with 429.",
+        rate_limited
+    ),
+    proxy_counter!(
+        CONNECTIONS_REJECTED_TOTAL,
+        "{connection}",
+        "Client connections refused over max_connections.",
+        connections_rejected
+    ),
+    proxy_counter!(
+        ADMIN_ERRORS_TOTAL,
+        "{request}",
+        "Admin requests refused as invalid.",
+        admin_errors
+    ),
+    proxy_counter!(
+        HEALTH_TRANSITIONS_TOTAL,
+        "{transition}",
+        "Active health verdict changes.",
+        health_transitions
+    ),
+    proxy_counter!(
+        EJECTIONS_TOTAL,
+        "{ejection}",
+        "Passive-health ejections.",
+        ejections
+    ),
+    proxy_counter!(
+        REFUSED_FRAMING_TOTAL,
+        "{request}",
+        "Requests refused with 400 for ambiguous framing (Content-Length with Transfer-Encoding, repeated Content-Length).",
+        refused_framing
+    ),
+    proxy_counter!(
+        REFUSED_MALFORMED_TOTAL,
+        "{request}",
+        "Request heads refused before forwarding: malformed (400), too large (431) or not received within header_read_timeout (408).",
+        refused_malformed
+    ),
+    Def {
+        name: SPANS_DROPPED_TOTAL,
+        kind: Kind::Counter,
+        unit: "{span}",
+        help: "Spans dropped: export queue full or export failed.",
+        labels: &[],
+        read: |r, out| int(out, Vec::new(), r.spans_lost),
+    },
+    Def {
+        name: CONNECTIONS_ACTIVE,
+        kind: Kind::Gauge,
+        unit: "{connection}",
+        help: "Open client connections.",
+        labels: &[],
+        read: |r, out| int(out, Vec::new(), r.proxy.connections_active.load(Relaxed)),
+    },
+    Def {
+        name: CIRCUIT_TRANSITIONS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{transition}",
+        help: "Circuit-breaker transitions, by new state.",
+        labels: &["to"],
+        read: |r, out| {
+            let m = r.proxy;
+            for (to, v) in [
+                ("open", &m.circuits_opened),
+                ("half-open", &m.circuits_half_opened),
+                ("closed", &m.circuits_closed),
+            ] {
+                int(out, vec![to.to_string()], v.load(Relaxed));
+            }
+        },
+    },
+    Def {
+        name: CONFIG_RELOADS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{reload}",
+        help: "Config reloads, by result.",
+        labels: &["result"],
+        read: |r, out| {
+            let m = r.proxy;
+            int(out, vec!["applied".into()], m.config_reloads.load(Relaxed));
+            int(out, vec!["refused".into()], m.config_failures.load(Relaxed));
+        },
+    },
+    Def {
+        name: CONFIG_GENERATION,
+        kind: Kind::Gauge,
+        unit: "{generation}",
+        help: "Configs applied since start (1 = the first).",
+        labels: &[],
+        read: |r, out| int(out, Vec::new(), r.config_generation),
+    },
+    Def {
+        name: CONFIG_ERROR,
+        kind: Kind::Gauge,
+        unit: "{state}",
+        help: "1 while the newest revision of the config source is refused.",
+        labels: &[],
+        read: |r, out| int(out, Vec::new(), u64::from(r.config_refused)),
+    },
+    Def {
+        name: STORE_ERRORS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{command}",
+        help: "State-store commands that failed.",
+        labels: &["store"],
+        read: |r, out| int(out, vec![r.store.kind.clone()], r.store.errors),
+    },
+    Def {
+        name: STORE_CONNECTED,
+        kind: Kind::Gauge,
+        unit: "{state}",
+        help: "1 while the state store is reachable.",
+        labels: &["store"],
+        read: |r, out| {
+            int(
+                out,
+                vec![r.store.kind.clone()],
+                u64::from(r.store.connected),
+            )
+        },
+    },
+    Def {
+        name: REPLICAS,
+        kind: Kind::Gauge,
+        unit: "{replica}",
+        help: "Live replicas this replica knows of.",
+        labels: &[],
+        read: |r, out| int(out, Vec::new(), r.replicas),
+    },
+    Def {
+        name: BACKEND_REQUESTS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{response}",
+        help: "Backend responses, by status class.",
+        labels: &["backend", "code_class"],
+        read: |r, out| {
+            for b in &r.backends {
+                by_class(out, &[b.key.to_string()], b.status);
+            }
+        },
+    },
+    per_backend!(
+        BACKEND_ERRORS_TOTAL,
+        Kind::Counter,
+        "{attempt}",
+        "Failed attempts (connect error, timeout, lost connection, 5xx).",
+        |b| b.errors
+    ),
+    per_backend!(
+        BACKEND_ACTIVE,
+        Kind::Gauge,
+        "{request}",
+        "Requests in flight to the backend.",
+        |b| b.active
+    ),
+    per_backend!(
+        BACKEND_UP,
+        Kind::Gauge,
+        "{state}",
+        "1 if the backend gets new requests.",
+        |b| u64::from(b.up)
+    ),
+    per_backend!(
+        BACKEND_HEALTHY,
+        Kind::Gauge,
+        "{state}",
+        "1 unless active health checks find the backend unhealthy.",
+        |b| u64::from(b.healthy)
+    ),
+    per_backend!(
+        EJECTED,
+        Kind::Gauge,
+        "{state}",
+        "1 while passive health has the backend ejected.",
+        |b| u64::from(b.ejected)
+    ),
+    Def {
+        name: CIRCUIT_STATE,
+        kind: Kind::Gauge,
+        unit: "{state}",
+        help: "Circuit-breaker state (1 for the current one).",
+        labels: &["backend", "state"],
+        read: |r, out| {
+            for b in &r.backends {
+                for s in [
+                    CircuitState::Closed,
+                    CircuitState::Open,
+                    CircuitState::HalfOpen,
+                ] {
+                    let labels = vec![b.key.to_string(), s.as_str().to_string()];
+                    int(out, labels, u64::from(s == b.circuit));
+                }
+            }
+        },
+    },
+    Def {
+        name: BACKEND_LATENCY,
+        kind: Kind::Histogram,
+        unit: "s",
+        help: "Time to the backend's response headers, seconds.",
+        labels: &["backend"],
+        read: |r, out| {
+            for b in &r.backends {
+                hist(out, vec![b.key.to_string()], b.latency);
+            }
+        },
+    },
+];
+
+/// Everything the families show, read at one moment: the proxy-wide counters and
+/// what the replica knows of itself, its store and its backends.
+#[derive(Debug)]
+pub struct Reading<'a> {
+    pub proxy: &'a Metrics,
+    pub spans_lost: u64,
+    pub config_generation: u64,
+    /// The newest revision of the config source is refused.
+    pub config_refused: bool,
+    pub store: StoreView,
+    pub replicas: u64,
+    /// The running set, then the draining backends.
+    pub backends: Vec<BackendReading<'a>>,
+}
+
+/// One backend's figures in a [`Reading`].
+#[derive(Debug)]
+pub struct BackendReading<'a> {
+    /// Canonical key (`http://host:port`), the `backend` label.
+    pub key: Arc<str>,
+    /// As configured, for the seed's JSON.
+    pub url: Arc<str>,
+    /// Responses by status class.
+    pub status: [u64; 5],
+    pub errors: u64,
+    pub active: u64,
+    /// Gets new requests.
+    pub up: bool,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub circuit: CircuitState,
+    /// Time to response headers.
+    pub latency: &'a Histogram,
+    /// The latency estimate (peak EWMA), nanoseconds.
+    pub latency_ewma_ns: u64,
+}
+
+/// Who can be read: the running replica (its implementation builds the reading
+/// and hands it to `f`).
+pub trait Source: Send + Sync {
+    fn read(&self, f: &mut dyn FnMut(&Reading<'_>));
+}
+
 /// Proxy-wide figures.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     pub in_flight: AtomicU64,
     pub requests: AtomicU64,
@@ -76,7 +507,17 @@ pub struct Metrics {
     /// Request heads refused as malformed, too large or too slow (400/431/408).
     pub refused_malformed: AtomicU64,
     /// The same histograms as OpenTelemetry instruments, while OTLP metrics are on.
-    pub otel: std::sync::OnceLock<super::otel::OtelHistograms>,
+    pub otel: std::sync::OnceLock<OtelHistograms>,
+}
+
+/// The histogram families as OpenTelemetry instruments, recorded beside the
+/// atomic ones while OTLP metrics are on (OpenTelemetry has no observable
+/// histogram).
+#[derive(Debug)]
+pub struct OtelHistograms {
+    pub duration: opentelemetry::metrics::Histogram<f64>,
+    pub backend: opentelemetry::metrics::Histogram<f64>,
+    pub connect: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl Metrics {
@@ -121,6 +562,7 @@ impl Metrics {
 }
 
 /// A fixed-bucket latency histogram ([`LATENCY_BUCKETS_S`] plus +Inf).
+#[derive(Debug)]
 pub struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
     sum_ns: AtomicU64,
@@ -174,6 +616,86 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_names_each_family_once_with_prometheus_suffixes() {
+        let mut seen = std::collections::BTreeSet::new();
+        for def in TABLE {
+            assert!(seen.insert(def.name), "{} twice", def.name);
+            assert!(def.name.starts_with("switchyard_"), "{}", def.name);
+            assert_eq!(
+                def.kind == Kind::Counter,
+                def.name.ends_with("_total"),
+                "{}: a counter's name, and only a counter's, ends in _total",
+                def.name
+            );
+            assert!(!def.otlp_name().ends_with("_total"), "{}", def.name);
+            if def.kind == Kind::Histogram {
+                assert!(def.name.ends_with("_seconds") && def.unit == "s");
+            } else {
+                // A count: an annotation, which a Prometheus exporter leaves out.
+                assert!(def.unit.starts_with('{') && def.unit.ends_with('}'));
+            }
+            assert!(!def.help.is_empty());
+        }
+        assert_eq!(TABLE.len(), 29);
+    }
+
+    #[test]
+    fn every_family_reads_samples_with_all_its_labels() {
+        let proxy = Metrics::default();
+        proxy.retries.fetch_add(3, Relaxed);
+        let latency = Histogram::default();
+        latency.record(Duration::from_millis(2));
+        let reading = Reading {
+            proxy: &proxy,
+            spans_lost: 1,
+            config_generation: 2,
+            config_refused: false,
+            store: StoreView {
+                kind: "memory".into(),
+                connected: true,
+                ..Default::default()
+            },
+            replicas: 1,
+            backends: vec![BackendReading {
+                key: "http://a:80".into(),
+                url: "http://a".into(),
+                status: [0, 5, 0, 0, 1],
+                errors: 1,
+                active: 0,
+                up: true,
+                healthy: true,
+                ejected: false,
+                circuit: CircuitState::Open,
+                latency: &latency,
+                latency_ewma_ns: 0,
+            }],
+        };
+        for def in TABLE {
+            let mut out = Vec::new();
+            (def.read)(&reading, &mut out);
+            assert!(!out.is_empty(), "{} has no samples", def.name);
+            for s in &out {
+                assert_eq!(s.labels.len(), def.labels.len(), "{}", def.name);
+                let histogram = matches!(s.value, Value::Histogram { .. });
+                assert_eq!(histogram, def.kind == Kind::Histogram, "{}", def.name);
+            }
+        }
+        let read = |name: &str| {
+            let def = TABLE.iter().find(|d| d.name == name).expect("family");
+            let mut out = Vec::new();
+            (def.read)(&reading, &mut out);
+            out
+        };
+        assert_eq!(read(RETRIES_TOTAL)[0].value, Value::Int(3));
+        let open: Vec<_> = read(CIRCUIT_STATE)
+            .into_iter()
+            .filter(|s| s.value == Value::Int(1))
+            .collect();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].labels, ["http://a:80", "open"]);
+    }
 
     #[test]
     fn histogram_buckets() {

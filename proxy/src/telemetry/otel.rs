@@ -17,11 +17,12 @@
 //! (`switchyard_telemetry_spans_dropped_total`), never waited for. Export runs in
 //! its own task with a timeout.
 //!
-//! **Metrics.** The same instruments as `/metrics`: counters and gauges are
-//! observed from the proxy's atomics at each export; the latency histograms are
-//! recorded (only while OTLP metrics are on) with the same bucket bounds. Over OTLP
-//! counters drop the Prometheus `_total` suffix, which a Prometheus exporter puts
-//! back, so names end up identical.
+//! **Metrics.** One instrument per family of the metrics table
+//! ([`super::metrics::TABLE`], the same families as `/metrics`): counters and
+//! gauges are observed from a [`Source`] reading at each export; the latency
+//! histograms are recorded (only while OTLP metrics are on) with the same bucket
+//! bounds. Over OTLP counters drop the Prometheus `_total` suffix, which a
+//! Prometheus exporter puts back, so names end up identical.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -45,8 +46,7 @@ use switchyard_shared::LATENCY_BUCKETS_S;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::metrics::*;
-use crate::app::App;
+use super::metrics::{Def, Kind, OtelHistograms, Source, TABLE, Value};
 use crate::config::TelemetryConfig;
 
 /// Target of the request spans (the log output leaves it out).
@@ -293,13 +293,6 @@ async fn export_loop(
     let _ = exporter.shutdown();
 }
 
-/// The OTel histograms, recorded beside the atomic ones while OTLP metrics are on.
-pub struct OtelHistograms {
-    pub duration: Histogram<f64>,
-    pub backend: Histogram<f64>,
-    pub connect: Histogram<f64>,
-}
-
 /// Running telemetry.
 pub struct Telemetry {
     pub settings: Settings,
@@ -454,253 +447,62 @@ impl Telemetry {
             .inject_context(cx, &mut HeaderInjector(headers));
     }
 
-    /// Registers the metric instruments (reading `app` at each export) and returns
-    /// the histograms to record into.
-    pub fn register_metrics(&self, app: &Arc<App>) -> Option<OtelHistograms> {
+    /// Registers one instrument per family of the metrics table (counters and
+    /// gauges read from `source` at each export) and returns the histograms to
+    /// record into.
+    pub fn register_metrics(&self, source: Weak<dyn Source>) -> Option<OtelHistograms> {
         let meter = self.meter_provider.as_ref()?.meter("switchyard");
-        self.observe(&meter, Arc::downgrade(app));
-        let h = |name: &'static str, desc: &'static str| {
-            meter
-                .f64_histogram(name)
-                .with_unit("s")
-                .with_description(desc)
-                .with_boundaries(LATENCY_BUCKETS_S.to_vec())
-                .build()
+        self.observe(&meter, source);
+        let h = |name: &str| -> Option<Histogram<f64>> {
+            let def = TABLE.iter().find(|d| d.name == name)?;
+            Some(
+                meter
+                    .f64_histogram(def.otlp_name())
+                    .with_unit(def.unit)
+                    .with_description(def.help)
+                    .with_boundaries(LATENCY_BUCKETS_S.to_vec())
+                    .build(),
+            )
         };
+        use super::metrics::{BACKEND_LATENCY, REQUEST_DURATION, UPSTREAM_CONNECT};
         Some(OtelHistograms {
-            duration: h(REQUEST_DURATION, "Client-visible request duration."),
-            backend: h(BACKEND_LATENCY, "Time to the backend's response headers."),
-            connect: h(UPSTREAM_CONNECT, "Time to open a new upstream connection."),
+            duration: h(REQUEST_DURATION)?,
+            backend: h(BACKEND_LATENCY)?,
+            connect: h(UPSTREAM_CONNECT)?,
         })
     }
 
-    fn observe(&self, meter: &Meter, app: Weak<App>) {
+    /// An observable instrument for each counter and gauge of the table.
+    fn observe(&self, meter: &Meter, source: Weak<dyn Source>) {
         let mut keep = self.instruments.lock();
-        let counter = |name: &'static str| name.strip_suffix("_total").unwrap_or(name);
-        macro_rules! observable {
-            ($kind:ident, $name:expr, $desc:expr, |$a:ident, $o:ident| $body:block) => {{
-                let w = app.clone();
-                let inst = meter
-                    .$kind($name)
-                    .with_description($desc)
-                    .with_callback(move |$o| {
-                        if let Some($a) = w.upgrade() $body
-                    })
-                    .build();
-                keep.push(Box::new(inst));
-            }};
+        for def in TABLE {
+            let w = source.clone();
+            let callback = move |o: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+                if let Some(src) = w.upgrade() {
+                    observe_family(def, &*src, o);
+                }
+            };
+            match def.kind {
+                Kind::Counter => keep.push(Box::new(
+                    meter
+                        .u64_observable_counter(def.otlp_name())
+                        .with_unit(def.unit)
+                        .with_description(def.help)
+                        .with_callback(callback)
+                        .build(),
+                )),
+                Kind::Gauge => keep.push(Box::new(
+                    meter
+                        .u64_observable_gauge(def.otlp_name())
+                        .with_unit(def.unit)
+                        .with_description(def.help)
+                        .with_callback(callback)
+                        .build(),
+                )),
+                // Recorded as they happen (see `register_metrics`).
+                Kind::Histogram => {}
+            }
         }
-        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        observable!(
-            u64_observable_counter,
-            counter(REQUESTS_TOTAL),
-            "Client requests answered, by status class.",
-            |a, o| {
-                for (i, c) in a.metrics.status_classes().iter().enumerate() {
-                    o.observe(*c, &[KeyValue::new("code_class", CLASSES[i])]);
-                }
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            REQUESTS_IN_FLIGHT,
-            "Requests being served.",
-            |a, o| {
-                o.observe(a.metrics.in_flight.load(Relaxed), &[]);
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            CONNECTIONS_ACTIVE,
-            "Open client connections.",
-            |a, o| {
-                o.observe(a.metrics.connections_active.load(Relaxed), &[]);
-            }
-        );
-        for (name, desc, pick) in [
-            (
-                RETRIES_TOTAL,
-                "Attempts retried on another backend.",
-                0usize,
-            ),
-            (RATE_LIMITED_TOTAL, "Requests refused with 429.", 1),
-            (
-                CONNECTIONS_REJECTED_TOTAL,
-                "Client connections refused over max_connections.",
-                2,
-            ),
-            (
-                HEALTH_TRANSITIONS_TOTAL,
-                "Active health verdict changes.",
-                3,
-            ),
-            (EJECTIONS_TOTAL, "Passive-health ejections.", 4),
-            (
-                SPANS_DROPPED_TOTAL,
-                "Spans dropped because the export queue was full or export failed.",
-                5,
-            ),
-        ] {
-            observable!(u64_observable_counter, counter(name), desc, |a, o| {
-                let m = &a.metrics;
-                let v = match pick {
-                    0 => m.retries.load(Relaxed),
-                    1 => m.rate_limited.load(Relaxed),
-                    2 => m.connections_rejected.load(Relaxed),
-                    3 => m.health_transitions.load(Relaxed),
-                    4 => m.ejections.load(Relaxed),
-                    _ => a.telemetry().map_or(0, |t| t.spans_lost()),
-                };
-                o.observe(v, &[]);
-            });
-        }
-        observable!(
-            u64_observable_counter,
-            counter(CIRCUIT_TRANSITIONS_TOTAL),
-            "Circuit-breaker transitions, by new state.",
-            |a, o| {
-                let m = &a.metrics;
-                o.observe(
-                    m.circuits_opened.load(Relaxed),
-                    &[KeyValue::new("to", "open")],
-                );
-                o.observe(
-                    m.circuits_half_opened.load(Relaxed),
-                    &[KeyValue::new("to", "half-open")],
-                );
-                o.observe(
-                    m.circuits_closed.load(Relaxed),
-                    &[KeyValue::new("to", "closed")],
-                );
-            }
-        );
-        observable!(
-            u64_observable_counter,
-            counter(CONFIG_RELOADS_TOTAL),
-            "Config reloads, by result.",
-            |a, o| {
-                o.observe(
-                    a.metrics.config_reloads.load(Relaxed),
-                    &[KeyValue::new("result", "applied")],
-                );
-                o.observe(
-                    a.metrics.config_failures.load(Relaxed),
-                    &[KeyValue::new("result", "refused")],
-                );
-            }
-        );
-        observable!(
-            u64_observable_counter,
-            counter(STORE_ERRORS_TOTAL),
-            "State-store commands that failed.",
-            |a, o| {
-                let s = a.store.status();
-                o.observe(s.errors, &[KeyValue::new("store", s.kind)]);
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            STORE_CONNECTED,
-            "1 while the state store is reachable.",
-            |a, o| {
-                let s = a.store.status();
-                o.observe(u64::from(s.connected), &[KeyValue::new("store", s.kind)]);
-            }
-        );
-        observable!(
-            u64_observable_counter,
-            counter(BACKEND_REQUESTS_TOTAL),
-            "Backend responses, by status class.",
-            |a, o| {
-                for b in a.all_backends() {
-                    for (i, c) in b.stats.status_classes().iter().enumerate() {
-                        o.observe(
-                            *c,
-                            &[
-                                KeyValue::new("backend", b.key.to_string()),
-                                KeyValue::new("code_class", CLASSES[i]),
-                            ],
-                        );
-                    }
-                }
-            }
-        );
-        observable!(
-            u64_observable_counter,
-            counter(BACKEND_ERRORS_TOTAL),
-            "Failed attempts per backend.",
-            |a, o| {
-                for b in a.all_backends() {
-                    o.observe(
-                        b.stats.errors.load(Relaxed),
-                        &[KeyValue::new("backend", b.key.to_string())],
-                    );
-                }
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            BACKEND_ACTIVE,
-            "Requests in flight to the backend.",
-            |a, o| {
-                for b in a.all_backends() {
-                    o.observe(b.active(), &[KeyValue::new("backend", b.key.to_string())]);
-                }
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            BACKEND_UP,
-            "1 if the backend gets new requests.",
-            |a, o| {
-                let snap = a.snapshot();
-                let now = tokio::time::Instant::now();
-                for b in a.all_backends() {
-                    o.observe(
-                        u64::from(b.available(now, &snap.config)),
-                        &[KeyValue::new("backend", b.key.to_string())],
-                    );
-                }
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            BACKEND_HEALTHY,
-            "1 unless active checks find the backend unhealthy.",
-            |a, o| {
-                for b in a.all_backends() {
-                    o.observe(
-                        u64::from(b.health.is_healthy()),
-                        &[KeyValue::new("backend", b.key.to_string())],
-                    );
-                }
-            }
-        );
-        observable!(
-            u64_observable_gauge,
-            CIRCUIT_STATE,
-            "Circuit-breaker state (1 for the current one).",
-            |a, o| {
-                let snap = a.snapshot();
-                let now = tokio::time::Instant::now();
-                for b in a.all_backends() {
-                    let state = if snap.config.circuit_breaker.is_some() {
-                        b.circuit.state(b.nanos(now))
-                    } else {
-                        switchyard_shared::CircuitState::Closed
-                    };
-                    for st in ["closed", "open", "half-open"] {
-                        o.observe(
-                            u64::from(state.as_str() == st),
-                            &[
-                                KeyValue::new("backend", b.key.to_string()),
-                                KeyValue::new("state", st),
-                            ],
-                        );
-                    }
-                }
-            }
-        );
     }
 
     /// Spans lost: dropped at a full queue or in a failed export.
@@ -715,6 +517,27 @@ impl Telemetry {
         }
         if let Some(p) = &self.meter_provider {
             let _ = p.shutdown();
+        }
+    }
+}
+
+/// Reports one family's samples from a fresh reading of `source`.
+fn observe_family(
+    def: &'static Def,
+    source: &dyn Source,
+    o: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
+) {
+    let mut samples = Vec::new();
+    source.read(&mut |r| (def.read)(r, &mut samples));
+    for s in samples {
+        if let Value::Int(v) = s.value {
+            let attrs: Vec<KeyValue> = def
+                .labels
+                .iter()
+                .zip(s.labels)
+                .map(|(k, v)| KeyValue::new(*k, v))
+                .collect();
+            o.observe(v, &attrs);
         }
     }
 }

@@ -3,13 +3,10 @@
 //! seed's JSON array (see `admin`).
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering::Relaxed;
 
-use switchyard_shared::{CircuitState, LATENCY_BUCKETS_S};
-use tokio::time::Instant;
+use switchyard_shared::LATENCY_BUCKETS_S;
 
-use super::metrics::*;
-use crate::app::App;
+use super::metrics::{Kind, Reading, Sample, TABLE, Value};
 
 /// Output format for `/metrics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,14 +52,14 @@ struct Out {
 impl Out {
     /// Starts a family. For counters, `name` ends in `_total`; OpenMetrics names the
     /// family without it.
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let family = if self.open && kind == "counter" {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let family = if self.open && kind == Kind::Counter {
             name.strip_suffix("_total").unwrap_or(name)
         } else {
             name
         };
         let _ = writeln!(self.buf, "# HELP {family} {help}");
-        let _ = writeln!(self.buf, "# TYPE {family} {kind}");
+        let _ = writeln!(self.buf, "# TYPE {family} {}", kind.as_str());
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -111,292 +108,29 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Renders every instrument.
-pub fn render(app: &App, format: Format) -> String {
+/// Renders every family of the table from `reading`.
+pub fn render(reading: &Reading<'_>, format: Format) -> String {
     let mut o = Out {
         buf: String::with_capacity(8 * 1024),
         open: format == Format::OpenMetrics,
     };
-    let m = &app.metrics;
-
-    o.family(
-        REQUESTS_TOTAL,
-        "counter",
-        "Client requests answered, by status class.",
-    );
-    for (i, c) in m.status_classes().iter().enumerate() {
-        o.sample(REQUESTS_TOTAL, &[("code_class", CLASSES[i])], *c as f64);
-    }
-    o.family(
-        REQUEST_DURATION,
-        "histogram",
-        "Client-visible request duration in seconds.",
-    );
-    o.histogram(
-        REQUEST_DURATION,
-        &[],
-        &m.duration.counts(),
-        m.duration.sum_seconds(),
-    );
-    o.family(REQUESTS_IN_FLIGHT, "gauge", "Requests being served.");
-    o.sample(REQUESTS_IN_FLIGHT, &[], m.in_flight.load(Relaxed) as f64);
-    o.family(
-        UPSTREAM_CONNECT,
-        "histogram",
-        "Time to open a new upstream connection, seconds.",
-    );
-    o.histogram(
-        UPSTREAM_CONNECT,
-        &[],
-        &m.connect.counts(),
-        m.connect.sum_seconds(),
-    );
-    let counters: [(&str, &str, u64); 8] = [
-        (
-            RETRIES_TOTAL,
-            "Attempts retried on another backend.",
-            m.retries.load(Relaxed),
-        ),
-        (
-            RATE_LIMITED_TOTAL,
-            "Requests refused with 429.",
-            m.rate_limited.load(Relaxed),
-        ),
-        (
-            CONNECTIONS_REJECTED_TOTAL,
-            "Client connections refused over max_connections.",
-            m.connections_rejected.load(Relaxed),
-        ),
-        (
-            ADMIN_ERRORS_TOTAL,
-            "Admin requests refused as invalid.",
-            m.admin_errors.load(Relaxed),
-        ),
-        (
-            HEALTH_TRANSITIONS_TOTAL,
-            "Active health verdict changes.",
-            m.health_transitions.load(Relaxed),
-        ),
-        (
-            EJECTIONS_TOTAL,
-            "Passive-health ejections.",
-            m.ejections.load(Relaxed),
-        ),
-        (
-            REFUSED_FRAMING_TOTAL,
-            "Requests refused with 400 for ambiguous framing (Content-Length with Transfer-Encoding, repeated Content-Length).",
-            m.refused_framing.load(Relaxed),
-        ),
-        (
-            REFUSED_MALFORMED_TOTAL,
-            "Request heads refused before forwarding: malformed (400), too large (431) or not received within header_read_timeout (408).",
-            m.refused_malformed.load(Relaxed),
-        ),
-    ];
-    for (name, help, v) in counters {
-        o.family(name, "counter", help);
-        o.sample(name, &[], v as f64);
-    }
-    o.family(
-        SPANS_DROPPED_TOTAL,
-        "counter",
-        "Spans dropped: export queue full or export failed.",
-    );
-    o.sample(
-        SPANS_DROPPED_TOTAL,
-        &[],
-        app.telemetry().map_or(0, |t| t.spans_lost()) as f64,
-    );
-    o.family(CONNECTIONS_ACTIVE, "gauge", "Open client connections.");
-    o.sample(
-        CONNECTIONS_ACTIVE,
-        &[],
-        m.connections_active.load(Relaxed) as f64,
-    );
-    o.family(
-        CIRCUIT_TRANSITIONS_TOTAL,
-        "counter",
-        "Circuit-breaker transitions, by new state.",
-    );
-    for (to, v) in [
-        ("open", &m.circuits_opened),
-        ("half-open", &m.circuits_half_opened),
-        ("closed", &m.circuits_closed),
-    ] {
-        o.sample(
-            CIRCUIT_TRANSITIONS_TOTAL,
-            &[("to", to)],
-            v.load(Relaxed) as f64,
-        );
-    }
-
-    o.family(
-        CONFIG_RELOADS_TOTAL,
-        "counter",
-        "Config reloads, by result.",
-    );
-    o.sample(
-        CONFIG_RELOADS_TOTAL,
-        &[("result", "applied")],
-        m.config_reloads.load(Relaxed) as f64,
-    );
-    o.sample(
-        CONFIG_RELOADS_TOTAL,
-        &[("result", "refused")],
-        m.config_failures.load(Relaxed) as f64,
-    );
-    let status = app.config_status();
-    o.family(
-        CONFIG_GENERATION,
-        "gauge",
-        "Configs applied since start (1 = the first).",
-    );
-    o.sample(CONFIG_GENERATION, &[], status.generation as f64);
-    o.family(
-        CONFIG_ERROR,
-        "gauge",
-        "1 while the newest revision of the config source is refused.",
-    );
-    o.sample(
-        CONFIG_ERROR,
-        &[],
-        f64::from(u8::from(status.last_error.is_some())),
-    );
-
-    let store = app.store.status();
-    o.family(
-        STORE_ERRORS_TOTAL,
-        "counter",
-        "State-store commands that failed.",
-    );
-    o.sample(
-        STORE_ERRORS_TOTAL,
-        &[("store", &store.kind)],
-        store.errors as f64,
-    );
-    o.family(
-        STORE_CONNECTED,
-        "gauge",
-        "1 while the state store is reachable.",
-    );
-    o.sample(
-        STORE_CONNECTED,
-        &[("store", &store.kind)],
-        f64::from(u8::from(store.connected)),
-    );
-    o.family(REPLICAS, "gauge", "Live replicas this replica knows of.");
-    o.sample(REPLICAS, &[], app.cluster.link.live() as f64);
-
-    // Per backend (running set and draining).
-    let snap = app.snapshot();
-    let now = Instant::now();
-    let mut backends: Vec<_> = snap.members.iter().map(|m| m.backend.clone()).collect();
-    backends.extend(app.draining());
-    o.family(
-        BACKEND_REQUESTS_TOTAL,
-        "counter",
-        "Backend responses, by status class.",
-    );
-    for b in &backends {
-        for (i, c) in b.stats.status_classes().iter().enumerate() {
-            o.sample(
-                BACKEND_REQUESTS_TOTAL,
-                &[("backend", &b.key), ("code_class", CLASSES[i])],
-                *c as f64,
-            );
+    let mut samples: Vec<Sample> = Vec::new();
+    for def in TABLE {
+        o.family(def.name, def.kind, def.help);
+        samples.clear();
+        (def.read)(reading, &mut samples);
+        for s in &samples {
+            let labels: Vec<(&str, &str)> = def
+                .labels
+                .iter()
+                .copied()
+                .zip(s.labels.iter().map(String::as_str))
+                .collect();
+            match &s.value {
+                Value::Int(v) => o.sample(def.name, &labels, *v as f64),
+                Value::Histogram { counts, sum } => o.histogram(def.name, &labels, counts, *sum),
+            }
         }
-    }
-    o.family(
-        BACKEND_ERRORS_TOTAL,
-        "counter",
-        "Failed attempts (connect error, timeout, lost connection, 5xx).",
-    );
-    for b in &backends {
-        o.sample(
-            BACKEND_ERRORS_TOTAL,
-            &[("backend", &b.key)],
-            b.stats.errors.load(Relaxed) as f64,
-        );
-    }
-    o.family(
-        BACKEND_ACTIVE,
-        "gauge",
-        "Requests in flight to the backend.",
-    );
-    for b in &backends {
-        o.sample(BACKEND_ACTIVE, &[("backend", &b.key)], b.active() as f64);
-    }
-    o.family(BACKEND_UP, "gauge", "1 if the backend gets new requests.");
-    for b in &backends {
-        o.sample(
-            BACKEND_UP,
-            &[("backend", &b.key)],
-            f64::from(u8::from(b.available(now, &snap.config))),
-        );
-    }
-    o.family(
-        BACKEND_HEALTHY,
-        "gauge",
-        "1 unless active health checks find the backend unhealthy.",
-    );
-    for b in &backends {
-        o.sample(
-            BACKEND_HEALTHY,
-            &[("backend", &b.key)],
-            f64::from(u8::from(b.health.is_healthy())),
-        );
-    }
-    o.family(
-        EJECTED,
-        "gauge",
-        "1 while passive health has the backend ejected.",
-    );
-    for b in &backends {
-        let ejected = b.outlier.is_ejected(b.nanos(now));
-        o.sample(
-            EJECTED,
-            &[("backend", &b.key)],
-            f64::from(u8::from(ejected)),
-        );
-    }
-    o.family(
-        CIRCUIT_STATE,
-        "gauge",
-        "Circuit-breaker state (1 for the current one).",
-    );
-    for b in &backends {
-        let state = if snap.config.circuit_breaker.is_some() {
-            b.circuit.state(b.nanos(now))
-        } else {
-            CircuitState::Closed
-        };
-        for s in [
-            CircuitState::Closed,
-            CircuitState::Open,
-            CircuitState::HalfOpen,
-        ] {
-            o.sample(
-                CIRCUIT_STATE,
-                &[("backend", &b.key), ("state", s.as_str())],
-                f64::from(u8::from(s == state)),
-            );
-        }
-    }
-    o.family(
-        BACKEND_LATENCY,
-        "histogram",
-        "Time to the backend's response headers, seconds.",
-    );
-    for b in &backends {
-        let h = &b.stats.latency;
-        o.histogram(
-            BACKEND_LATENCY,
-            &[("backend", &b.key)],
-            &h.counts(),
-            h.sum_seconds(),
-        );
     }
     if o.open {
         o.buf.push_str("# EOF\n");
