@@ -21,8 +21,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use switchyard_shared::CircuitState;
 
-use super::{Transition, Window};
-use crate::config::CircuitBreakerConfig;
+use super::{Rule, Transition, Trip, Tripped};
+use crate::config::{CircuitBreakerConfig, Dur};
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -37,8 +37,7 @@ pub struct Circuit {
     level: AtomicU32,
     probes_in_flight: AtomicU32,
     probe_successes: AtomicU32,
-    consecutive: AtomicU32,
-    window: Window,
+    trip: Trip,
     transition: Mutex<()>,
     /// Cleared on replicas that do not hold this backend's probe lease, so only one
     /// replica in a cluster probes a circuit whose open time is up.
@@ -191,27 +190,18 @@ impl Circuit {
             // Answers to requests sent before it opened: not evidence either way.
             return None;
         }
-        self.window.record(failed, now_ns, cfg.window.get());
-        if !failed {
-            if self.consecutive.load(Relaxed) != 0 {
-                self.consecutive.store(0, Relaxed);
-            }
-            return None;
-        }
-        let consecutive = self.consecutive.fetch_add(1, Relaxed) + 1;
-        let why = if consecutive >= cfg.failure_threshold.as_u32() {
-            format!("{consecutive} consecutive failures (last: {reason})")
-        } else {
-            let (total, failures) = self.window.totals(now_ns, cfg.window.get());
-            let min = cfg.min_requests.as_u64();
-            if total >= min && failures as f64 >= cfg.failure_rate.0 * total as f64 {
-                format!(
-                    "{failures} of {total} requests failed in the last {} (last: {reason})",
-                    crate::config::Dur(cfg.window.get())
-                )
-            } else {
-                return None;
-            }
+        let rule = Rule {
+            consecutive: cfg.failure_threshold.as_u32(),
+            min_requests: cfg.min_requests.as_u64(),
+            failure_rate: cfg.failure_rate.0,
+            window: cfg.window.get(),
+        };
+        let why = match self.trip.record(failed, now_ns, &rule)? {
+            Tripped::Consecutive(n) => format!("{n} consecutive failures (last: {reason})"),
+            Tripped::Rate { failures, total } => format!(
+                "{failures} of {total} requests failed in the last {} (last: {reason})",
+                Dur(rule.window)
+            ),
         };
         let _g = self.transition.lock();
         if self.state.load(Relaxed) != CLOSED {
@@ -236,16 +226,15 @@ impl Circuit {
         self.until_ns
             .store(now_ns.saturating_add(d.as_nanos() as u64), Relaxed);
         self.state.store(OPEN, Relaxed);
-        self.consecutive.store(0, Relaxed);
+        self.trip.reset_consecutive();
         Transition::CircuitOpened { reason, for_: d }
     }
 
     fn close(&self) {
         self.state.store(CLOSED, Relaxed);
         self.level.store(0, Relaxed);
-        self.consecutive.store(0, Relaxed);
         self.probe_successes.store(0, Relaxed);
-        self.window.reset();
+        self.trip.reset();
     }
 
     /// Whether this replica may probe when the open time is up (cluster lease).
@@ -266,7 +255,7 @@ impl Circuit {
             CircuitState::Open => {
                 self.until_ns.store(until_ns, Relaxed);
                 self.state.store(OPEN, Relaxed);
-                self.consecutive.store(0, Relaxed);
+                self.trip.reset_consecutive();
             }
             CircuitState::HalfOpen => {
                 self.probe_successes.store(0, Relaxed);

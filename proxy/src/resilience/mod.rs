@@ -2,7 +2,7 @@
 //! ([`circuit`]) and passive outlier ejection ([`outlier`]).
 //!
 //! Both keep their state in per-backend atomics and are told the outcome of every
-//! attempt; a state change is returned as a [`Transition`] for the caller to log,
+//! attempt, which one [`Trip`] detector per policy counts; a state change is returned as a [`Transition`] for the caller to log,
 //! count and publish. They take their settings as arguments on every call, so a
 //! config reload retunes them without losing state.
 
@@ -10,10 +10,12 @@ pub mod circuit;
 pub mod outlier;
 #[cfg(test)]
 mod tests;
+pub mod trip;
 mod window;
 
 pub use circuit::{Admission, Circuit};
 pub use outlier::Outlier;
+pub use trip::{Rule, Trip, Tripped};
 pub use window::Window;
 
 use std::time::Duration;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{Transition, Window};
+use super::{Rule, Transition, Trip, Tripped};
 use crate::config::OutlierConfig;
 
 #[derive(Default)]
@@ -31,8 +31,7 @@ pub struct Outlier {
     count: AtomicU32,
     /// When the last ejection ended (backend-epoch nanoseconds).
     last_end_ns: AtomicU64,
-    consecutive: AtomicU32,
-    window: Window,
+    trip: Trip,
     reason: Mutex<Option<String>>,
 }
 
@@ -73,24 +72,16 @@ impl Outlier {
         if self.is_ejected(now_ns) {
             return None;
         }
-        self.window.record(failed, now_ns, cfg.window.get());
-        if !failed {
-            if self.consecutive.load(Relaxed) != 0 {
-                self.consecutive.store(0, Relaxed);
-            }
-            return None;
-        }
-        let consecutive = self.consecutive.fetch_add(1, Relaxed) + 1;
-        let why = if consecutive >= cfg.consecutive_failures.as_u32() {
-            format!("{consecutive} consecutive failures (last: {reason})")
-        } else {
-            let (total, failures) = self.window.totals(now_ns, cfg.window.get());
-            if total >= cfg.min_requests.as_u64()
-                && failures as f64 >= cfg.failure_rate.0 * total as f64
-            {
+        let rule = Rule {
+            consecutive: cfg.consecutive_failures.as_u32(),
+            min_requests: cfg.min_requests.as_u64(),
+            failure_rate: cfg.failure_rate.0,
+            window: cfg.window.get(),
+        };
+        let why = match self.trip.record(failed, now_ns, &rule)? {
+            Tripped::Consecutive(n) => format!("{n} consecutive failures (last: {reason})"),
+            Tripped::Rate { failures, total } => {
                 format!("{failures} of {total} requests failed (last: {reason})")
-            } else {
-                return None;
             }
         };
         let allowed = pool * cfg.max_ejection_percent.as_usize() / 100;
@@ -135,8 +126,7 @@ impl Outlier {
         {
             return None;
         }
-        self.consecutive.store(0, Relaxed);
-        self.window.reset();
+        self.trip.reset();
         *self.reason.lock() = None;
         Some(Transition::Restored)
     }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 const BUCKETS: u64 = 10;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Window {
     buckets: [Bucket; BUCKETS as usize],
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Bucket {
     /// Time slot (now / width) this bucket counts for, plus one (0 = never used).
     slot: AtomicU64,
