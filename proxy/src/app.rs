@@ -1,27 +1,32 @@
-//! The running proxy's shared state: the current snapshot, the state store, the
-//! draining backends, metrics and events. Everything that changes the running set
-//! (config apply, admin overlay) goes through [`App::rebuild`], one at a time.
+//! The running proxy's control state: the config in force, the admin overlay, the
+//! draining backends, the state store, the replica's cluster view and its reload
+//! port, around the [`DataPlane`] the request path reads (`App` derefs to it).
+//! Everything that changes the running set (config apply, admin overlay) goes
+//! through [`App::rebuild`], one at a time.
 
+use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use serde::Serialize;
 use switchyard_shared::{
     BackendView, CircuitState, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView,
-    EjectionView, EventKind, MetricsEntry,
+    EjectionView, EventKind, MetricsEntry, ReplicaView,
 };
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Member, Recorded};
-use crate::cluster::Cluster;
-use crate::config::{Config, Dur};
-use crate::events::{EventLog, now_ms};
-use crate::ratelimit::RateLimiter;
-use crate::resilience::Transition;
+use crate::backend::{Backend, Member};
+use crate::config::{Config, OnStoreError};
+use crate::dataplane::DataPlane;
+use crate::events::now_ms;
+use crate::ratelimit::{ClusterLink, RateLimiter};
 use crate::snapshot::{self, Diff, Snapshot};
 use crate::state::{Overlay, OverlayOp, StateStore};
-use crate::telemetry::metrics::{BackendReading, Metrics, Reading, Source};
+use crate::telemetry::metrics::{BackendReading, Reading, Source};
+use crate::telemetry::otel::Telemetry;
 
 /// Who this replica is.
 #[derive(Clone, Debug)]
@@ -33,23 +38,124 @@ pub struct Replica {
 }
 
 pub struct App {
-    snapshot: ArcSwap<Snapshot>,
+    /// What the request path reads (the snapshot, metrics, events, tracer).
+    plane: Arc<DataPlane>,
     pub store: Arc<dyn StateStore>,
-    pub metrics: Metrics,
-    pub events: EventLog,
     pub replica: Replica,
     pub source: ConfigSourceView,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers move away.
     pub shutting_down: AtomicBool,
     pub cluster: Cluster,
     /// Reloads on demand (`POST /admin/reload`), when a config source is followed.
-    pub reloader: std::sync::OnceLock<crate::gitops::ReloadHandle>,
-    /// Set by `POST /admin/reload?allow_unrelated=true`: accept one revision whose
-    /// history does not descend from the applied one.
-    pub allow_unrelated_history: AtomicBool,
-    /// OpenTelemetry export, when an endpoint is configured.
-    telemetry: std::sync::OnceLock<Arc<crate::telemetry::otel::Telemetry>>,
+    pub reloader: std::sync::OnceLock<ReloadHandle>,
     inner: Mutex<Inner>,
+}
+
+impl Deref for App {
+    type Target = DataPlane;
+
+    fn deref(&self) -> &DataPlane {
+        &self.plane
+    }
+}
+
+/// This replica's view of the cluster (the cluster layer keeps it current).
+pub struct Cluster {
+    pub name: String,
+    /// Sharing state with other replicas (a Redis store), or alone.
+    pub clustered: bool,
+    pub link: Arc<ClusterLink>,
+    pub(crate) replicas: Mutex<Vec<ReplicaView>>,
+    pub(crate) me: Mutex<ReplicaView>,
+    /// Addresses, known once the listeners are bound.
+    pub(crate) addrs: Mutex<(String, String)>,
+    /// Backends this replica holds the probe lease for.
+    pub(crate) probing: Mutex<HashMap<Arc<str>, Instant>>,
+    pub(crate) started: AtomicBool,
+}
+
+impl Cluster {
+    pub fn new(config: &Config, clustered: bool) -> Self {
+        let (name, on_error) = match &config.cluster {
+            Some(c) => (c.name.clone(), c.on_store_error),
+            None => ("default".into(), OnStoreError::Local),
+        };
+        Self {
+            link: Arc::new(ClusterLink {
+                name: name.clone(),
+                store_ok: AtomicBool::new(!clustered),
+                live: AtomicUsize::new(1),
+                on_error,
+            }),
+            name,
+            clustered,
+            replicas: Mutex::new(Vec::new()),
+            me: Mutex::new(ReplicaView::default()),
+            addrs: Mutex::new((String::new(), String::new())),
+            probing: Mutex::new(HashMap::new()),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_addresses(&self, proxy: String, admin: String) {
+        *self.addrs.lock() = (proxy, admin);
+    }
+}
+
+/// What one reload did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Applied {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+        /// Settings that take effect only after a restart.
+        restart_needed: Vec<String>,
+    },
+    Unchanged {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+    Refused {
+        error: ConfigErrorView,
+    },
+}
+
+/// A reload asked for now, answered with its outcome.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// Accept one revision whose history does not descend from the applied one
+    /// (`POST /admin/reload?allow_unrelated=true`).
+    pub allow_unrelated: bool,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// Asks the reloader (the config source's follower) for an immediate reload.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<ReloadRequest>,
+}
+
+impl ReloadHandle {
+    pub fn new(tx: mpsc::Sender<ReloadRequest>) -> Self {
+        Self { tx }
+    }
+
+    /// Reloads now; `None` when the reloader is stopping.
+    pub async fn reload(&self, allow_unrelated: bool) -> Option<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(ReloadRequest {
+                allow_unrelated,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
 }
 
 struct Inner {
@@ -80,10 +186,11 @@ impl App {
         let config = Arc::new(config);
         let clustered = store.kind() != "memory";
         let app = Arc::new(Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::empty(config.clone())),
+            plane: Arc::new(DataPlane::new(
+                Snapshot::empty(config.clone()),
+                replica_id.clone(),
+            )),
             store,
-            metrics: Metrics::default(),
-            events: EventLog::new(replica_id.clone()),
             replica: Replica {
                 id: replica_id,
                 version: env!("CARGO_PKG_VERSION"),
@@ -94,8 +201,6 @@ impl App {
             shutting_down: AtomicBool::new(false),
             cluster: Cluster::new(&config, clustered),
             reloader: std::sync::OnceLock::new(),
-            allow_unrelated_history: AtomicBool::new(false),
-            telemetry: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 config: config.clone(),
                 overlay: Overlay::default(),
@@ -113,23 +218,20 @@ impl App {
         app
     }
 
-    /// The snapshot requests read (one atomic load and a reference count).
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+    /// The request path's handle.
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
     }
 
-    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::otel::Telemetry>> {
-        self.telemetry.get()
-    }
-
-    /// Attaches OpenTelemetry export (once) and registers its metric instruments.
-    pub fn set_telemetry(self: &Arc<Self>, t: Arc<crate::telemetry::otel::Telemetry>) {
+    /// Attaches OpenTelemetry export (once) and registers its metric instruments,
+    /// which read this replica at each export.
+    pub fn set_telemetry(self: &Arc<Self>, t: Arc<Telemetry>) {
         let weak = Arc::downgrade(self);
         let source: std::sync::Weak<dyn Source> = weak;
         if let Some(h) = t.register_metrics(source) {
             let _ = self.metrics.otel.set(h);
         }
-        let _ = self.telemetry.set(t);
+        self.plane.set_telemetry(t);
     }
 
     /// The running set and the draining backends.
@@ -218,7 +320,7 @@ impl App {
     }
 
     fn rebuild(&self, inner: &mut Inner) -> Diff {
-        let old = self.snapshot.load_full();
+        let old = self.snapshot();
         let desired = snapshot::desired(&inner.config, &inner.overlay);
         let diff = snapshot::diff(&old.members, &desired);
         let limiter = match (&inner.config.rate_limit, &old.limiter) {
@@ -257,7 +359,7 @@ impl App {
                 inner.draining.push(m.backend.clone());
             }
         }
-        self.snapshot.store(Arc::new(next));
+        self.plane.install(next);
         for key in &diff.added {
             self.events.emit(
                 EventKind::BackendAdded,
@@ -351,90 +453,11 @@ impl App {
             converged: true,
         }
     }
-
-    /// `GET /admin/config`: the status plus, when clustered, every replica's commit.
-    pub fn config_status_with_replicas(&self) -> ConfigStatus {
-        let mut status = self.config_status();
-        let view = crate::cluster::view(self);
-        status.replicas = view
-            .replicas
-            .iter()
-            .map(|r| switchyard_shared::ReplicaConfigView {
-                id: r.id.clone(),
-                commit: r.config_commit.clone(),
-                generation: r.config_generation,
-            })
-            .collect();
-        status.converged = view.converged;
-        status
-    }
 }
 
 impl App {
-    /// Logs, counts and publishes the policy transitions one attempt caused.
-    pub fn noted(self: &Arc<Self>, backend: &Backend, r: Recorded) {
-        if let Some(t) = r.circuit {
-            self.note(backend, t);
-        }
-        if let Some(t) = r.outlier {
-            self.note(backend, t);
-        }
-    }
-
-    /// Logs, counts and publishes one policy transition.
-    pub fn note(self: &Arc<Self>, backend: &Backend, t: Transition) {
-        crate::cluster::publish_transition(self, backend, &t);
-        let key = &*backend.key;
-        let m = &self.metrics;
-        let (kind, msg) = match t {
-            Transition::CircuitOpened { reason, for_ } => {
-                m.circuits_opened.fetch_add(1, Relaxed);
-                (
-                    EventKind::CircuitOpened,
-                    format!("circuit of {key} opened for {}: {reason}", Dur(for_)),
-                )
-            }
-            Transition::CircuitHalfOpen => {
-                m.circuits_half_opened.fetch_add(1, Relaxed);
-                (
-                    EventKind::CircuitHalfOpen,
-                    format!("circuit of {key} half-open: probing"),
-                )
-            }
-            Transition::CircuitClosed => {
-                m.circuits_closed.fetch_add(1, Relaxed);
-                (
-                    EventKind::CircuitClosed,
-                    format!("circuit of {key} closed: probe succeeded"),
-                )
-            }
-            Transition::Ejected {
-                reason,
-                for_,
-                count,
-            } => {
-                m.ejections.fetch_add(1, Relaxed);
-                (
-                    EventKind::Ejected,
-                    format!(
-                        "backend {key} ejected for {} (ejection #{count}): {reason}",
-                        Dur(for_)
-                    ),
-                )
-            }
-            Transition::Restored => {
-                m.restores.fetch_add(1, Relaxed);
-                (
-                    EventKind::Restored,
-                    format!("backend {key} returned from ejection"),
-                )
-            }
-        };
-        self.events.emit(kind, Some(key), msg);
-    }
-
     /// Ends ejections whose time is up (so the event log says when they return).
-    pub fn expire_ejections(self: &Arc<Self>) {
+    pub fn expire_ejections(&self) {
         let snap = self.snapshot();
         let now = Instant::now();
         for m in &snap.members {

@@ -1,21 +1,21 @@
-//! A backend's live state: counters, latency estimate, connection pool, health,
-//! circuit and ejection. One `Backend` lives as long as the backend stays in the
-//! running set, across config reloads, so its state is kept when the config changes.
+//! A backend's live state: counters, latency estimate, connection pool, health
+//! verdict, circuit and ejection. One `Backend` lives as long as the backend stays
+//! in the running set, across config reloads, so its state is kept when the config
+//! changes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
-use switchyard_shared::BackendSource;
+use parking_lot::Mutex;
+use switchyard_http1::Pool;
 use switchyard_shared::validate::BackendUrl;
+use switchyard_shared::{BackendSource, HealthStatus};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::forward::pool::Pool;
-use crate::health::HealthCell;
 use crate::resilience::{Circuit, Outlier, Transition};
-use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Histogram;
 
 /// One upstream server.
@@ -122,30 +122,20 @@ pub struct Recorded {
 }
 
 impl Backend {
-    /// Accounts one attempt that began at `started`: counters, latency estimate,
-    /// and the circuit-breaker and passive-health policies of `snap`. `probe` says
-    /// whether the attempt was a half-open circuit probe.
-    pub fn record(
-        &self,
-        outcome: Outcome,
-        started: Instant,
-        probe: bool,
-        snap: &Snapshot,
-    ) -> Recorded {
-        self.record_at(outcome, started, Instant::now(), probe, snap)
-    }
-
-    /// [`Backend::record`] for an attempt that ended at `now` (a clock reading
-    /// the caller already has).
-    pub fn record_at(
+    /// Accounts one attempt that began at `started` and ended at `now`: counters,
+    /// latency estimate, and the circuit-breaker and passive-health policies of
+    /// `cfg` (`peers`, the running set this backend is in, bound ejections).
+    /// `probe` says whether the attempt was a half-open circuit probe. (The
+    /// request path calls it through `Backend::record_at`, given its snapshot.)
+    pub fn account(
         &self,
         outcome: Outcome,
         started: Instant,
         now: Instant,
         probe: bool,
-        snap: &Snapshot,
+        cfg: &Config,
+        peers: &[Member],
     ) -> Recorded {
-        let cfg = &*snap.config;
         let failed = outcome.failed();
         let mut slow = false;
         if let Outcome::Response { status, ttfb } = outcome {
@@ -187,14 +177,14 @@ impl Backend {
             .circuit
             .record(probe, failed || slow, &reason, now_ns, cb);
         let ejected = || {
-            snap.members
+            peers
                 .iter()
                 .filter(|m| m.backend.outlier.is_ejected(m.backend.nanos(now)))
                 .count()
         };
-        let outlier =
-            self.outlier
-                .record(failed, &reason, now_ns, od, &ejected, snap.members.len());
+        let outlier = self
+            .outlier
+            .record(failed, &reason, now_ns, od, &ejected, peers.len());
         Recorded { circuit, outlier }
     }
 
@@ -240,6 +230,96 @@ pub struct Member {
     pub source: BackendSource,
     /// Health-check path for this backend (config override or the default).
     pub health_path: Option<Arc<str>>,
+}
+
+// === impl HealthCell ===
+
+/// A backend's active-health verdict.
+#[derive(Default)]
+pub struct HealthCell {
+    status: AtomicU8,
+    passes: AtomicU32,
+    fails: AtomicU32,
+    reason: Mutex<Option<String>>,
+}
+
+const UNCHECKED: u8 = 0;
+const HEALTHY: u8 = 1;
+const UNHEALTHY: u8 = 2;
+
+impl HealthCell {
+    pub fn status(&self) -> HealthStatus {
+        match self.status.load(Relaxed) {
+            HEALTHY => HealthStatus::Healthy,
+            UNHEALTHY => HealthStatus::Unhealthy,
+            _ => HealthStatus::Unchecked,
+        }
+    }
+
+    /// Unchecked counts as healthy: without checks every backend is presumed up.
+    pub fn is_healthy(&self) -> bool {
+        self.status.load(Relaxed) != UNHEALTHY
+    }
+
+    /// Why it is unhealthy (the last failed probe), if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().clone()
+    }
+
+    /// Accounts one probe; returns the new status when it changed.
+    pub fn observe(
+        &self,
+        pass: bool,
+        detail: &str,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<HealthStatus> {
+        let mut reason = self.reason.lock();
+        let current = self.status.load(Relaxed);
+        let next = if pass {
+            self.fails.store(0, Relaxed);
+            let passes = self.passes.fetch_add(1, Relaxed) + 1;
+            match current {
+                UNHEALTHY if passes >= healthy_threshold => HEALTHY,
+                UNCHECKED => HEALTHY,
+                s => s,
+            }
+        } else {
+            self.passes.store(0, Relaxed);
+            let fails = self.fails.fetch_add(1, Relaxed) + 1;
+            if current != UNHEALTHY && fails >= unhealthy_threshold {
+                UNHEALTHY
+            } else {
+                current
+            }
+        };
+        if !pass {
+            *reason = Some(detail.to_string());
+        } else if next == HEALTHY {
+            *reason = None;
+        }
+        if next == current {
+            return None;
+        }
+        self.status.store(next, Relaxed);
+        Some(self.status())
+    }
+
+    /// Sets the verdict outright (checks switched off, or decided by another replica).
+    pub fn set(&self, status: HealthStatus, reason: Option<String>) {
+        let mut r = self.reason.lock();
+        self.status.store(
+            match status {
+                HealthStatus::Unchecked => UNCHECKED,
+                HealthStatus::Healthy => HEALTHY,
+                HealthStatus::Unhealthy => UNHEALTHY,
+            },
+            Relaxed,
+        );
+        self.passes.store(0, Relaxed);
+        self.fails.store(0, Relaxed);
+        *r = reason;
+    }
 }
 
 // === impl Stats ===
@@ -369,6 +449,37 @@ mod tests {
         // unobserved, it decays towards zero
         let later = e.latency_ns(100_000_000_000, TAU).unwrap();
         assert!(later < v / 1000.0, "{later}");
+    }
+
+    #[test]
+    fn thresholds_decide_transitions() {
+        let h = HealthCell::default();
+        assert_eq!(h.status(), HealthStatus::Unchecked);
+        assert!(h.is_healthy());
+        // first pass confirms it
+        assert_eq!(h.observe(true, "ok", 2, 3), Some(HealthStatus::Healthy));
+        assert_eq!(h.observe(false, "503", 2, 3), None);
+        assert_eq!(h.observe(false, "503", 2, 3), None);
+        assert_eq!(h.observe(false, "503", 2, 3), Some(HealthStatus::Unhealthy));
+        assert!(!h.is_healthy());
+        assert_eq!(h.reason().as_deref(), Some("503"));
+        // one pass is not enough to come back with healthy_threshold 2
+        assert_eq!(h.observe(true, "ok", 2, 3), None);
+        assert_eq!(h.observe(false, "503", 2, 3), None);
+        assert_eq!(h.observe(true, "ok", 2, 3), None);
+        assert_eq!(h.observe(true, "ok", 2, 3), Some(HealthStatus::Healthy));
+        assert_eq!(h.reason(), None);
+    }
+
+    #[test]
+    fn unchecked_goes_down_after_the_threshold() {
+        let h = HealthCell::default();
+        assert_eq!(h.observe(false, "refused", 2, 2), None);
+        assert!(h.is_healthy());
+        assert_eq!(
+            h.observe(false, "refused", 2, 2),
+            Some(HealthStatus::Unhealthy)
+        );
     }
 
     #[test]

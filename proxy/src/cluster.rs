@@ -18,14 +18,13 @@
 //! probing, local health checks, the rate-limit fallback) and keeps serving.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use switchyard_shared::{
-    BackendStats, CircuitState, ClusterBackendView, ClusterView, EventKind, HealthStatus,
-    ReplicaView, quantile_from_buckets,
+    BackendStats, CircuitState, ClusterBackendView, ClusterView, ConfigStatus, EventKind,
+    HealthStatus, ReplicaView, quantile_from_buckets,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -35,52 +34,30 @@ use tracing::{debug, warn};
 
 use crate::app::App;
 use crate::backend::Backend;
-use crate::config::{Config, OnStoreError};
+use crate::config::Config;
+use crate::dataplane::Publish;
 use crate::events::now_ms;
-use crate::ratelimit::{ClusterLink, SYNC_PERIOD};
+use crate::ratelimit::SYNC_PERIOD;
 use crate::resilience::Transition;
 use crate::state::{Decision, Record, StoreEvent};
 
-/// This replica's view of the cluster.
-pub struct Cluster {
-    pub name: String,
-    /// Sharing state with other replicas (a Redis store), or alone.
-    pub clustered: bool,
-    pub link: Arc<ClusterLink>,
-    replicas: Mutex<Vec<ReplicaView>>,
-    me: Mutex<ReplicaView>,
-    /// Addresses, known once the listeners are bound.
-    addrs: Mutex<(String, String)>,
-    /// Backends this replica holds the probe lease for.
-    probing: Mutex<HashMap<Arc<str>, Instant>>,
-    started: AtomicBool,
-}
+pub use crate::app::Cluster;
 
-impl Cluster {
-    pub fn new(config: &Config, clustered: bool) -> Self {
-        let (name, on_error) = match &config.cluster {
-            Some(c) => (c.name.clone(), c.on_store_error),
-            None => ("default".into(), OnStoreError::Local),
-        };
-        Self {
-            link: Arc::new(ClusterLink {
-                name: name.clone(),
-                store_ok: AtomicBool::new(!clustered),
-                live: AtomicUsize::new(1),
-                on_error,
-            }),
-            name,
-            clustered,
-            replicas: Mutex::new(Vec::new()),
-            me: Mutex::new(ReplicaView::default()),
-            addrs: Mutex::new((String::new(), String::new())),
-            probing: Mutex::new(HashMap::new()),
-            started: AtomicBool::new(false),
+/// Publishes this replica's decisions (the data plane's transitions, the health
+/// checker's verdicts) to the other replicas.
+struct Publisher(Weak<App>);
+
+impl Publish for Publisher {
+    fn transition(&self, backend: &Backend, t: &Transition) {
+        if let Some(app) = self.0.upgrade() {
+            publish_transition(&app, backend, t);
         }
     }
 
-    pub fn set_addresses(&self, proxy: String, admin: String) {
-        *self.addrs.lock() = (proxy, admin);
+    fn decision(&self, key: &str, decision: Decision) {
+        if let Some(app) = self.0.upgrade() {
+            publish(&app, key, decision);
+        }
     }
 }
 
@@ -99,9 +76,10 @@ fn cluster_settings(config: &Config) -> (Duration, Duration, Duration) {
     )
 }
 
-/// Starts the cluster tasks.
+/// Starts the cluster tasks, and publishes this replica's decisions from now on.
 pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     app.cluster.started.store(true, Relaxed);
+    app.set_publisher(Box::new(Publisher(Arc::downgrade(app))));
     let mut tasks = vec![
         tokio::spawn(follow(app.clone(), stop.clone())),
         tokio::spawn(heartbeat(app.clone(), stop.clone())),
@@ -617,6 +595,25 @@ async fn token_sync(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 // === the cluster view ===
+
+impl App {
+    /// `GET /admin/config`: the status plus, when clustered, every replica's commit.
+    pub fn config_status_with_replicas(&self) -> ConfigStatus {
+        let mut status = self.config_status();
+        let view = view(self);
+        status.replicas = view
+            .replicas
+            .iter()
+            .map(|r| switchyard_shared::ReplicaConfigView {
+                id: r.id.clone(),
+                commit: r.config_commit.clone(),
+                generation: r.config_generation,
+            })
+            .collect();
+        status.converged = view.converged;
+        status
+    }
+}
 
 /// `GET /admin/cluster`: live replicas and cluster-wide per-backend figures.
 pub fn view(app: &App) -> ClusterView {

@@ -1,14 +1,17 @@
-//! Data-path errors and the one place they become HTTP responses. Clients get a
-//! status and a short plain body; the detail goes to the log and metrics.
+//! Data-path errors and the one place every answer the proxy makes up comes from:
+//! 400/408/431 for heads the HTTP/1.1 server refuses, 429 for the rate limiter,
+//! 502/503/504 for the upstream side, 503 for a connection over the limit (as
+//! linkerd's `errors/respond.rs`). Clients get a status and a short plain body;
+//! the detail goes to the log and metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use switchyard_http1::Refusal;
+use switchyard_http1::{ConnectError, Refusal, UpstreamError};
 
-use crate::forward::body::ProxyBody;
-use crate::forward::pool::ConnectError;
+pub use crate::ratelimit::RateLimited;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -27,7 +30,7 @@ pub enum ProxyError {
     Upstream {
         backend: Arc<str>,
         #[source]
-        source: switchyard_http1::UpstreamError,
+        source: UpstreamError,
     },
     #[error("upstream {backend} sent no response within {timeout:?}")]
     Timeout {
@@ -39,23 +42,17 @@ pub enum ProxyError {
     /// A request head the HTTP/1.1 server would not pass on.
     #[error("request head refused: {0:?}")]
     Refused(Refusal),
-}
-
-/// What a 429 tells the client.
-#[derive(Debug, Clone)]
-pub struct RateLimited {
-    /// Seconds until a request would be admitted.
-    pub retry_after: u64,
-    pub limit: u64,
-    pub remaining: u64,
-    /// Seconds until the bucket is full again.
-    pub reset: u64,
+    /// A client connection over `server.max_connections`.
+    #[error("too many connections")]
+    TooManyConnections,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -68,8 +65,8 @@ impl ProxyError {
         }
     }
 
-    /// A short response; never the error's detail.
-    pub fn into_response(self) -> Response<ProxyBody> {
+    /// A short response (its body is the text); never the error's detail.
+    pub fn into_response(self) -> Response<Bytes> {
         let status = self.status();
         let body: &'static str = match &self {
             ProxyError::NoBackend => "no backend available\n",
@@ -83,8 +80,9 @@ impl ProxyError {
                 Refusal::TooLarge => "request header fields too large\n",
                 Refusal::Timeout => "request head not received in time\n",
             },
+            ProxyError::TooManyConnections => "too many connections\n",
         };
-        let mut resp = Response::new(ProxyBody::full(body));
+        let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
@@ -105,6 +103,10 @@ impl ProxyError {
                 h.insert("ratelimit-reset", HeaderValue::from(rl.reset));
             }
             ProxyError::BadRequest(_) | ProxyError::Refused(_) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::TooManyConnections => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

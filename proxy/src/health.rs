@@ -11,12 +11,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::{HeaderMap, Request, header};
 use http_body_util::BodyExt;
-use parking_lot::Mutex;
 use switchyard_http1::{Exchange, SendError};
 use switchyard_shared::{EventKind, HealthStatus};
 use tokio::sync::watch;
@@ -27,94 +26,10 @@ use crate::backend::Backend;
 use crate::config::StatusRanges;
 use crate::forward::body::ReqBody;
 use crate::forward::pool;
+use crate::state::Decision;
 
-/// A backend's active-health verdict.
-#[derive(Default)]
-pub struct HealthCell {
-    status: AtomicU8,
-    passes: AtomicU32,
-    fails: AtomicU32,
-    reason: Mutex<Option<String>>,
-}
-
-const UNCHECKED: u8 = 0;
-const HEALTHY: u8 = 1;
-const UNHEALTHY: u8 = 2;
-
-impl HealthCell {
-    pub fn status(&self) -> HealthStatus {
-        match self.status.load(Relaxed) {
-            HEALTHY => HealthStatus::Healthy,
-            UNHEALTHY => HealthStatus::Unhealthy,
-            _ => HealthStatus::Unchecked,
-        }
-    }
-
-    /// Unchecked counts as healthy: without checks every backend is presumed up.
-    pub fn is_healthy(&self) -> bool {
-        self.status.load(Relaxed) != UNHEALTHY
-    }
-
-    /// Why it is unhealthy (the last failed probe), if it is.
-    pub fn reason(&self) -> Option<String> {
-        self.reason.lock().clone()
-    }
-
-    /// Accounts one probe; returns the new status when it changed.
-    pub fn observe(
-        &self,
-        pass: bool,
-        detail: &str,
-        healthy_threshold: u32,
-        unhealthy_threshold: u32,
-    ) -> Option<HealthStatus> {
-        let mut reason = self.reason.lock();
-        let current = self.status.load(Relaxed);
-        let next = if pass {
-            self.fails.store(0, Relaxed);
-            let passes = self.passes.fetch_add(1, Relaxed) + 1;
-            match current {
-                UNHEALTHY if passes >= healthy_threshold => HEALTHY,
-                UNCHECKED => HEALTHY,
-                s => s,
-            }
-        } else {
-            self.passes.store(0, Relaxed);
-            let fails = self.fails.fetch_add(1, Relaxed) + 1;
-            if current != UNHEALTHY && fails >= unhealthy_threshold {
-                UNHEALTHY
-            } else {
-                current
-            }
-        };
-        if !pass {
-            *reason = Some(detail.to_string());
-        } else if next == HEALTHY {
-            *reason = None;
-        }
-        if next == current {
-            return None;
-        }
-        self.status.store(next, Relaxed);
-        Some(self.status())
-    }
-
-    /// Sets the verdict outright (checks switched off, or decided by another replica).
-    pub fn set(&self, status: HealthStatus, reason: Option<String>) {
-        let mut r = self.reason.lock();
-        self.status.store(
-            match status {
-                HealthStatus::Unchecked => UNCHECKED,
-                HealthStatus::Healthy => HEALTHY,
-                HealthStatus::Unhealthy => UNHEALTHY,
-            },
-            Relaxed,
-        );
-        self.passes.store(0, Relaxed);
-        self.fails.store(0, Relaxed);
-        *r = reason;
-    }
-}
+/// A backend's verdict (kept with the backend's other state).
+pub use crate::backend::HealthCell;
 
 /// Keeps one probe loop per backend in the running set, following reloads and
 /// membership changes.
@@ -218,10 +133,9 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
             app.events
                 .emit(EventKind::HealthChanged, Some(&backend.key), msg);
             // In a cluster the other replicas follow this replica's verdict.
-            crate::cluster::publish(
-                &app,
+            app.publish(
                 &backend.key,
-                crate::state::Decision::Health {
+                Decision::Health {
                     status,
                     reason: backend.health.reason(),
                 },
@@ -261,41 +175,5 @@ async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<u16, 
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thresholds_decide_transitions() {
-        let h = HealthCell::default();
-        assert_eq!(h.status(), HealthStatus::Unchecked);
-        assert!(h.is_healthy());
-        // first pass confirms it
-        assert_eq!(h.observe(true, "ok", 2, 3), Some(HealthStatus::Healthy));
-        assert_eq!(h.observe(false, "503", 2, 3), None);
-        assert_eq!(h.observe(false, "503", 2, 3), None);
-        assert_eq!(h.observe(false, "503", 2, 3), Some(HealthStatus::Unhealthy));
-        assert!(!h.is_healthy());
-        assert_eq!(h.reason().as_deref(), Some("503"));
-        // one pass is not enough to come back with healthy_threshold 2
-        assert_eq!(h.observe(true, "ok", 2, 3), None);
-        assert_eq!(h.observe(false, "503", 2, 3), None);
-        assert_eq!(h.observe(true, "ok", 2, 3), None);
-        assert_eq!(h.observe(true, "ok", 2, 3), Some(HealthStatus::Healthy));
-        assert_eq!(h.reason(), None);
-    }
-
-    #[test]
-    fn unchecked_goes_down_after_the_threshold() {
-        let h = HealthCell::default();
-        assert_eq!(h.observe(false, "refused", 2, 2), None);
-        assert!(h.is_healthy());
-        assert_eq!(
-            h.observe(false, "refused", 2, 2),
-            Some(HealthStatus::Unhealthy)
-        );
     }
 }

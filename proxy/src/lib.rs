@@ -12,6 +12,7 @@ pub mod balance;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dataplane;
 pub mod errors;
 pub mod events;
 pub mod forward;

@@ -54,12 +54,11 @@ use std::time::Duration;
 
 use http::Request;
 use parking_lot::Mutex;
+use switchyard_http1::headers;
 use tokio::time::Instant;
 
 use crate::config::types::in_any;
 use crate::config::{Cidr, OnStoreError, RateLimitConfig, RateLimitKey};
-use crate::errors::{ProxyError, RateLimited};
-use crate::forward::headers;
 use crate::state::{TokenGrant, TokenRequest};
 use crate::telemetry::metrics::Metrics;
 
@@ -84,6 +83,17 @@ impl ClusterLink {
     pub fn live(&self) -> usize {
         self.live.load(Relaxed).max(1)
     }
+}
+
+/// A refused request: what its 429 tells the client.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    /// Seconds until a request would be admitted.
+    pub retry_after: u64,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset: u64,
 }
 
 /// A limit: tokens per second and bucket size.
@@ -156,7 +166,7 @@ impl RateLimiter {
         req: &Request<B>,
         peer: SocketAddr,
         metrics: &Metrics,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<(), RateLimited> {
         let (rule, limit) = self.limit_for(req.uri().path());
         let Some(key) = self.key_of(req, peer, rule) else {
             // No key (header absent): not limited by this rule.
@@ -192,12 +202,12 @@ impl RateLimiter {
             Decision::Reject { retry_after_s } => {
                 self.rejected.fetch_add(1, Relaxed);
                 metrics.rate_limited.fetch_add(1, Relaxed);
-                Err(ProxyError::RateLimited(RateLimited {
+                Err(RateLimited {
                     retry_after: retry_after_s.ceil().max(1.0) as u64,
                     limit: limit.rate.round() as u64,
                     remaining: 0,
                     reset: (limit.burst / limit.rate).ceil() as u64,
-                }))
+                })
             }
         }
     }

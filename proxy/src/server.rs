@@ -176,7 +176,7 @@ pub async fn start_with_store(
     let (stop, stop_rx) = watch::channel(false);
     let proxy = tokio::spawn(listener::serve(
         proxy_listener,
-        app.clone(),
+        app.plane().clone(),
         stop_rx.clone(),
     ));
     let router = admin::router(AdminState {

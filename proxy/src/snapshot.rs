@@ -16,7 +16,7 @@ use switchyard_shared::BackendSource;
 use switchyard_shared::validate::{self, BackendUrl};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Member};
+use crate::backend::{Backend, Member, Outcome, Recorded};
 use crate::balance::{self, Balance};
 use crate::config::Config;
 use crate::ratelimit::RateLimiter;
@@ -214,6 +214,38 @@ impl Snapshot {
         self.balancer.pick(&self.members, &ok, now)
     }
 }
+
+impl Backend {
+    /// Accounts one attempt that began at `started` and ended now, under `snap`'s
+    /// policies (see [`Backend::account`]). `probe`: a half-open circuit probe.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        started: Instant,
+        probe: bool,
+        snap: &Snapshot,
+    ) -> Recorded {
+        self.record_at(outcome, started, Instant::now(), probe, snap)
+    }
+
+    /// [`Backend::record`] for an attempt that ended at `now` (a clock reading
+    /// the caller already has).
+    pub fn record_at(
+        &self,
+        outcome: Outcome,
+        started: Instant,
+        now: Instant,
+        probe: bool,
+        snap: &Snapshot,
+    ) -> Recorded {
+        self.account(outcome, started, now, probe, &snap.config, &snap.members)
+    }
+}
+
+/// The breaker, ejection backoff, the ejection cap and the panic threshold, on
+/// paused time, through a snapshot's backends.
+#[cfg(test)]
+mod resilience_tests;
 
 #[cfg(test)]
 mod tests {

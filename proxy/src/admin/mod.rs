@@ -158,13 +158,10 @@ async fn reload(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
         )
         .into_response();
     };
-    if uri
+    let allow_unrelated = uri
         .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "allow_unrelated=true"))
-    {
-        s.app.allow_unrelated_history.store(true, Relaxed);
-    }
-    match handle.reload().await {
+        .is_some_and(|q| q.split('&').any(|kv| kv == "allow_unrelated=true"));
+    match handle.reload(allow_unrelated).await {
         Some(o @ Outcome::Refused { .. }) => {
             (StatusCode::UNPROCESSABLE_ENTITY, Json(o)).into_response()
         }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use switchyard_http1::{Conn, UpstreamError};
 
-use crate::app::App;
 use crate::backend::Backend;
+use crate::dataplane::DataPlane;
 pub use switchyard_http1::ClientBody;
 
 /// The backend's response body, as the proxy reads it.
@@ -164,7 +164,7 @@ impl Body for ProxyBody {
 /// upstream connection back to the pool if the exchange completed cleanly, and
 /// settles the in-flight counts and the duration histogram.
 pub struct ResponseGuard {
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     backend: Arc<Backend>,
     max_idle: usize,
     started: Instant,
@@ -175,14 +175,14 @@ pub struct ResponseGuard {
 impl ResponseGuard {
     /// Takes over one in-flight count on `backend` and one on the proxy.
     pub fn new(
-        app: Arc<App>,
+        plane: Arc<DataPlane>,
         backend: Arc<Backend>,
         max_idle: usize,
         started: Instant,
         trace: Option<super::trace::Trace>,
     ) -> Self {
         Self {
-            app,
+            plane,
             backend,
             max_idle,
             started,
@@ -204,7 +204,7 @@ impl ResponseGuard {
         }
         self.backend.stats.active.fetch_sub(1, Relaxed);
         let elapsed = now.saturating_duration_since(self.started);
-        self.app.metrics.finish_request(elapsed);
+        self.plane.metrics.finish_request(elapsed);
         if let Some(mut t) = self.trace.take() {
             t.finish(elapsed);
         }

@@ -11,6 +11,7 @@
 //! A backend that answers, even with a 5xx, is not retried: the answer goes to the
 //! client and the failure to the passive-health and circuit accounting.
 
+mod attempt;
 pub mod body;
 pub mod pool;
 pub mod tls;
@@ -19,30 +20,26 @@ pub mod trace;
 /// Header rewriting between the hops (the wire crate's).
 pub use switchyard_http1::headers;
 
-use std::future::Future as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use smallvec::SmallVec;
+use switchyard_http1::{ClientUpgrade, Conn, Refusal, UpstreamError};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::debug;
 
-use switchyard_http1::{ClientUpgrade, Conn, Exchange, Refusal, UpstreamError};
-
+use self::attempt::{Ended, Inflight, Outgoing, Probe};
 use self::body::{ProxyBody, ReqBody, ResponseGuard, UpstreamBody};
 use self::headers::Forwarded;
-use self::pool::ConnectError;
 use self::trace::Trace;
-use crate::app::App;
-use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
+use crate::dataplane::DataPlane;
 use crate::errors::ProxyError;
 use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
@@ -69,35 +66,35 @@ impl Peer {
 /// `upgrade` is where the client's connection comes from after a 101, for a
 /// request that asked to switch protocols.
 pub async fn handle(
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     req: Request<ReqBody>,
     peer: Peer,
     upgrade: Option<ClientUpgrade>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    app.metrics.start_request();
+    plane.metrics.start_request();
     // Until an answer is settled (by the response's guard, or below), a dropped
     // future (client gone, HTTP/2 stream reset) must still end the count.
-    let counted = Counted(&app.metrics);
-    let snap = app.snapshot();
-    let mut trace = Some(Trace::start(&app, &req, peer.addr, &snap));
-    let result = forward(&app, &snap, req, &peer, upgrade, started, &mut trace).await;
+    let counted = Counted(&plane.metrics);
+    let snap = plane.snapshot();
+    let mut trace = Some(Trace::start(&plane, &req, peer.addr, &snap));
+    let result = forward(&plane, &snap, req, &peer, upgrade, started, &mut trace).await;
     std::mem::forget(counted);
     match result {
         Ok(resp) => {
-            app.metrics.count_status(resp.status());
+            plane.metrics.count_status(resp.status());
             resp
         }
         Err(e) => {
             debug!(error = %e, client = %peer.addr, "request failed");
-            app.metrics.count_status(e.status());
+            plane.metrics.count_status(e.status());
             let elapsed = started.elapsed();
-            app.metrics.finish_request(elapsed);
+            plane.metrics.finish_request(elapsed);
             if let Some(mut t) = trace {
                 t.respond(e.status(), None);
                 t.finish(elapsed);
             }
-            e.into_response()
+            e.into_response().map(ProxyBody::full)
         }
     }
 }
@@ -114,22 +111,24 @@ impl Drop for Counted<'_> {
 /// Answers a request head the HTTP/1.1 server refused (malformed, too large, too
 /// slow, or with ambiguous framing): counted, then 400, 408 or 431 and close,
 /// before anything is forwarded.
-pub fn refuse(app: &App, refusal: Refusal, peer: SocketAddr) -> Response<ProxyBody> {
+pub fn refuse(plane: &DataPlane, refusal: Refusal, peer: SocketAddr) -> Response<ProxyBody> {
     if let Refusal::Ambiguous(ambiguity) = refusal {
-        app.metrics.refused_framing.fetch_add(1, Relaxed);
+        plane.metrics.refused_framing.fetch_add(1, Relaxed);
         debug!(client = %peer, ?ambiguity, "refused a request with ambiguous framing");
     } else {
-        app.metrics.refused_malformed.fetch_add(1, Relaxed);
+        plane.metrics.refused_malformed.fetch_add(1, Relaxed);
     }
     let e = ProxyError::Refused(refusal);
-    app.metrics.start_request();
-    app.metrics.count_status(e.status());
-    app.metrics.finish_request(Duration::ZERO);
-    e.into_response()
+    plane.metrics.start_request();
+    plane.metrics.count_status(e.status());
+    plane.metrics.finish_request(Duration::ZERO);
+    e.into_response().map(ProxyBody::full)
 }
 
+/// Rate limit, then attempts on backends until one answers (see the module docs
+/// for what is retried); the first answer that is not retried goes to the client.
 async fn forward(
-    app: &Arc<App>,
+    plane: &Arc<DataPlane>,
     snap: &Snapshot,
     req: Request<ReqBody>,
     peer: &Peer,
@@ -139,21 +138,25 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
     if let Some(limiter) = &snap.limiter {
-        let checked = limiter.check(&req, peer.addr, &app.metrics);
+        let checked = limiter.check(&req, peer.addr, &plane.metrics);
         if let Some(t) = trace.as_ref() {
             t.rate_limit(checked.is_ok());
         }
-        checked?;
+        checked.map_err(ProxyError::RateLimited)?;
     }
     let client_upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
     let (mut parts, incoming) = req.into_parts();
     let forwarded = prepare(&mut parts, peer, cfg, client_upgrade.is_some());
-
     let bodiless = incoming.is_end_stream();
-    // A request that can be sent again as it is: on another backend after a lost
-    // connection, or on a fresh connection after a stale pooled one.
-    let replayable = bodiless && is_idempotent(&parts.method);
-    let mut body = Some(if bodiless { ReqBody::Empty } else { incoming });
+    let mut out = Outgoing {
+        // A request that can be sent again as it is: on another backend after a
+        // lost connection, or on a fresh connection after a stale pooled one.
+        replayable: bodiless && is_idempotent(&parts.method),
+        parts,
+        forwarded,
+        body: Some(if bodiless { ReqBody::Empty } else { incoming }),
+        upgrade: client_upgrade.is_some(),
+    };
 
     let max_attempts = 1 + cfg.retries.attempts.as_usize();
     let mut attempts = 0usize;
@@ -170,40 +173,49 @@ async fn forward(
             break;
         };
         excluded.push(idx);
-        let member = &snap.members[idx];
-        let backend = &member.backend;
+        let backend = &snap.members[idx].backend;
         let (admission, half_open) = backend
             .circuit
             .acquire(backend.nanos(now), cfg.circuit_breaker.as_ref());
         if let Some(t) = half_open {
-            app.note(backend, t);
+            plane.note(backend, t);
         }
         if admission == Admission::Refuse {
             continue;
         }
-        let probe = admission == Admission::Probe;
+        let probe = Probe::new(&backend.circuit, admission == Admission::Probe);
         if attempts > 0 {
-            app.metrics.retries.fetch_add(1, Relaxed);
+            plane.metrics.retries.fetch_add(1, Relaxed);
         }
         attempts += 1;
         let inflight = Inflight::new(backend);
-        let attempt_start = now;
-        let client_span = match trace.as_ref() {
-            Some(t) => t.attempt(backend, &parts.method, parts.uri.path(), attempts, probe),
+        let span = match trace.as_ref() {
+            Some(t) => t.attempt(
+                backend,
+                &out.parts.method,
+                out.parts.uri.path(),
+                attempts,
+                probe.held(),
+            ),
             None => tracing::Span::none(),
         };
-
-        // A request that could not be sent again checks its pooled connection first;
-        // one that already met a stale pooled connection takes a fresh one.
-        let (conn, connected) = match checkout(backend, cfg, &app.metrics, !replayable, stale).await
-        {
-            Ok(c) => c,
-            Err(source) => {
-                Trace::attempt_done(&client_span, None, Some("connect"));
-                app.noted(
-                    backend,
-                    backend.record(Outcome::ConnectFailed, attempt_start, probe, snap),
-                );
+        let ended = attempt::run(plane, cfg, backend, &mut out, &span, now, stale).await;
+        attempt::settle(plane, snap, backend, span, now, probe, &ended);
+        let resp = match ended {
+            Ended::Answered(resp, _) => resp,
+            Ended::Stale(b) => {
+                // The pooled connection had been closed by the backend; nothing was
+                // answered, so this attempt does not count. Its other idle
+                // connections are likely closed too: drop those, and try again on a
+                // fresh connection (which cannot be stale, so this happens once).
+                backend.pool.prune();
+                out.body = Some(b);
+                excluded.pop();
+                attempts -= 1;
+                stale = true;
+                continue;
+            }
+            Ended::ConnectFailed(source) => {
                 debug!(backend = %backend.url, error = %source, "connect failed");
                 last_err = ProxyError::Connect {
                     backend: backend.url.clone(),
@@ -211,139 +223,54 @@ async fn forward(
                 };
                 continue;
             }
-        };
-
-        let Some(b) = body.take() else {
-            break;
-        };
-        let host = (!cfg.upstream.preserve_host).then_some(&backend.authority);
-        let mut extra = HeaderMap::new();
-        Trace::inject(app, &client_span, &mut extra);
-        let exchange = match Exchange::start_forwarded(
-            conn,
-            &parts,
-            host,
-            &extra,
-            Some(&forwarded),
-            b,
-            replayable,
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(error = %e, "request not sendable");
-                if probe {
-                    backend.circuit.release_probe();
-                }
-                return Err(ProxyError::BadRequest("bad request framing\n"));
-            }
-        };
-        let timeout = cfg.timeouts.request.get();
-        // The request timeout runs from the attempt's start, or for a new connection
-        // from when it was ready (its handshake had the connect timeout).
-        let deadline = connected.unwrap_or(attempt_start) + timeout;
-
-        // The exchange and its deadline polled in place (a `Timeout` would move the
-        // exchange into itself and then into this future).
-        let mut exchange = std::pin::pin!(exchange);
-        let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
-        let answered = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
-                return Poll::Ready(Ok(r));
-            }
-            expiry.as_mut().poll(cx).map(Err)
-        })
-        .await;
-        let resp = match answered {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(switchyard_http1::SendError::Stale(b))) => {
-                // The pooled connection had been closed by the backend; nothing was
-                // answered, so this attempt does not count against it. Its other idle
-                // connections are likely closed too: drop those, and try again on a
-                // fresh connection (which cannot be stale, so this happens once).
-                backend.pool.prune();
-                body = Some(b);
-                excluded.pop();
-                attempts -= 1;
-                if probe {
-                    backend.circuit.release_probe();
-                }
-                stale = true;
-                continue;
-            }
-            Ok(Err(switchyard_http1::SendError::Failed(e))) if e.is_client() => {
-                // The client's upload broke off: nothing to hold against the backend.
-                Trace::attempt_done(&client_span, None, Some("client aborted"));
-                if probe {
-                    backend.circuit.release_probe();
-                }
-                debug!(error = %e, "client body failed");
-                return Err(ProxyError::BadRequest("incomplete request body\n"));
-            }
-            Ok(Err(switchyard_http1::SendError::Failed(e))) => {
-                Trace::attempt_done(&client_span, None, Some("connection lost"));
-                app.noted(
-                    backend,
-                    backend.record(Outcome::Lost, attempt_start, probe, snap),
-                );
-                debug!(backend = %backend.url, error = %e, "upstream exchange failed");
+            Ended::Lost(source) => {
+                debug!(backend = %backend.url, error = %source, "upstream exchange failed");
                 last_err = ProxyError::Upstream {
                     backend: backend.url.clone(),
-                    source: e,
+                    source,
                 };
-                if replayable {
-                    body = Some(ReqBody::Empty);
+                if out.replayable {
+                    out.body = Some(ReqBody::Empty);
                     continue;
                 }
                 return Err(last_err);
             }
-            Err(_) => {
-                Trace::attempt_done(&client_span, None, Some("timeout"));
-                app.noted(
-                    backend,
-                    backend.record(Outcome::TimedOut, attempt_start, probe, snap),
-                );
+            Ended::TimedOut(timeout) => {
                 return Err(ProxyError::Timeout {
                     backend: backend.url.clone(),
                     timeout,
                 });
             }
+            Ended::ClientAborted(e) => {
+                debug!(error = %e, "client body failed");
+                return Err(ProxyError::BadRequest("incomplete request body\n"));
+            }
+            Ended::NotSendable(e) => {
+                debug!(error = %e, "request not sendable");
+                return Err(ProxyError::BadRequest("bad request framing\n"));
+            }
+            Ended::Unexpected101 => {
+                // Switching protocols nobody asked for: not a usable answer.
+                return Err(ProxyError::Upstream {
+                    backend: backend.url.clone(),
+                    source: UpstreamError::Malformed("101 without an upgrade request"),
+                });
+            }
+            Ended::NoBody => break,
         };
-
         let status = resp.status();
-        if status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
-            // Switching protocols nobody asked for: not a usable answer.
-            Trace::attempt_done(&client_span, None, Some("unexpected 101"));
-            app.noted(
-                backend,
-                backend.record(Outcome::Lost, attempt_start, probe, snap),
-            );
-            return Err(ProxyError::Upstream {
-                backend: backend.url.clone(),
-                source: UpstreamError::Malformed("101 without an upgrade request"),
-            });
-        }
-        let answered = Instant::now();
-        let ttfb = answered.saturating_duration_since(attempt_start);
-        let retry_status = replayable
+        if out.replayable
             && attempts < max_attempts
             && cfg
                 .retries
                 .on_status
                 .iter()
                 .any(|s| s.get() == i64::from(status.as_u16()))
-            && another_available(snap, &excluded);
-        let outcome = Outcome::Response { status, ttfb };
-        Trace::attempt_done(&client_span, Some(status), None);
-        drop(client_span);
-        app.noted(
-            backend,
-            backend.record_at(outcome, attempt_start, answered, probe, snap),
-        );
-        app.metrics.record_backend_latency(&backend.key, ttfb);
-        if retry_status {
+            && another_available(snap, &excluded)
+        {
             // Retried elsewhere: this answer (and its connection) is dropped.
             debug!(backend = %backend.url, status = %status, "retrying on status");
-            body = Some(ReqBody::Empty);
+            out.body = Some(ReqBody::Empty);
             drop(resp);
             continue;
         }
@@ -353,7 +280,7 @@ async fn forward(
             t.respond(status, Some(&backend.url));
         }
         let max_idle = cfg.upstream.max_idle_per_backend.as_usize();
-        let guard = ResponseGuard::new(app.clone(), backend.clone(), max_idle, started, trace);
+        let guard = ResponseGuard::new(plane.clone(), backend.clone(), max_idle, started, trace);
         return Ok(respond(resp, client_upgrade, guard));
     }
     Err(last_err)
@@ -436,6 +363,7 @@ fn is_idempotent(m: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
+
 /// Whether a backend not tried yet could take a retry (so a retryable answer is
 /// only dropped when there is somewhere else to go).
 fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
@@ -444,58 +372,4 @@ fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
         .iter()
         .enumerate()
         .any(|(i, m)| !excluded.contains(&i) && m.backend.available(now, &snap.config))
-}
-
-/// A pooled connection for a request, or a new one (always, with `fresh`), then
-/// with the time it was ready. With `careful`, a pooled connection is first checked
-/// for a close from the backend (a request that cannot be sent again must not go
-/// out on a connection about to fail).
-async fn checkout(
-    backend: &Backend,
-    cfg: &Config,
-    metrics: &Metrics,
-    careful: bool,
-    fresh: bool,
-) -> Result<(Box<Conn>, Option<Instant>), ConnectError> {
-    while let Some(mut conn) = (!fresh).then(|| backend.pool.take()).flatten() {
-        if !careful || conn.still_open() {
-            return Ok((conn, None));
-        }
-    }
-    let started = Instant::now();
-    // Boxed: a new connection is the rare path, and its (TLS) handshake state would
-    // otherwise make every request's future kilobytes larger.
-    let conn = Box::pin(pool::connect(backend, cfg.timeouts.connect.get())).await?;
-    let ready = Instant::now();
-    metrics.record_connect(ready.saturating_duration_since(started));
-    Ok((conn, Some(ready)))
-}
-
-/// One in-flight count on a backend for an attempt; released on drop unless a
-/// [`ResponseGuard`] takes it over.
-struct Inflight<'a> {
-    backend: &'a Backend,
-    armed: bool,
-}
-
-impl<'a> Inflight<'a> {
-    fn new(backend: &'a Backend) -> Self {
-        backend.stats.active.fetch_add(1, Relaxed);
-        Self {
-            backend,
-            armed: true,
-        }
-    }
-
-    fn hand_over(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.backend.stats.active.fetch_sub(1, Relaxed);
-        }
-    }
 }

@@ -10,8 +10,8 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::app::App;
 use crate::backend::Backend;
+use crate::dataplane::DataPlane;
 use crate::snapshot::Snapshot;
 use crate::telemetry::otel::{SPAN_TARGET, Sampling};
 
@@ -32,8 +32,13 @@ pub struct Trace {
 }
 
 impl Trace {
-    pub fn start<B>(app: &App, req: &Request<B>, peer: SocketAddr, snap: &Snapshot) -> Trace {
-        let span = match app
+    pub fn start<B>(
+        plane: &DataPlane,
+        req: &Request<B>,
+        peer: SocketAddr,
+        snap: &Snapshot,
+    ) -> Trace {
+        let span = match plane
             .telemetry()
             .filter(|t| t.traces_on())
             .map(|t| t.sample(req.headers()))
@@ -121,11 +126,11 @@ impl Trace {
     }
 
     /// Puts `traceparent` for `client` into the upstream request.
-    pub fn inject(app: &App, client: &Span, headers: &mut HeaderMap) {
+    pub fn inject(plane: &DataPlane, client: &Span, headers: &mut HeaderMap) {
         if client.is_disabled() {
             return;
         }
-        if let Some(t) = app.telemetry() {
+        if let Some(t) = plane.telemetry() {
             t.inject(&client.context(), headers);
         }
     }

@@ -25,9 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use serde::Serialize;
 use switchyard_shared::{ConfigErrorView, ConfigSourceView};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 pub use self::git::GitSource;
@@ -139,41 +138,8 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-/// What one reload did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Outcome {
-    Applied {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        commit: Option<String>,
-        added: Vec<String>,
-        removed: Vec<String>,
-        changed: Vec<String>,
-        /// Settings that take effect only after a restart.
-        restart_needed: Vec<String>,
-    },
-    Unchanged {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        commit: Option<String>,
-    },
-    Refused {
-        error: ConfigErrorView,
-    },
-}
-
-/// Asks the reloader for an immediate reload.
-#[derive(Clone)]
-pub struct ReloadHandle {
-    tx: mpsc::Sender<oneshot::Sender<Outcome>>,
-}
-
-impl ReloadHandle {
-    pub async fn reload(&self) -> Option<Outcome> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).await.ok()?;
-        rx.await.ok()
-    }
-}
+/// What a reload did and how one is asked for (kept with the state they report on).
+pub use crate::app::{Outcome, ReloadHandle, ReloadRequest};
 
 /// What has been applied, to recognise "nothing new".
 #[derive(Clone, Debug, Default)]
@@ -224,7 +190,7 @@ pub fn spawn(
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> ReloadHandle {
-    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Outcome>>(8);
+    let (tx, mut rx) = mpsc::channel::<ReloadRequest>(8);
     let every = poll;
     let mut r = Reloader {
         app,
@@ -256,17 +222,20 @@ pub fn spawn(
                 }
                 _ = stop.changed() => return,
             };
-            let outcome = r.reload().await;
-            if let Some(reply) = reply {
-                let _ = reply.send(outcome);
+            let allow_unrelated = reply.as_ref().is_some_and(|r| r.allow_unrelated);
+            let outcome = r.reload(allow_unrelated).await;
+            if let Some(req) = reply {
+                let _ = req.reply.send(outcome);
             }
         }
     });
-    ReloadHandle { tx }
+    ReloadHandle::new(tx)
 }
 
 impl Reloader {
-    async fn reload(&mut self) -> Outcome {
+    /// Fetches the source and applies what is new; `allow_unrelated` accepts one
+    /// revision whose history does not descend from the applied one.
+    async fn reload(&mut self, allow_unrelated: bool) -> Outcome {
         let (commit, text) = match self.fetch_settled().await {
             Ok(x) => x,
             Err(e) => return self.refuse(None, 0, e),
@@ -294,7 +263,7 @@ impl Reloader {
                     short(old)
                 ),
             );
-            if !self.allow_unrelated_once() {
+            if !allow_unrelated {
                 return self.refuse(Some(new.clone()), h, e);
             }
         }
@@ -336,10 +305,6 @@ impl Reloader {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.source.fetch().await
-    }
-
-    fn allow_unrelated_once(&self) -> bool {
-        self.app.allow_unrelated_history.swap(false, Relaxed)
     }
 
     fn refuse(&mut self, commit: Option<String>, h: u64, e: ConfigErrorView) -> Outcome {

@@ -16,8 +16,8 @@ use tracing::debug;
 pub use switchyard_http1::server::{ClientUpgrade, Limits, Upgraded};
 pub use switchyard_http1::{Ambiguity, Refusal};
 
-use crate::app::App;
 use crate::config::ServerConfig;
+use crate::dataplane::DataPlane;
 use crate::forward::body::{ProxyBody, ReqBody};
 use crate::forward::{self, Peer};
 
@@ -31,18 +31,18 @@ pub fn limits(cfg: &ServerConfig) -> Limits {
     }
 }
 
-/// One client connection's handler.
+/// One client connection's handler: the data plane and who the client is.
 pub struct Proxy {
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     peer: Peer,
     /// For HTTP/2's header list limit.
     max_head: usize,
 }
 
 impl Proxy {
-    pub fn new(app: Arc<App>, peer: Peer, limits: &Limits) -> Self {
+    pub fn new(plane: Arc<DataPlane>, peer: Peer, limits: &Limits) -> Self {
         Self {
-            app,
+            plane,
             peer,
             max_head: limits.max_head,
         }
@@ -58,25 +58,25 @@ impl Handler for Proxy {
         upgrade: Option<ClientUpgrade>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send {
         let req = req.map(|b| b.map_or(ReqBody::Empty, ReqBody::Client));
-        forward::handle(self.app.clone(), req, self.peer.clone(), upgrade)
+        forward::handle(self.plane.clone(), req, self.peer.clone(), upgrade)
     }
 
     fn refuse(&self, refusal: Refusal) -> Response<ProxyBody> {
         if let Refusal::Malformed(why) = refusal {
             debug!(client = %self.peer.addr, why, "malformed request head");
         }
-        forward::refuse(&self.app, refusal, self.peer.addr)
+        forward::refuse(&self.plane, refusal, self.peer.addr)
     }
 
     async fn serve_h2(&self, io: Rewind, mut stop: watch::Receiver<bool>) {
-        let app = self.app.clone();
+        let plane = self.plane.clone();
         let peer = self.peer.clone();
         let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-            let app = app.clone();
+            let plane = plane.clone();
             let peer = peer.clone();
             async move {
                 let req = req.map(ReqBody::from_incoming);
-                Ok::<_, std::convert::Infallible>(forward::handle(app, req, peer, None).await)
+                Ok::<_, std::convert::Infallible>(forward::handle(plane, req, peer, None).await)
             }
         });
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -94,5 +94,33 @@ impl Handler for Proxy {
         }
         h2.as_mut().graceful_shutdown();
         let _ = h2.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::snapshot::Snapshot;
+
+    /// An idle connection costs its task's size: the wire crate's loop with this
+    /// handler inline (HTTP/2 and the per-request future are boxed). Built from a
+    /// data plane alone: no state store, no replica.
+    #[tokio::test]
+    async fn a_connection_task_with_the_proxy_handler_stays_small() {
+        let config = Arc::new(Config::default());
+        let limits = Arc::new(limits(&config.server));
+        let plane = Arc::new(DataPlane::new(Snapshot::empty(config), "test".into()));
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (_client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (server, peer) = server.expect("accept");
+        let (_tx, rx) = watch::channel(false);
+        let handler = Proxy::new(plane, Peer::new(peer), &limits);
+        let conn = switchyard_http1::server::serve(server, handler, limits, rx);
+        let size = std::mem::size_of_val(&conn);
+        assert!(size <= 1024, "connection future is {size} bytes");
     }
 }

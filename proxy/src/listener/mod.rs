@@ -9,19 +9,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use http::Version;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::app::App;
+use crate::dataplane::DataPlane;
+use crate::errors::ProxyError;
 use crate::forward;
 
 /// Accepts until `stop` fires, then lets open connections finish within the grace
-/// period (idle ones close at once, busy ones after their response).
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let config = app.config();
+/// period (idle ones close at once, busy ones after their response). The
+/// connection limits are the snapshot's at start.
+pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
+    let config = plane.snapshot().config.clone();
     let limits = Arc::new(h1::limits(&config.server));
     let max_conns = config.server.max_connections.as_u64();
     drop(config);
@@ -41,14 +44,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
             },
             _ = stop.changed() => break,
         };
-        if app.metrics.connections_active.load(Relaxed) >= max_conns {
-            app.metrics.connections_rejected.fetch_add(1, Relaxed);
+        if plane.metrics.connections_active.load(Relaxed) >= max_conns {
+            plane.metrics.connections_rejected.fetch_add(1, Relaxed);
             tokio::spawn(reject(stream));
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let guard = ConnGuard::new(app.clone());
-        let handler = h1::Proxy::new(app.clone(), forward::Peer::new(peer), &limits);
+        let guard = ConnGuard::new(plane.clone());
+        let handler = h1::Proxy::new(plane.clone(), forward::Peer::new(peer), &limits);
         let conn = switchyard_http1::server::serve(stream, handler, limits.clone(), stop.clone());
         tracker.spawn(async move {
             conn.await;
@@ -57,7 +60,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
     }
     drop(listener);
     tracker.close();
-    let grace = app.config().server.grace_period.get();
+    let grace = plane.snapshot().config.server.grace_period.get();
     let open = tracker.len();
     info!(connections = open, grace = ?grace, "proxy listener closed; draining connections");
     tokio::select! {
@@ -66,23 +69,32 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
     }
 }
 
-/// Over `max_connections`: a plain 503 and close, so the client knows why.
+/// Over `max_connections`: a plain 503 and close, so the client knows why (the
+/// answer is [`ProxyError::TooManyConnections`]'s, framed by the wire crate).
 async fn reject(mut stream: TcpStream) {
-    let body = "too many connections\n";
-    let msg = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    let (parts, body) = ProxyError::TooManyConnections.into_response().into_parts();
+    let mut keep = false;
+    let out = switchyard_http1::codec::encode_response(
+        &parts,
+        &http_body_util::Full::new(body.clone()),
+        false,
+        Version::HTTP_11,
+        false,
+        false,
+        &mut keep,
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
+    let mut msg = out.head;
+    msg.extend_from_slice(&body);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&msg)).await;
     let _ = stream.shutdown().await;
 }
 
-struct ConnGuard(Arc<App>);
+struct ConnGuard(Arc<DataPlane>);
 
 impl ConnGuard {
-    fn new(app: Arc<App>) -> Self {
-        app.metrics.connections_active.fetch_add(1, Relaxed);
-        Self(app)
+    fn new(plane: Arc<DataPlane>) -> Self {
+        plane.metrics.connections_active.fetch_add(1, Relaxed);
+        Self(plane)
     }
 }
 

@@ -8,8 +8,6 @@
 
 pub mod circuit;
 pub mod outlier;
-#[cfg(test)]
-mod tests;
 pub mod trip;
 mod window;
 

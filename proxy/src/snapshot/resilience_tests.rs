@@ -11,7 +11,7 @@ use tokio::time::{Instant, advance};
 use super::*;
 use crate::backend::Outcome;
 use crate::config;
-use crate::snapshot::Snapshot;
+use crate::resilience::{Admission, Transition};
 use crate::state::Overlay;
 
 fn snapshot(yaml: &str) -> Snapshot {

@@ -1,0 +1,255 @@
+//! One attempt on one backend, and the bookkeeping every attempt ends with.
+//!
+//! [`run`] takes a connection (pooled, or new), sends the request and waits for the
+//! response head within the request timeout, and says how it [`Ended`]. [`settle`]
+//! is the one place that accounts for it: the client span's outcome, the backend's
+//! record (counters, latency estimate, circuit, ejection) and the transitions it
+//! caused. A half-open circuit's probe slot is held by a [`Probe`] guard: recording
+//! an outcome hands it to the breaker, and an attempt that ends without one (a
+//! stale connection, a client that went away, a request that could not be sent)
+//! gives it back when the guard drops.
+
+use std::future::Future as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderMap, Response, StatusCode};
+use switchyard_http1::{Conn, Exchange, SendError, UpstreamError};
+use tokio::time::Instant;
+use tracing::Span;
+
+use super::body::{ReqBody, UpstreamBody};
+use super::headers::Forwarded;
+use super::pool::{self, ConnectError};
+use super::trace::Trace;
+use crate::backend::{Backend, Outcome};
+use crate::config::Config;
+use crate::dataplane::DataPlane;
+use crate::resilience::Circuit;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
+
+/// What an attempt sends: the rewritten head, the forwarding lines, and the body
+/// while it has not been handed to a connection.
+pub(super) struct Outgoing<'a> {
+    pub parts: Parts,
+    pub forwarded: Forwarded<'a>,
+    /// `None` once sent (a replayable request gets an empty one back).
+    pub body: Option<ReqBody>,
+    /// Can be sent again as it is (idempotent, no body).
+    pub replayable: bool,
+    /// The client asked to switch protocols.
+    pub upgrade: bool,
+}
+
+/// How one attempt ended.
+pub(super) enum Ended {
+    /// The backend answered; the head arrived at this instant.
+    Answered(Response<UpstreamBody>, Instant),
+    /// 101 to a request that did not ask to switch protocols.
+    Unexpected101,
+    ConnectFailed(ConnectError),
+    /// The pooled connection had been closed by the backend before any answer;
+    /// the body comes back untouched (not the backend's fault, nothing to record).
+    Stale(ReqBody),
+    /// The client's upload broke off (nothing to hold against the backend).
+    ClientAborted(UpstreamError),
+    /// The connection broke before the answer.
+    Lost(UpstreamError),
+    TimedOut(Duration),
+    /// The request's head could not be written (its framing).
+    NotSendable(UpstreamError),
+    /// Nothing left to send (a body already consumed).
+    NoBody,
+}
+
+/// Sends `req` to `backend` once: a pooled connection, or a fresh one (always
+/// after a stale one, `fresh`), then the request, then its response head within
+/// `timeouts.request` (from `started`, or for a new connection from when it was
+/// ready: its handshake had the connect timeout).
+pub(super) async fn run(
+    plane: &DataPlane,
+    cfg: &Config,
+    backend: &Backend,
+    req: &mut Outgoing<'_>,
+    span: &Span,
+    started: Instant,
+    fresh: bool,
+) -> Ended {
+    // A request that could not be sent again checks its pooled connection first.
+    let (conn, connected) =
+        match checkout(backend, cfg, &plane.metrics, !req.replayable, fresh).await {
+            Ok(c) => c,
+            Err(e) => return Ended::ConnectFailed(e),
+        };
+    let Some(body) = req.body.take() else {
+        return Ended::NoBody;
+    };
+    let host = (!cfg.upstream.preserve_host).then_some(&backend.authority);
+    let mut extra = HeaderMap::new();
+    Trace::inject(plane, span, &mut extra);
+    let exchange = match Exchange::start_forwarded(
+        conn,
+        &req.parts,
+        host,
+        &extra,
+        Some(&req.forwarded),
+        body,
+        req.replayable,
+    ) {
+        Ok(x) => x,
+        Err(e) => return Ended::NotSendable(e),
+    };
+    let timeout = cfg.timeouts.request.get();
+    let deadline = connected.unwrap_or(started) + timeout;
+    // The exchange and its deadline polled in place (a `Timeout` would move the
+    // exchange into itself and then into this future).
+    let mut exchange = std::pin::pin!(exchange);
+    let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
+    let answered = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        expiry.as_mut().poll(cx).map(Err)
+    })
+    .await;
+    match answered {
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !req.upgrade => {
+            Ended::Unexpected101
+        }
+        Ok(Ok(resp)) => Ended::Answered(resp, Instant::now()),
+        Ok(Err(SendError::Stale(b))) => Ended::Stale(b),
+        Ok(Err(SendError::Failed(e))) if e.is_client() => Ended::ClientAborted(e),
+        Ok(Err(SendError::Failed(e))) => Ended::Lost(e),
+        Err(_) => Ended::TimedOut(timeout),
+    }
+}
+
+/// The end-of-attempt bookkeeping, for every way an attempt ends: the client
+/// span's outcome, then the backend's record under `snap`'s policies and the
+/// transitions it caused, and for an answer its latency.
+pub(super) fn settle(
+    plane: &DataPlane,
+    snap: &Snapshot,
+    backend: &Backend,
+    span: Span,
+    started: Instant,
+    probe: Probe<'_>,
+    ended: &Ended,
+) {
+    let (status, error, outcome, at) = match ended {
+        Ended::Answered(resp, at) => {
+            let status = resp.status();
+            let ttfb = at.saturating_duration_since(started);
+            let outcome = Outcome::Response { status, ttfb };
+            (Some(status), None, outcome, Some(*at))
+        }
+        Ended::Unexpected101 => (None, Some("unexpected 101"), Outcome::Lost, None),
+        Ended::ConnectFailed(_) => (None, Some("connect"), Outcome::ConnectFailed, None),
+        Ended::Lost(_) => (None, Some("connection lost"), Outcome::Lost, None),
+        Ended::TimedOut(_) => (None, Some("timeout"), Outcome::TimedOut, None),
+        Ended::ClientAborted(_) => {
+            Trace::attempt_done(&span, None, Some("client aborted"));
+            return;
+        }
+        // Nothing happened that says anything about the backend (the probe slot,
+        // if any, goes back as the guard drops).
+        Ended::Stale(_) | Ended::NotSendable(_) | Ended::NoBody => return,
+    };
+    Trace::attempt_done(&span, status, error);
+    drop(span);
+    let at = at.unwrap_or_else(Instant::now);
+    let recorded = backend.record_at(outcome, started, at, probe.consume(), snap);
+    plane.noted(backend, recorded);
+    if let Outcome::Response { ttfb, .. } = outcome {
+        plane.metrics.record_backend_latency(&backend.key, ttfb);
+    }
+}
+
+/// A half-open circuit's probe slot, held by an attempt. Recording the attempt's
+/// outcome hands it to the breaker ([`Probe::consume`]); dropped unconsumed, it
+/// is given back.
+pub(super) struct Probe<'a> {
+    circuit: &'a Circuit,
+    held: bool,
+}
+
+impl<'a> Probe<'a> {
+    /// `held`: the breaker admitted the attempt as a probe.
+    pub fn new(circuit: &'a Circuit, held: bool) -> Self {
+        Self { circuit, held }
+    }
+
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// Whether the attempt was a probe, for the breaker that now takes the slot.
+    fn consume(mut self) -> bool {
+        std::mem::take(&mut self.held)
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.circuit.release_probe();
+        }
+    }
+}
+
+/// A pooled connection for a request, or a new one (always, with `fresh`), then
+/// with the time it was ready. With `careful`, a pooled connection is first checked
+/// for a close from the backend (a request that cannot be sent again must not go
+/// out on a connection about to fail).
+async fn checkout(
+    backend: &Backend,
+    cfg: &Config,
+    metrics: &Metrics,
+    careful: bool,
+    fresh: bool,
+) -> Result<(Box<Conn>, Option<Instant>), ConnectError> {
+    while let Some(mut conn) = (!fresh).then(|| backend.pool.take()).flatten() {
+        if !careful || conn.still_open() {
+            return Ok((conn, None));
+        }
+    }
+    let started = Instant::now();
+    // Boxed: a new connection is the rare path, and its (TLS) handshake state would
+    // otherwise make every request's future kilobytes larger.
+    let conn = Box::pin(pool::connect(backend, cfg.timeouts.connect.get())).await?;
+    let ready = Instant::now();
+    metrics.record_connect(ready.saturating_duration_since(started));
+    Ok((conn, Some(ready)))
+}
+
+/// One in-flight count on a backend for an attempt; released on drop unless the
+/// response's guard takes it over.
+pub(super) struct Inflight<'a> {
+    backend: &'a Backend,
+    armed: bool,
+}
+
+impl<'a> Inflight<'a> {
+    pub fn new(backend: &'a Backend) -> Self {
+        backend.stats.active.fetch_add(1, Relaxed);
+        Self {
+            backend,
+            armed: true,
+        }
+    }
+
+    pub fn hand_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.backend.stats.active.fetch_sub(1, Relaxed);
+        }
+    }
+}
