@@ -1,9 +1,13 @@
 //! Switchyard: an adaptive HTTP API load balancer.
 //!
-//! The request path, in order: [`listener`] → [`ratelimit`] → [`balance`] (over the
-//! [`snapshot`]) → [`forward`]; beside it [`health`], [`resilience`] (circuit breaker
-//! and outlier ejection), [`state`] (the store behind shared state), [`admin`],
-//! [`telemetry`]. [`server`] starts and stops it all; `main.rs` only wires the CLI.
+//! The request path, in order: [`listener`] (the HTTP/1.1 wire is the
+//! `switchyard-http1` crate's) → [`forward`]: [`ratelimit`] → [`balance`] (over the
+//! [`snapshot`]) → an attempt on a backend; it is handed the [`dataplane`] (snapshot,
+//! metrics, events, tracer), never the whole [`app`]. Beside it [`health`],
+//! [`resilience`] (circuit breaker and outlier ejection), [`state`] (the store behind
+//! shared state), [`cluster`], [`gitops`], [`admin`], [`telemetry`]. [`server`] starts
+//! and stops it all; `main.rs` only wires the CLI. Each module imports only the layers
+//! below its own (docs/architecture.md; `tests/architecture.rs` checks it).
 
 pub mod admin;
 pub mod app;

@@ -41,7 +41,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -64,12 +64,13 @@ pub trait Handler: Send + Sync + 'static {
     /// The response body.
     type Body: Body<Data = Bytes> + Send + Unpin + 'static;
 
-    /// Answers one request. Its body is `None` when the request has none. With
-    /// `upgrade`, the request asked to switch protocols: after a 101 the
+    /// Answers one request: its head, and its body (`None` when it has none).
+    /// With `upgrade`, the request asked to switch protocols: after a 101 the
     /// connection arrives there ([`Upgraded`]).
     fn call(
         &self,
-        req: Request<Option<ClientBody>>,
+        head: http::request::Parts,
+        body: Option<ClientBody>,
         upgrade: Option<ClientUpgrade>,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 
@@ -375,8 +376,7 @@ impl<H: Handler> Connection<H> {
         };
         let head_request = parts.method == Method::HEAD;
         let version = parts.version;
-        let req = Request::from_parts(parts, body);
-        let resp = self.handler.call(req, upgrade_rx).await;
+        let resp = self.handler.call(parts, body, upgrade_rx).await;
 
         if let Some(s) = &state {
             // A 100 Continue after the final response has begun would corrupt it.

@@ -1,17 +1,19 @@
 //! One attempt on one backend, and the bookkeeping every attempt ends with.
 //!
-//! [`run`] takes a connection (pooled, or new), sends the request and waits for the
-//! response head within the request timeout, and says how it [`Ended`]. [`settle`]
-//! is the one place that accounts for it: the client span's outcome, the backend's
-//! record (counters, latency estimate, circuit, ejection) and the transitions it
-//! caused. A half-open circuit's probe slot is held by a [`Probe`] guard: recording
-//! an outcome hands it to the breaker, and an attempt that ends without one (a
-//! stale connection, a client that went away, a request that could not be sent)
-//! gives it back when the guard drops.
+//! An attempt ([`run`]) takes a connection ([`checkout`]: pooled, or new), sends the
+//! request ([`send`]) and waits for the response head within the request timeout
+//! ([`Answer`]), and says how it [`Ended`]. [`settle`] is the one place that
+//! accounts for it: the client span's outcome, the backend's record (counters,
+//! latency estimate, circuit, ejection) and the transitions it caused. A half-open
+//! circuit's probe slot is held by a [`Probe`] guard: recording an outcome hands it
+//! to the breaker, and an attempt that ends without one (a stale connection, a
+//! client that went away, a request that could not be sent) gives it back when the
+//! guard drops.
 
-use std::future::Future as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -65,32 +67,64 @@ pub(super) enum Ended {
     NoBody,
 }
 
-/// Sends `req` to `backend` once: a pooled connection, or a fresh one (always
-/// after a stale one, `fresh`), then the request, then its response head within
+/// One attempt: `req` sent to `backend` once, on a pooled connection or a fresh
+/// one (always after a stale one, `fresh`), and its response head awaited within
 /// `timeouts.request` (from `started`, or for a new connection from when it was
 /// ready: its handshake had the connect timeout).
-pub(super) async fn run(
+///
+/// A macro, not an `async fn`: the attempt's state stays inline in the request's
+/// future, instead of a future of its own built and moved into it per attempt.
+macro_rules! run {
+    ($plane:expr, $cfg:expr, $backend:expr, $req:expr, $span:expr, $started:expr, $fresh:expr) => {
+        // A request that could not be sent again checks its pooled connection first.
+        match attempt::checkout($backend, $cfg, &$plane.metrics, !$req.replayable, $fresh).await {
+            Err(e) => attempt::Ended::ConnectFailed(e),
+            Ok((conn, connected)) => {
+                let ready = connected.unwrap_or($started);
+                match attempt::send($plane, $cfg, $backend, $req, $span, conn, ready) {
+                    Ok(answer) => answer.await,
+                    Err(unsent) => attempt::Ended::from(unsent),
+                }
+            }
+        }
+    };
+}
+pub(super) use run;
+
+/// Why a request was not sent at all.
+pub(super) enum Unsent {
+    NoBody,
+    /// Its head could not be written (its framing).
+    Framing(UpstreamError),
+}
+
+impl From<Unsent> for Ended {
+    fn from(u: Unsent) -> Ended {
+        match u {
+            Unsent::NoBody => Ended::NoBody,
+            Unsent::Framing(e) => Ended::NotSendable(e),
+        }
+    }
+}
+
+/// Sends `req` on `conn`: the head is encoded now, and written (with the body) as
+/// the returned [`Answer`] is polled; `ready` is when the request timeout starts.
+pub(super) fn send(
     plane: &DataPlane,
     cfg: &Config,
     backend: &Backend,
     req: &mut Outgoing<'_>,
     span: &Span,
-    started: Instant,
-    fresh: bool,
-) -> Ended {
-    // A request that could not be sent again checks its pooled connection first.
-    let (conn, connected) =
-        match checkout(backend, cfg, &plane.metrics, !req.replayable, fresh).await {
-            Ok(c) => c,
-            Err(e) => return Ended::ConnectFailed(e),
-        };
+    conn: Box<Conn>,
+    ready: Instant,
+) -> Result<Answer, Unsent> {
     let Some(body) = req.body.take() else {
-        return Ended::NoBody;
+        return Err(Unsent::NoBody);
     };
     let host = (!cfg.upstream.preserve_host).then_some(&backend.authority);
     let mut extra = HeaderMap::new();
     Trace::inject(plane, span, &mut extra);
-    let exchange = match Exchange::start_forwarded(
+    let exchange = Exchange::start_forwarded(
         conn,
         &req.parts,
         host,
@@ -98,32 +132,49 @@ pub(super) async fn run(
         Some(&req.forwarded),
         body,
         req.replayable,
-    ) {
-        Ok(x) => x,
-        Err(e) => return Ended::NotSendable(e),
-    };
+    )
+    .map_err(Unsent::Framing)?;
     let timeout = cfg.timeouts.request.get();
-    let deadline = connected.unwrap_or(started) + timeout;
-    // The exchange and its deadline polled in place (a `Timeout` would move the
-    // exchange into itself and then into this future).
-    let mut exchange = std::pin::pin!(exchange);
-    let mut expiry = std::pin::pin!(tokio::time::sleep_until(deadline));
-    let answered = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
-            return Poll::Ready(Ok(r));
-        }
-        expiry.as_mut().poll(cx).map(Err)
+    Ok(Answer {
+        exchange,
+        expiry: tokio::time::sleep_until(ready + timeout),
+        timeout,
+        upgrade: req.upgrade,
     })
-    .await;
-    match answered {
-        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !req.upgrade => {
-            Ended::Unexpected101
+}
+
+pin_project_lite::pin_project! {
+    /// An exchange and its deadline, polled together: how the attempt ends.
+    pub(super) struct Answer {
+        #[pin]
+        exchange: Exchange<ReqBody>,
+        #[pin]
+        expiry: tokio::time::Sleep,
+        timeout: Duration,
+        // The client asked to switch protocols.
+        upgrade: bool,
+    }
+}
+
+impl Future for Answer {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.exchange.poll(cx) {
+            return Poll::Ready(match r {
+                Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !*this.upgrade => {
+                    Ended::Unexpected101
+                }
+                Ok(resp) => Ended::Answered(resp, Instant::now()),
+                Err(SendError::Stale(b)) => Ended::Stale(b),
+                Err(SendError::Failed(e)) if e.is_client() => Ended::ClientAborted(e),
+                Err(SendError::Failed(e)) => Ended::Lost(e),
+            });
         }
-        Ok(Ok(resp)) => Ended::Answered(resp, Instant::now()),
-        Ok(Err(SendError::Stale(b))) => Ended::Stale(b),
-        Ok(Err(SendError::Failed(e))) if e.is_client() => Ended::ClientAborted(e),
-        Ok(Err(SendError::Failed(e))) => Ended::Lost(e),
-        Err(_) => Ended::TimedOut(timeout),
+        this.expiry
+            .poll(cx)
+            .map(|()| Ended::TimedOut(*this.timeout))
     }
 }
 
@@ -204,7 +255,7 @@ impl Drop for Probe<'_> {
 /// with the time it was ready. With `careful`, a pooled connection is first checked
 /// for a close from the backend (a request that cannot be sent again must not go
 /// out on a connection about to fail).
-async fn checkout(
+pub(super) async fn checkout(
     backend: &Backend,
     cfg: &Config,
     metrics: &Metrics,

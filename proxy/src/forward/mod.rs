@@ -199,7 +199,7 @@ async fn forward(
             ),
             None => tracing::Span::none(),
         };
-        let ended = attempt::run(plane, cfg, backend, &mut out, &span, now, stale).await;
+        let ended = attempt::run!(plane, cfg, backend, &mut out, &span, now, stale);
         attempt::settle(plane, snap, backend, span, now, probe, &ended);
         let resp = match ended {
             Ended::Answered(resp, _) => resp,

@@ -54,10 +54,11 @@ impl Handler for Proxy {
 
     fn call(
         &self,
-        req: Request<Option<ClientBody>>,
+        head: http::request::Parts,
+        body: Option<ClientBody>,
         upgrade: Option<ClientUpgrade>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send {
-        let req = req.map(|b| b.map_or(ReqBody::Empty, ReqBody::Client));
+        let req = Request::from_parts(head, body.map_or(ReqBody::Empty, ReqBody::Client));
         forward::handle(self.plane.clone(), req, self.peer.clone(), upgrade)
     }
 

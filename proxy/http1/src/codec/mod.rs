@@ -77,7 +77,7 @@ impl Chunk {
 
 /// Headers that describe one connection and are never passed on (RFC 9110
 /// §7.6.1), besides those a `Connection` header names.
-pub const HOP_BY_HOP: [HeaderName; 8] = [
+pub static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -91,7 +91,11 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
 /// Whether `name` is hop-by-hop; `Upgrade` is too, unless the message switches
 /// protocols (`upgrade`).
 pub fn hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
-    HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE)
+    match role(name) {
+        Role::Upgrade => !upgrade,
+        Role::Connection | Role::TransferEncoding | Role::Te | Role::HopByHop => true,
+        Role::ContentLength | Role::Expect | Role::Other => false,
+    }
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitively).
@@ -150,19 +154,52 @@ pub(crate) fn content_length<'a>(
 pub(crate) type Span = (u32, u32, u32, u32);
 pub(crate) type Spans = SmallVec<[Span; 24]>;
 
-/// The spans of httparse's header lines, relative to `base` (the head's start).
-pub(crate) fn spans(headers: &[httparse::Header<'_>], base: usize) -> Spans {
-    headers
-        .iter()
-        .map(|h| {
-            (
-                (h.name.as_ptr() as usize - base) as u32,
-                h.name.len() as u32,
-                (h.value.as_ptr() as usize - base) as u32,
-                h.value.len() as u32,
-            )
-        })
-        .collect()
+/// Notes where httparse's header lines lie, relative to `base` (the head's
+/// start), in `spans` (filled in place: the list is too big to move around).
+pub(crate) fn note_spans(spans: &mut Spans, headers: &[httparse::Header<'_>], base: usize) {
+    for h in headers {
+        spans.push((
+            (h.name.as_ptr() as usize - base) as u32,
+            h.name.len() as u32,
+            (h.value.as_ptr() as usize - base) as u32,
+            h.value.len() as u32,
+        ));
+    }
+}
+
+/// The part a header plays in the framing and connection rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    Te,
+    /// Another hop-by-hop header (`Keep-Alive`, `Proxy-*`, `Trailer`).
+    HopByHop,
+    Other,
+}
+
+/// The part `name` plays (the usual headers first: most lines are `Other`).
+pub(crate) fn role(name: &HeaderName) -> Role {
+    if *name == header::CONTENT_LENGTH {
+        Role::ContentLength
+    } else if *name == header::CONNECTION {
+        Role::Connection
+    } else if *name == header::TRANSFER_ENCODING {
+        Role::TransferEncoding
+    } else if *name == header::UPGRADE {
+        Role::Upgrade
+    } else if *name == header::EXPECT {
+        Role::Expect
+    } else if *name == header::TE {
+        Role::Te
+    } else if HOP_BY_HOP[1..7].contains(name) {
+        Role::HopByHop
+    } else {
+        Role::Other
+    }
 }
 
 /// Why header lines could not be read.
@@ -172,22 +209,22 @@ pub(crate) enum LineError {
     Value,
 }
 
-/// A head's header lines, scanned once: their names, and what the framing and
-/// connection rules need from them.
-pub(crate) struct Lines {
-    head: Bytes,
-    spans: Spans,
-    names: SmallVec<[HeaderName; 24]>,
-    /// Indexes of the `Content-Length` lines.
-    pub lengths: SmallVec<[usize; 2]>,
-    /// `Transfer-Encoding` present: whether it ends in chunked.
+/// What a head's header lines say about framing and the connection, gathered as
+/// they are read (one pass, both directions).
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    /// The `Content-Length` values: (offset, length) in the head.
+    pub lengths: SmallVec<[(u32, u32); 2]>,
+    /// `Transfer-Encoding` present: whether its last coding is chunked.
     pub chunked: Option<bool>,
     /// `Connection` tokens.
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade_token: bool,
-    /// Indexes of the `Connection` lines (the headers they name are hop-by-hop).
-    pub connection: SmallVec<[usize; 2]>,
+    /// The `Connection` values name other headers (to drop as hop-by-hop).
+    pub lists_others: bool,
+    /// The `Connection` values: (offset, length) in the head.
+    pub connection: SmallVec<[(u32, u32); 1]>,
     /// An `Upgrade` line.
     pub upgrade: bool,
     pub expect_continue: bool,
@@ -195,95 +232,63 @@ pub(crate) struct Lines {
     pub te_trailers: bool,
 }
 
-impl Lines {
-    pub(crate) fn scan(head: Bytes, spans: Spans) -> Result<Lines, LineError> {
-        let mut l = Lines {
-            names: SmallVec::with_capacity(spans.len()),
-            head,
-            spans,
-            lengths: SmallVec::new(),
-            chunked: None,
-            close: false,
-            keep_alive: false,
-            upgrade_token: false,
-            connection: SmallVec::new(),
-            upgrade: false,
-            expect_continue: false,
-            te_trailers: false,
-        };
-        for i in 0..l.spans.len() {
-            let s = l.spans[i];
-            let name = HeaderName::from_bytes(&l.head[s.0 as usize..(s.0 + s.1) as usize])
-                .map_err(|_| LineError::Name)?;
-            if name == header::CONTENT_LENGTH {
-                l.lengths.push(i);
-            } else if name == header::TRANSFER_ENCODING {
-                l.chunked = Some(last_coding_is_chunked(l.value(i)));
-            } else if name == header::CONNECTION {
-                let v = l.value(i);
-                let (close, keep_alive, upgrade) = (
-                    has_token(v, b"close"),
-                    has_token(v, b"keep-alive"),
-                    has_token(v, b"upgrade"),
-                );
-                l.close |= close;
-                l.keep_alive |= keep_alive;
-                l.upgrade_token |= upgrade;
-                l.connection.push(i);
-            } else if name == header::UPGRADE {
-                l.upgrade = true;
-            } else if name == header::EXPECT {
-                let expect = l
-                    .value(i)
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"100-continue");
-                l.expect_continue |= expect;
-            } else if name == header::TE {
-                let trailers = has_token(l.value(i), b"trailers");
-                l.te_trailers |= trailers;
+impl Facts {
+    fn note(&mut self, role: Role, v: &[u8], at: (u32, u32)) {
+        match role {
+            Role::ContentLength => self.lengths.push(at),
+            Role::TransferEncoding => self.chunked = Some(last_coding_is_chunked(v)),
+            Role::Connection => {
+                for t in v.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        self.upgrade_token = true;
+                    } else if !t.is_empty() {
+                        self.close |= t.eq_ignore_ascii_case(b"close");
+                        self.lists_others = true;
+                    }
+                }
+                self.connection.push(at);
             }
-            l.names.push(name);
+            Role::Upgrade => self.upgrade = true,
+            Role::Expect => {
+                self.expect_continue |= v.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+            Role::Te => self.te_trailers |= has_token(v, b"trailers"),
+            Role::HopByHop | Role::Other => {}
         }
-        Ok(l)
     }
+}
 
-    pub(crate) fn value(&self, i: usize) -> &[u8] {
-        let s = self.spans[i];
-        &self.head[s.2 as usize..(s.2 + s.3) as usize]
-    }
+/// A span's bytes in `head`.
+pub(crate) fn slice(head: &[u8], (at, len): (u32, u32)) -> &[u8] {
+    &head[at as usize..(at + len) as usize]
+}
 
-    /// The `Content-Length` values, in order.
-    pub(crate) fn length_values(&self) -> impl Iterator<Item = &[u8]> {
-        self.lengths.iter().map(|&i| self.value(i))
-    }
-
-    /// Whether a `Connection` line names `name`.
-    pub(crate) fn listed(&self, name: &HeaderName) -> bool {
-        self.connection
-            .iter()
-            .any(|&i| has_token(self.value(i), name.as_str().as_bytes()))
-    }
-
-    /// The header map of the lines `keep` accepts (values are slices of the head),
-    /// with room for `extra` more.
-    pub(crate) fn into_map(
-        mut self,
-        extra: usize,
-        keep: impl Fn(&Lines, &HeaderName) -> bool,
-    ) -> Result<HeaderMap, LineError> {
-        let mut map = HeaderMap::with_capacity(self.spans.len() + extra);
-        let names = std::mem::take(&mut self.names);
-        for (name, s) in names.into_iter().zip(&self.spans) {
-            if !keep(&self, &name) {
-                continue;
-            }
+/// Reads a head's header lines (`spans` of `head`) into a header map whose values
+/// are slices of the head, with room for `extra` more, keeping the lines `keep`
+/// accepts; `facts` gets what the framing rules need from every line.
+pub(crate) fn read_lines(
+    head: &Bytes,
+    spans: &[Span],
+    extra: usize,
+    facts: &mut Facts,
+    keep: impl Fn(Role) -> bool,
+) -> Result<HeaderMap, LineError> {
+    let mut map = HeaderMap::with_capacity(spans.len() + extra);
+    for s in spans {
+        let name = HeaderName::from_bytes(slice(head, (s.0, s.1))).map_err(|_| LineError::Name)?;
+        let role = role(&name);
+        facts.note(role, slice(head, (s.2, s.3)), (s.2, s.3));
+        if keep(role) {
             let value =
-                HeaderValue::from_maybe_shared(self.head.slice(s.2 as usize..(s.2 + s.3) as usize))
+                HeaderValue::from_maybe_shared(head.slice(s.2 as usize..(s.2 + s.3) as usize))
                     .map_err(|_| LineError::Value)?;
             map.append(name, value);
         }
-        Ok(map)
     }
+    Ok(map)
 }
 
 // === writing ===

@@ -9,7 +9,10 @@ use http::request::Parts;
 use http::{Method, Request, Uri, Version};
 use http_body::Body;
 
-use super::{Chunk, Framing, LineError, Lines, content_length, parse_length, put_dec, put_header};
+use super::{
+    Chunk, Facts, Framing, LineError, Spans, content_length, note_spans, parse_length, put_dec,
+    put_header, read_lines, slice,
+};
 
 /// Room a request's header map keeps for what forwarding adds (`X-Forwarded-For`,
 /// `-Proto`, `-Host`, a `Host`), so adding them does not grow and rehash it.
@@ -63,7 +66,8 @@ pub fn parse_request(
     max_head: usize,
     max_headers: usize,
 ) -> Result<Option<RequestHead>, Refusal> {
-    let (len, method, target, minor, spans) = {
+    let mut spans = Spans::new();
+    let (len, method, target, minor) = {
         let mut stack: [MaybeUninit<httparse::Header<'_>>; STACK_HEADERS] =
             [const { MaybeUninit::uninit() }; STACK_HEADERS];
         let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::new();
@@ -91,20 +95,22 @@ pub fn parse_request(
             return Err(Refusal::TooLarge);
         }
         let base = buf.as_ptr() as usize;
-        let spans = super::spans(req.headers, base);
+        note_spans(&mut spans, req.headers, base);
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
             .map_err(|_| Refusal::Malformed("bad method\n"))?;
         let path = req.path.unwrap_or("");
         let target = (path.as_ptr() as usize - base, path.len());
-        (len, method, target, req.version.unwrap_or(1), spans)
+        (len, method, target, req.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Refusal::Malformed("bad request target\n"))?;
-    let malformed = |_: LineError| Refusal::Malformed("malformed header\n");
-    let lines = Lines::scan(head, spans).map_err(malformed)?;
+    let mut lines = Facts::default();
+    let headers = read_lines(&head, &spans, FORWARD_HEADERS, &mut lines, |_| true)
+        .map_err(|_: LineError| Refusal::Malformed("malformed header\n"))?;
     let mut length = None;
-    for v in lines.length_values() {
+    for &at in &lines.lengths {
+        let v = slice(&head, at);
         length = Some(parse_length(v).ok_or(Refusal::Malformed("bad content-length\n"))?);
     }
     let framing = match (lines.chunked, lines.lengths.len()) {
@@ -123,9 +129,6 @@ pub fn parse_request(
     let expect_continue = lines.expect_continue && minor == 1 && framing != Framing::Length(0);
     let upgrade = lines.upgrade && lines.upgrade_token;
     let trailers = lines.te_trailers;
-    let headers = lines
-        .into_map(FORWARD_HEADERS, |_, _| true)
-        .map_err(malformed)?;
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -4,13 +4,13 @@
 use std::mem::MaybeUninit;
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::Body;
 
 use super::{
-    Chunk, Framing, LineError, Lines, content_length, has_token, hop_by_hop, parse_length, put_dec,
-    put_header,
+    Chunk, Facts, Framing, LineError, Role, Spans, content_length, has_token, note_spans,
+    parse_length, put_dec, put_header, read_lines, slice,
 };
 
 /// Longest response head accepted (status line and header lines), and longest
@@ -40,7 +40,8 @@ pub fn parse_response(
     head_request: bool,
 ) -> Result<Option<ResponseHead>, &'static str> {
     loop {
-        let (len, code, minor, spans) = {
+        let mut spans = Spans::new();
+        let (len, code, minor) = {
             let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
                 [const { MaybeUninit::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
@@ -56,13 +57,8 @@ pub fn parse_response(
             if len > MAX_HEAD {
                 return Err("response head too large");
             }
-            let spans = super::spans(resp.headers, buf.as_ptr() as usize);
-            (
-                len,
-                resp.code.unwrap_or(0),
-                resp.version.unwrap_or(1),
-                spans,
-            )
+            note_spans(&mut spans, resp.headers, buf.as_ptr() as usize);
+            (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
         };
         let head = buf.split_to(len).freeze();
         let status = StatusCode::from_u16(code).map_err(|_| "bad status")?;
@@ -70,8 +66,18 @@ pub fn parse_response(
             // 100 Continue, 103 Early Hints: nothing to pass on; the real answer follows.
             continue;
         }
-        let lines = Lines::scan(head, spans).map_err(|_| "bad header name")?;
         let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+        // Hop-by-hop lines are left out as they are read; `Upgrade` stays on a 101.
+        let mut lines = Facts::default();
+        let mut headers = read_lines(&head, &spans, 0, &mut lines, |role| match role {
+            Role::Other | Role::ContentLength | Role::Expect => true,
+            Role::Upgrade => upgrade,
+            Role::Connection | Role::TransferEncoding | Role::Te | Role::HopByHop => false,
+        })
+        .map_err(|e| match e {
+            LineError::Name => "bad header name",
+            LineError::Value => "bad header value",
+        })?;
         // `close` anywhere wins; HTTP/1.0 closes unless it asked for keep-alive.
         let mut close = lines.close || (minor == 0 && !lines.keep_alive);
         let no_body = head_request
@@ -88,7 +94,7 @@ pub fn parse_response(
                 Framing::Eof
             }
         } else {
-            match content_length(lines.length_values()) {
+            match content_length(lines.lengths.iter().map(|&at| slice(&head, at))) {
                 Ok(Some(0)) => Framing::Empty,
                 Ok(Some(n)) => Framing::Length(n),
                 Ok(None) => Framing::Eof,
@@ -98,19 +104,31 @@ pub fn parse_response(
         if framing == Framing::Eof {
             close = true;
         }
-        let chunked = lines.chunked.is_some();
-        let mut headers = lines
-            .into_map(0, |l, name| {
-                !(hop_by_hop(name, upgrade)
-                    || (chunked && name == header::CONTENT_LENGTH)
-                    || (!l.connection.is_empty()
-                        && l.listed(name)
-                        && !(upgrade && name == header::UPGRADE)))
-            })
-            .map_err(|e| match e {
-                LineError::Name => "bad header name",
-                LineError::Value => "bad header value",
-            })?;
+        // Rare: lines only dropped once all are read — a length beside
+        // `Transfer-Encoding`, and headers a `Connection` line names (the map is
+        // rebuilt rather than removed from, which would reorder it).
+        let drop_length = lines.chunked.is_some() && !lines.lengths.is_empty();
+        if drop_length || lines.lists_others {
+            let listed = |name: &HeaderName| {
+                lines.connection.iter().any(|&at| {
+                    has_token(slice(&head, at), name.as_str().as_bytes())
+                        && !(upgrade && name == header::UPGRADE)
+                })
+            };
+            let mut kept = HeaderMap::with_capacity(headers.len());
+            let mut current: Option<HeaderName> = None;
+            for (name, value) in headers {
+                if let Some(n) = name {
+                    current = Some(n);
+                }
+                let Some(n) = &current else { continue };
+                if (drop_length && n == header::CONTENT_LENGTH) || listed(n) {
+                    continue;
+                }
+                kept.append(n.clone(), value);
+            }
+            headers = kept;
+        }
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }

@@ -461,7 +461,8 @@ impl Handler for Fixed {
 
     async fn call(
         &self,
-        _req: Request<Option<ClientBody>>,
+        _head: http::request::Parts,
+        _body: Option<ClientBody>,
         _upgrade: Option<ClientUpgrade>,
     ) -> Response<TestBody> {
         Response::new(full("ok"))
