@@ -1,5 +1,5 @@
 //! Header rewriting between client and backend on header maps: hop-by-hop removal
-//! (RFC 9110 §7.6.1, the list in [`crate::codec::HOP_BY_HOP`]) and
+//! (RFC 9110 §7.6.1, as [`crate::codec::hop_by_hop`] says) and
 //! `X-Forwarded-For`/`-Proto`/`-Host`.
 
 use std::net::IpAddr;

@@ -76,16 +76,22 @@ pub(super) enum Ended {
 /// future, instead of a future of its own built and moved into it per attempt.
 macro_rules! run {
     ($plane:expr, $cfg:expr, $backend:expr, $req:expr, $span:expr, $started:expr, $fresh:expr) => {
-        // A request that could not be sent again checks its pooled connection first.
-        match attempt::checkout($backend, $cfg, &$plane.metrics, !$req.replayable, $fresh).await {
-            Err(e) => attempt::Ended::ConnectFailed(e),
-            Ok((conn, connected)) => {
-                let ready = connected.unwrap_or($started);
-                match attempt::send($plane, $cfg, $backend, $req, $span, conn, ready) {
-                    Ok(answer) => answer.await,
-                    Err(unsent) => attempt::Ended::from(unsent),
-                }
-            }
+        // Each step a statement of its own: no temporary (a `Result` holding the
+        // exchange) lives on across the await that follows.
+        'attempt: {
+            // A request that could not be sent again checks its pooled connection.
+            let careful = !$req.replayable;
+            let (conn, connected) =
+                match attempt::checkout($backend, $cfg, &$plane.metrics, careful, $fresh).await {
+                    Ok(c) => c,
+                    Err(e) => break 'attempt attempt::Ended::ConnectFailed(e),
+                };
+            let ready = connected.unwrap_or($started);
+            let answer = match attempt::send($plane, $cfg, $backend, $req, $span, conn, ready) {
+                Ok(answer) => answer,
+                Err(unsent) => break 'attempt attempt::Ended::from(unsent),
+            };
+            answer.await
         }
     };
 }

@@ -78,7 +78,16 @@ pub async fn handle(
     let counted = Counted(&plane.metrics);
     let snap = plane.snapshot();
     let mut trace = Some(Trace::start(&plane, &req, peer.addr, &snap));
-    let result = forward(&plane, &snap, req, &peer, upgrade, started, &mut trace).await;
+    let result = match admit(&plane, &snap, &req, &peer, &trace) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
+            let mut out = Outgoing::new(req, &peer, &snap.config, upgrade.is_some());
+            // The request goes in by reference: the attempts' future stays small (it
+            // is moved into this one, and this one into the connection's).
+            forward(&plane, &snap, &mut out, upgrade, started, &mut trace).await
+        }
+    };
     std::mem::forget(counted);
     match result {
         Ok(resp) => {
@@ -125,39 +134,53 @@ pub fn refuse(plane: &DataPlane, refusal: Refusal, peer: SocketAddr) -> Response
     e.into_response().map(ProxyBody::full)
 }
 
-/// Rate limit, then attempts on backends until one answers (see the module docs
-/// for what is retried); the first answer that is not retried goes to the client.
+/// The rate limiter's verdict on `req` (before anything else happens to it).
+fn admit(
+    plane: &DataPlane,
+    snap: &Snapshot,
+    req: &Request<ReqBody>,
+    peer: &Peer,
+    trace: &Option<Trace>,
+) -> Result<(), ProxyError> {
+    let Some(limiter) = &snap.limiter else {
+        return Ok(());
+    };
+    let checked = limiter.check(req, peer.addr, &plane.metrics);
+    if let Some(t) = trace.as_ref() {
+        t.rate_limit(checked.is_ok());
+    }
+    checked.map_err(ProxyError::RateLimited)
+}
+
+impl<'a> Outgoing<'a> {
+    /// What `req` becomes for a backend (see [`prepare`]).
+    fn new(req: Request<ReqBody>, peer: &'a Peer, cfg: &Config, upgrade: bool) -> Self {
+        let (mut parts, incoming) = req.into_parts();
+        let forwarded = prepare(&mut parts, peer, cfg, upgrade);
+        let bodiless = incoming.is_end_stream();
+        Outgoing {
+            // A request that can be sent again as it is: on another backend after a
+            // lost connection, or on a fresh connection after a stale pooled one.
+            replayable: bodiless && is_idempotent(&parts.method),
+            parts,
+            forwarded,
+            body: Some(if bodiless { ReqBody::Empty } else { incoming }),
+            upgrade,
+        }
+    }
+}
+
+/// Attempts on backends until one answers (see the module docs for what is
+/// retried); the first answer that is not retried goes to the client.
 async fn forward(
     plane: &Arc<DataPlane>,
     snap: &Snapshot,
-    req: Request<ReqBody>,
-    peer: &Peer,
-    upgrade: Option<ClientUpgrade>,
+    out: &mut Outgoing<'_>,
+    client_upgrade: Option<ClientUpgrade>,
     started: Instant,
     trace: &mut Option<Trace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
-    if let Some(limiter) = &snap.limiter {
-        let checked = limiter.check(&req, peer.addr, &plane.metrics);
-        if let Some(t) = trace.as_ref() {
-            t.rate_limit(checked.is_ok());
-        }
-        checked.map_err(ProxyError::RateLimited)?;
-    }
-    let client_upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
-    let (mut parts, incoming) = req.into_parts();
-    let forwarded = prepare(&mut parts, peer, cfg, client_upgrade.is_some());
-    let bodiless = incoming.is_end_stream();
-    let mut out = Outgoing {
-        // A request that can be sent again as it is: on another backend after a
-        // lost connection, or on a fresh connection after a stale pooled one.
-        replayable: bodiless && is_idempotent(&parts.method),
-        parts,
-        forwarded,
-        body: Some(if bodiless { ReqBody::Empty } else { incoming }),
-        upgrade: client_upgrade.is_some(),
-    };
-
     let max_attempts = 1 + cfg.retries.attempts.as_usize();
     let mut attempts = 0usize;
     // Indexes not to pick again: tried, or refused by their circuit.
@@ -174,12 +197,15 @@ async fn forward(
         };
         excluded.push(idx);
         let backend = &snap.members[idx].backend;
-        let (admission, half_open) = backend
-            .circuit
-            .acquire(backend.nanos(now), cfg.circuit_breaker.as_ref());
-        if let Some(t) = half_open {
-            plane.note(backend, t);
-        }
+        let admission = {
+            let (admission, half_open) = backend
+                .circuit
+                .acquire(backend.nanos(now), cfg.circuit_breaker.as_ref());
+            if let Some(t) = half_open {
+                plane.note(backend, t);
+            }
+            admission
+        };
         if admission == Admission::Refuse {
             continue;
         }
@@ -199,7 +225,7 @@ async fn forward(
             ),
             None => tracing::Span::none(),
         };
-        let ended = attempt::run!(plane, cfg, backend, &mut out, &span, now, stale);
+        let ended = attempt::run!(plane, cfg, backend, out, &span, now, stale);
         attempt::settle(plane, snap, backend, span, now, probe, &ended);
         let resp = match ended {
             Ended::Answered(resp, _) => resp,

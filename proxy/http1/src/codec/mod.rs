@@ -20,7 +20,7 @@ pub use response::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
 use smallvec::SmallVec;
 
@@ -75,21 +75,11 @@ impl Chunk {
 
 // === the rules ===
 
-/// Headers that describe one connection and are never passed on (RFC 9110
-/// §7.6.1), besides those a `Connection` header names.
-pub static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Whether `name` is hop-by-hop; `Upgrade` is too, unless the message switches
-/// protocols (`upgrade`).
+/// Whether `name` describes one connection and is never passed on (RFC 9110
+/// §7.6.1: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+/// `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, and `Upgrade`
+/// unless the message switches protocols, `upgrade`), besides the headers a
+/// `Connection` line names.
 pub fn hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
     match role(name) {
         Role::Upgrade => !upgrade,
@@ -181,24 +171,22 @@ pub(crate) enum Role {
     Other,
 }
 
-/// The part `name` plays (the usual headers first: most lines are `Other`).
+/// The part `name` plays (one match on the lower-case name: no header value is
+/// built to compare with).
 pub(crate) fn role(name: &HeaderName) -> Role {
-    if *name == header::CONTENT_LENGTH {
-        Role::ContentLength
-    } else if *name == header::CONNECTION {
-        Role::Connection
-    } else if *name == header::TRANSFER_ENCODING {
-        Role::TransferEncoding
-    } else if *name == header::UPGRADE {
-        Role::Upgrade
-    } else if *name == header::EXPECT {
-        Role::Expect
-    } else if *name == header::TE {
-        Role::Te
-    } else if HOP_BY_HOP[1..7].contains(name) {
-        Role::HopByHop
-    } else {
-        Role::Other
+    match name.as_str() {
+        "content-length" => Role::ContentLength,
+        "connection" => Role::Connection,
+        "transfer-encoding" => Role::TransferEncoding,
+        "upgrade" => Role::Upgrade,
+        "expect" => Role::Expect,
+        "te" => Role::Te,
+        "keep-alive"
+        | "proxy-connection"
+        | "proxy-authenticate"
+        | "proxy-authorization"
+        | "trailer" => Role::HopByHop,
+        _ => Role::Other,
     }
 }
 
