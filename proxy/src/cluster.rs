@@ -12,14 +12,15 @@
 //! - **probe leases**: an open circuit is probed by exactly one replica — whoever
 //!   holds the `probe:<backend>` lease; the others keep it open until the prober
 //!   publishes the result;
-//! - **token sync**: every [`ratelimit::SYNC_PERIOD`], leases rate-limit tokens.
+//! - **token sync**: every [`crate::ratelimit::SYNC_PERIOD`], and at once for a
+//!   request of a cold key, leases rate-limit tokens.
 //!
 //! With the store unreachable every replica falls back to local decisions (local
 //! probing, local health checks, the rate-limit fallback) and keeps serving.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -37,7 +38,7 @@ use crate::app::App;
 use crate::backend::Backend;
 use crate::config::{Config, OnStoreError};
 use crate::events::now_ms;
-use crate::ratelimit::{ClusterLink, SYNC_PERIOD};
+use crate::ratelimit::ClusterLink;
 use crate::resilience::Transition;
 use crate::state::{Decision, Record, StoreEvent};
 
@@ -58,17 +59,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: &Config, clustered: bool) -> Self {
-        let (name, on_error) = match &config.cluster {
-            Some(c) => (c.name.clone(), c.on_store_error),
-            None => ("default".into(), OnStoreError::Local),
+        let (name, on_error, timeout) = match &config.cluster {
+            Some(c) => (c.name.clone(), c.on_store_error, c.timeout.get()),
+            None => (
+                "default".into(),
+                OnStoreError::Local,
+                Duration::from_millis(500),
+            ),
         };
         Self {
-            link: Arc::new(ClusterLink {
-                name: name.clone(),
-                store_ok: AtomicBool::new(!clustered),
-                live: AtomicUsize::new(1),
-                on_error,
-            }),
+            link: Arc::new(ClusterLink::new(&name, on_error, timeout, !clustered)),
             name,
             clustered,
             replicas: Mutex::new(Vec::new()),
@@ -585,35 +585,11 @@ fn release_probe(app: &Arc<App>, key: &Arc<str>) {
     }
 }
 
-async fn token_sync(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(SYNC_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let Some(limiter) = app.snapshot().limiter.clone() else {
-            continue;
-        };
-        if !app.cluster.link.store_ok.load(Relaxed) {
-            continue;
-        }
-        let asked = limiter.lease_requests();
-        if asked.is_empty() {
-            continue;
-        }
-        for chunk in asked.chunks(256) {
-            let reqs = chunk.iter().map(|(_, r)| r.clone()).collect();
-            match app.store.take_tokens(reqs).await {
-                Ok(grants) => limiter.apply_grants(chunk, &grants),
-                Err(e) => {
-                    debug!(error = %e, "token lease failed");
-                    break;
-                }
-            }
-        }
-    }
+/// Rate-limit leases for the limiter in force (see [`ratelimit::lease_loop`]).
+async fn token_sync(app: Arc<App>, stop: watch::Receiver<bool>) {
+    let link = app.cluster.link.clone();
+    let store = app.store.clone();
+    crate::ratelimit::lease_loop(&link, || app.snapshot().limiter.clone(), store, stop).await
 }
 
 // === the cluster view ===

@@ -34,8 +34,9 @@ pub struct AdminState {
     pub app: Arc<App>,
     pub token: Option<String>,
     pub public_read: bool,
-    /// The built dashboard.
-    pub dashboard_dir: std::path::PathBuf,
+    /// Where the dashboard is served from: the copy embedded in the binary, or a
+    /// directory (`"dir".into()`).
+    pub dashboard_dir: dashboard::Source,
     /// Origins allowed to call the API from a browser (`admin.cors_origins`).
     pub cors_origins: Vec<String>,
 }
@@ -180,6 +181,19 @@ fn count_error(s: &AdminState, e: AdminError) -> AdminError {
     e
 }
 
+/// A membership change the store did not take (503): not stored at all, or stored
+/// on the Redis primary without a replica's confirmation (it may not survive a
+/// failover; sending it again is safe).
+fn store_refused(e: crate::state::StoreError) -> AdminError {
+    let message = match e {
+        crate::state::StoreError::NotDurable(why) => {
+            format!("change could not be made durable: {why}")
+        }
+        e => format!("change not stored: {e}"),
+    };
+    AdminError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
 async fn add(
     State(s): State<AdminState>,
     body: Result<JsonBody<AddBackendRequest>, AdminError>,
@@ -196,12 +210,12 @@ async fn add(
         op: OverlayOp::Add,
         weight,
     };
-    let overlay = s.app.store.change_membership(change).await.map_err(|e| {
-        AdminError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("change not stored: {e}"),
-        )
-    })?;
+    let overlay = s
+        .app
+        .store
+        .change_membership(change)
+        .await
+        .map_err(store_refused)?;
     s.app.apply_overlay(overlay);
     Ok(Json(ChangeResponse {
         ok: true,
@@ -234,12 +248,12 @@ async fn remove(
         op: OverlayOp::Remove,
         weight: member.weight,
     };
-    let overlay = s.app.store.change_membership(change).await.map_err(|e| {
-        AdminError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("change not stored: {e}"),
-        )
-    })?;
+    let overlay = s
+        .app
+        .store
+        .change_membership(change)
+        .await
+        .map_err(store_refused)?;
     s.app.apply_overlay(overlay);
     Ok(Json(ChangeResponse {
         ok: true,

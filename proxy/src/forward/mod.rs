@@ -43,6 +43,7 @@ use crate::backend::{Backend, Outcome};
 use crate::config::{Config, types::in_any};
 use crate::errors::ProxyError;
 use crate::listener::h1::{Ambiguity, ClientUpgrade};
+use crate::ratelimit::Checked;
 use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -144,7 +145,11 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
     if let Some(limiter) = &snap.limiter {
-        let checked = limiter.check(&req, peer.addr, &app.metrics);
+        // Decided locally, but for a cold key in a cluster (one store round trip).
+        let checked = match limiter.check(&req, peer.addr, &app.metrics) {
+            Checked::Done(r) => r,
+            Checked::Wait(w) => w.await,
+        };
         if let Some(t) = trace.as_ref() {
             t.rate_limit(checked.is_ok());
         }

@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 use switchyard::demo::DemoServer;
 use switchyard::server::{self, Running};
 
+pub mod redis_ha;
+
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
