@@ -181,6 +181,18 @@ fn count_error(s: &AdminState, e: AdminError) -> AdminError {
     e
 }
 
+/// Stores a membership change and applies the overlay it yields.
+async fn commit(s: &AdminState, change: MembershipChange) -> Result<(), AdminError> {
+    let overlay = s
+        .app
+        .store
+        .change_membership(change)
+        .await
+        .map_err(store_refused)?;
+    s.app.apply_overlay(overlay);
+    Ok(())
+}
+
 /// A membership change the store did not take (503): not stored at all, or stored
 /// on the Redis primary without a replica's confirmation (it may not survive a
 /// failover; sending it again is safe).
@@ -210,13 +222,7 @@ async fn add(
         op: OverlayOp::Add,
         weight,
     };
-    let overlay = s
-        .app
-        .store
-        .change_membership(change)
-        .await
-        .map_err(store_refused)?;
-    s.app.apply_overlay(overlay);
+    commit(&s, change).await?;
     Ok(Json(ChangeResponse {
         ok: true,
         message: format!("backend {key} in the running set with weight {weight}"),
@@ -248,13 +254,7 @@ async fn remove(
         op: OverlayOp::Remove,
         weight: member.weight,
     };
-    let overlay = s
-        .app
-        .store
-        .change_membership(change)
-        .await
-        .map_err(store_refused)?;
-    s.app.apply_overlay(overlay);
+    commit(&s, change).await?;
     Ok(Json(ChangeResponse {
         ok: true,
         message: format!("backend {key} draining: no new requests, in-flight ones finish"),
