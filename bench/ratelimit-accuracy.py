@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Accuracy of the cluster-wide rate limit: three switchyard replicas (release build)
-sharing one redis-server, one global key, each replica offered `--factor` × the
-limit for `--seconds`, evenly paced by one client process per replica (keep-alive).
+sharing one redis-server, one global key, the cluster offered `--factor` × the limit
+for `--seconds`, split evenly over the replicas and paced by one client process per
+replica (keep-alive).
 Prints what was admitted beside `burst + rate × T`.
 
     cargo build --release --bins
@@ -57,7 +58,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=10)
     ap.add_argument("--burst", type=int, default=10)
-    ap.add_argument("--factor", type=float, default=3.0, help="offered load per replica ÷ limit")
+    ap.add_argument("--factor", type=float, default=3.0, help="offered load (whole cluster) ÷ limit")
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--replicas", type=int, default=3)
     args = ap.parse_args()
@@ -96,7 +97,7 @@ def main():
         time.sleep(2)  # heartbeats: every replica counts the others
         out = multiprocessing.Queue()
         start_at = time.time() + 0.5
-        per_s = args.rate * args.factor
+        per_s = args.rate * args.factor / args.replicas
         workers = [multiprocessing.Process(target=client, args=(port, per_s, start_at + i * 0.3 / per_s, args.seconds, out))
                    for i, port in enumerate(ports)]
         for w in workers:

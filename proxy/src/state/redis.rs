@@ -508,7 +508,7 @@ impl RedisStore {
                     *slot = None;
                     self.errors.fetch_add(1, Relaxed);
                     return Err(StoreError::Unavailable(format!(
-                        "no answer within {:?}",
+                        "no answer within {:?} (it may have been applied; sending it again is safe)",
                         self.timeout * 3 + wait
                     )));
                 }
