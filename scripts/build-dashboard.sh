@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the dashboard (crate dashboard-app, Leptos client-side rendering) into
-# dashboard-app/dist/, which the admin listener serves at /dashboard/.
+# dashboard-app/dist/, with .br/.gz twins of each file. `cargo build` embeds that
+# folder in the switchyard binary, which serves it at /dashboard/.
 #
 # Installs what is missing: the wasm32-unknown-unknown target, and wasm-bindgen-cli at
 # exactly the version Cargo.lock pins for the wasm-bindgen crate (they must match).
@@ -66,6 +67,23 @@ for f in "$static_dir"/*; do
   name=$(basename "$f")
   if ! cmp -s "$f" "$dist/$name"; then
     cp "$f" "$dist/$name.tmp" && mv -f "$dist/$name.tmp" "$dist/$name"
+  fi
+done
+
+# 6. precompressed twins (.br, .gz) the binary serves to browsers that accept them,
+#    rewritten only when their file changed (a stale twin is never left behind).
+command -v brotli >/dev/null 2>&1 || echo "build-dashboard: brotli not found (Debian: brotli); serving gzip only" >&2
+for f in "$dist"/*.html "$dist"/*.js "$dist"/*.wasm "$dist"/*.css; do
+  [ -f "$f" ] || continue
+  if [ ! -f "$f.gz" ] || [ "$f" -nt "$f.gz" ]; then
+    gzip -9 -n -c "$f" > "$f.gz.tmp" && mv -f "$f.gz.tmp" "$f.gz"
+  fi
+  if [ ! -f "$f.br" ] || [ "$f" -nt "$f.br" ]; then
+    if command -v brotli >/dev/null 2>&1; then
+      brotli -q 11 -f -o "$f.br.tmp" "$f" && mv -f "$f.br.tmp" "$f.br"
+    else
+      rm -f "$f.br"
+    fi
   fi
 done
 

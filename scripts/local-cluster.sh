@@ -17,6 +17,16 @@
 #                                  (release, into ${CARGO_TARGET_DIR:-target}) and the
 #                                  dashboard is built once if missing
 set -euo pipefail
+
+# A shell that starts with SIGINT or SIGTERM ignored (as anything started in the
+# background by a non-interactive shell does: a CI job, a test harness) can neither
+# trap nor restore them, and Ctrl-C would not stop it. Start again with the default
+# dispositions (coreutils env); the processes below then get them too.
+if [ -n "$(trap -p INT TERM)" ] && [ -z "${LOCAL_CLUSTER_SIGNALS_RESET:-}" ] &&
+  env --default-signal=INT true 2>/dev/null; then
+  LOCAL_CLUSTER_SIGNALS_RESET=1 exec env --default-signal=INT,TERM bash "$0" "$@"
+fi
+
 cd "$(dirname "$0")/.."
 
 replicas=3

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust (rustup) installed:
-# installs what is missing (redis-server, chromium + chromedriver, git, the wasm32
-# target, wasm-bindgen-cli), builds the dashboard, then runs fmt, clippy and every test.
+# installs what is missing (redis-server, redis-sentinel, brotli, chromium +
+# chromedriver, git, the wasm32 target, wasm-bindgen-cli), builds the dashboard
+# (before cargo, so the binaries the tests run embed it), then runs fmt, clippy and
+# every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 pkgs=()
 need redis-server || pkgs+=(redis-server)
+need redis-sentinel || pkgs+=(redis-sentinel)
+need brotli || pkgs+=(brotli)
 need chromium || pkgs+=(chromium)
 need chromedriver || pkgs+=(chromium-driver)
 need git || pkgs+=(git)

@@ -19,7 +19,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use switchyard::config::types::in_any;
 use switchyard::config::{self, Cidr, Config, OnStoreError};
 use switchyard::forward::{Peer, headers};
-use switchyard::ratelimit::{ClusterLink, RateLimiter};
+use switchyard::ratelimit::{Checked, ClusterLink, RateLimiter};
 use switchyard::snapshot::Snapshot;
 use switchyard::state::{MemoryStore, Overlay, StateStore, TokenRequest};
 use switchyard::telemetry::metrics::Metrics;
@@ -324,7 +324,10 @@ fn bench_ratelimit(c: &mut Criterion) {
     let mut g = c.benchmark_group("ratelimit");
 
     let admit = |l: &RateLimiter, req: &Request<()>, peer: SocketAddr| {
-        assert!(l.check(req, peer, &metrics).is_ok(), "bench expects admits");
+        assert!(
+            l.check(req, peer, &metrics).admitted_now(),
+            "bench expects admits"
+        );
     };
 
     let l = limiter(&limit_yaml("client_ip"), None);
@@ -374,7 +377,10 @@ fn bench_ratelimit(c: &mut Criterion) {
         None,
     );
     admit(&l, &api_req, client);
-    assert!(l.check(&api_req, client, &metrics).is_err());
+    assert!(matches!(
+        l.check(&api_req, client, &metrics),
+        Checked::Done(Err(_))
+    ));
     g.bench_function("check/client_ip_rejected", |b| {
         b.iter(|| l.check(black_box(&api_req), black_box(client), &metrics));
     });
@@ -383,22 +389,23 @@ fn bench_ratelimit(c: &mut Criterion) {
     // the store (a `MemoryStore` here, standing in for Redis), outside the timing,
     // as the background task does every 50 ms.
     let store = MemoryStore::default();
-    let link = Arc::new(ClusterLink {
-        name: "bench".into(),
-        store_ok: AtomicBool::new(true),
-        live: AtomicUsize::new(1),
-        on_error: OnStoreError::Local,
-    });
+    let link = Arc::new(ClusterLink::new(
+        "bench",
+        OnStoreError::Local,
+        Duration::from_millis(500),
+        true,
+    ));
     let l = limiter(&limit_yaml("client_ip"), Some(link));
     let sync = |l: &RateLimiter| {
-        let asked = l.lease_requests();
-        let reqs = asked.iter().map(|(_, r)| r.clone()).collect();
-        let grants = store
-            .take_tokens(reqs)
+        // The first check of a key waits for a fetch; then the periodic round.
+        l.fetch(&store)
             .now_or_never()
             .expect("the memory store answers at once")
             .expect("the memory store does not fail");
-        l.apply_grants(&asked, &grants);
+        l.sync(&store)
+            .now_or_never()
+            .expect("the memory store answers at once")
+            .expect("the memory store does not fail");
     };
     const ROUND: u64 = 64;
     for _ in 0..4 {

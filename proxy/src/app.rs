@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -76,17 +77,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: &Config, clustered: bool) -> Self {
-        let (name, on_error) = match &config.cluster {
-            Some(c) => (c.name.clone(), c.on_store_error),
-            None => ("default".into(), OnStoreError::Local),
+        let (name, on_error, timeout) = match &config.cluster {
+            Some(c) => (c.name.clone(), c.on_store_error, c.timeout.get()),
+            None => (
+                "default".into(),
+                OnStoreError::Local,
+                Duration::from_millis(500),
+            ),
         };
         Self {
-            link: Arc::new(ClusterLink {
-                name: name.clone(),
-                store_ok: AtomicBool::new(!clustered),
-                live: AtomicUsize::new(1),
-                on_error,
-            }),
+            link: Arc::new(ClusterLink::new(&name, on_error, timeout, !clustered)),
             name,
             clustered,
             replicas: Mutex::new(Vec::new()),

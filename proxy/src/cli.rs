@@ -22,7 +22,7 @@ use crate::telemetry::logging;
     about = "An adaptive HTTP API load balancer",
     after_help = "Environment (beside the [env: ...] of the options above):\n  \
     SWITCHYARD_ADMIN_TOKEN     bearer token for the admin API (else admin.token_file; without one the\n                             admin listener binds to loopback only)\n  \
-    SWITCHYARD_DASHBOARD_DIR   directory of the built dashboard (else admin.dashboard_dir, else dashboard-app/dist)\n  \
+    SWITCHYARD_DASHBOARD_DIR   directory of a built dashboard, when admin.dashboard_dir is unset (default: the copy embedded in the binary)\n  \
     SWITCHYARD_GIT_TOKEN       HTTPS token for --config-repo (the variable name can be changed with gitops.token_env)\n  \
     SWITCHYARD_GIT_USER        user name sent with that token (default x-access-token)\n  \
     RUST_LOG                   log level and filters (default info; the access log's target is `access`)\n  \
@@ -64,8 +64,9 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_THREADS")]
     pub threads: Option<u16>,
 
-    /// Redis for cluster state (overrides cluster.redis_url): redis://[:password@]host:port[/db]
-    /// or rediss:// for TLS.
+    /// Redis for cluster state (overrides cluster.redis_url): redis://[:password@]host:port[/db],
+    /// rediss:// for TLS, redis+sentinel://[:password@]host:26379[,…]/<master>[/<db>] or
+    /// redis+cluster://[:password@]host:6379[,…].
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     pub redis_url: Option<String>,
 

@@ -12,7 +12,8 @@
 //! - **probe leases**: an open circuit is probed by exactly one replica — whoever
 //!   holds the `probe:<backend>` lease; the others keep it open until the prober
 //!   publishes the result;
-//! - **token sync**: every [`ratelimit::SYNC_PERIOD`], leases rate-limit tokens.
+//! - **token sync**: every [`crate::ratelimit::SYNC_PERIOD`], and at once for a
+//!   request of a cold key, leases rate-limit tokens.
 //!
 //! With the store unreachable every replica falls back to local decisions (local
 //! probing, local health checks, the rate-limit fallback) and keeps serving.
@@ -37,7 +38,6 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::dataplane::Publish;
 use crate::events::now_ms;
-use crate::ratelimit::SYNC_PERIOD;
 use crate::resilience::Transition;
 use crate::state::{Decision, Record, StoreEvent};
 
@@ -563,35 +563,11 @@ fn release_probe(app: &Arc<App>, key: &Arc<str>) {
     }
 }
 
-async fn token_sync(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(SYNC_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let Some(limiter) = app.snapshot().limiter.clone() else {
-            continue;
-        };
-        if !app.cluster.link.store_ok.load(Relaxed) {
-            continue;
-        }
-        let asked = limiter.lease_requests();
-        if asked.is_empty() {
-            continue;
-        }
-        for chunk in asked.chunks(256) {
-            let reqs = chunk.iter().map(|(_, r)| r.clone()).collect();
-            match app.store.take_tokens(reqs).await {
-                Ok(grants) => limiter.apply_grants(chunk, &grants),
-                Err(e) => {
-                    debug!(error = %e, "token lease failed");
-                    break;
-                }
-            }
-        }
-    }
+/// Rate-limit leases for the limiter in force (see [`ratelimit::lease_loop`]).
+async fn token_sync(app: Arc<App>, stop: watch::Receiver<bool>) {
+    let link = app.cluster.link.clone();
+    let store = app.store.clone();
+    crate::ratelimit::lease_loop(&link, || app.snapshot().limiter.clone(), store, stop).await
 }
 
 // === the cluster view ===

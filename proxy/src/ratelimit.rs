@@ -19,35 +19,40 @@
 //! ## In a cluster
 //!
 //! A limit of N rps is N rps for the whole cluster. The global buckets live in the
-//! store (Redis), refilled by the store's clock; **no request waits for the store**.
-//! Each replica holds, per active key, tokens it leased in the background and spends
-//! them locally; every [`SYNC_PERIOD`] it asks for more (about what it used in the
-//! last period, at most `burst ÷ replicas`) and pays back any credit it spent.
-//! Credit: a key the replica holds no tokens for may admit requests on credit
-//! before the first lease arrives, so a new client is not refused while the lease
-//! is in flight: the replica's share of one sync period's refill
-//! (`min(rate × 50 ms, burst) ÷ replicas`, at least one). The credit is charged to
-//! the global bucket at the next sync and is only extended again while the store
-//! reports room for every replica's credit.
-//! Accuracy: over a window T the cluster admits at most `burst + rate × T` plus the
-//! credit other replicas spent that the store has not been told of yet (at most one
-//! sync period's refill, or `replicas − 1` requests for small limits); under
-//! sustained overload admissions follow the store's refill exactly (tokens left
-//! unused on an idle replica are lost, which errs on the strict side).
-//! The cost of keeping Redis off the request path: a cold replica admits only its
-//! credit during the first sync period (≤ 50 ms) of a burst; for a high limit that
-//! credit covers the period (measured: no refusals at 88k req/s against a limit of
-//! 10M rps, where one request of credit refused ~9k at start-up).
-//! With 3 replicas and the 50 ms period, a 60 s run at 3× the limit admits within
-//! ±10 % of the limit (`tests/cluster.rs`).
+//! store (Redis), refilled by the store's clock (`TIME`). A replica decides a
+//! request locally whenever it can ([`lease`]):
+//! - from tokens the store granted it, or on **credit**: requests admitted now and
+//!   charged at the next sync (every [`SYNC_PERIOD`]). Credit is extended only
+//!   while the store's bucket holds at least twice what all live replicas could
+//!   spend on it, so credit alone never overdraws the bucket; and it follows the
+//!   key's demand (1.5 × a sync period's requests), so a warm key never waits;
+//! - refusing, while the store last said the bucket is empty (until a token can
+//!   have come back).
 //!
+//! Otherwise (a key this replica has not seen, or whose credit ran out while the
+//! bucket may still hold tokens) the request waits for **one store round trip**,
+//! bounded by `cluster.timeout`, after which `cluster.on_store_error` decides.
+//! Requests of the same key that arrive meanwhile share that round trip.
+//!
+//! Accuracy: a burst of B ≤ `burst` after any idle period is admitted in full,
+//! wherever it lands (nothing is refused while the store has tokens: tokens are
+//! taken for the requests that wait, not set aside for replicas that may not need
+//! them). Over any window T the cluster admits at most `burst + rate × T` plus the
+//! credit other replicas spent that the store has not heard of yet (at most half
+//! of what the bucket held at their last sync, and only while it was at least
+//! half full); under sustained overload no credit is extended and admissions
+//! follow the store's refill. Measured (docs/benchmarks.md): 3 replicas at 3× the
+//! limit for 60 s admit within 1 % of `burst + rate × T`.
+
 //! If the store is unreachable, `cluster.on_store_error` decides: `local` (default)
 //! limits each replica to `rate ÷ live replicas` with local buckets, `allow` admits
 //! everything, `deny` refuses everything; leases resume when it returns.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -57,12 +62,24 @@ use parking_lot::Mutex;
 use switchyard_http1::headers;
 use tokio::time::Instant;
 
+use self::lease::{Leases, Take};
+
 use crate::config::types::in_any;
 use crate::config::{Cidr, OnStoreError, RateLimitConfig, RateLimitKey};
-use crate::state::{TokenGrant, TokenRequest};
+use crate::state::{StateStore, StoreResult, TokenRequest};
 use crate::telemetry::metrics::Metrics;
 
+pub mod lease;
+
+#[cfg(test)]
+mod cluster_tests;
+
 const SHARDS: usize = 64;
+
+/// Shard on middle bits: the table inside a shard indexes by the low ones.
+fn shard_of(key: u64) -> usize {
+    ((key >> 40) as usize) % SHARDS
+}
 
 /// How often a clustered replica syncs its leases with the store.
 pub const SYNC_PERIOD: Duration = Duration::from_millis(50);
@@ -77,9 +94,24 @@ pub struct ClusterLink {
     /// Live replicas, at least 1.
     pub live: AtomicUsize,
     pub on_error: OnStoreError,
+    /// How long a request of a cold key waits for the store (`cluster.timeout`).
+    pub timeout: Duration,
+    /// Poked when a request starts waiting for the store.
+    pub wake: tokio::sync::Notify,
 }
 
 impl ClusterLink {
+    pub fn new(name: &str, on_error: OnStoreError, timeout: Duration, store_ok: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            store_ok: AtomicBool::new(store_ok),
+            live: AtomicUsize::new(1),
+            on_error,
+            timeout,
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
     pub fn live(&self) -> usize {
         self.live.load(Relaxed).max(1)
     }
@@ -94,6 +126,30 @@ pub struct RateLimited {
     pub remaining: u64,
     /// Seconds until the bucket is full again.
     pub reset: u64,
+}
+
+/// The outcome of [`RateLimiter::check`].
+pub enum Checked<'a> {
+    /// Decided locally.
+    Done(Result<(), RateLimited>),
+    /// A cold key in a cluster: decided after one store round trip (at most
+    /// `cluster.timeout`, then the store-error fallback).
+    Wait(Pin<Box<dyn Future<Output = Result<(), RateLimited>> + Send + 'a>>),
+}
+
+impl Checked<'_> {
+    /// Waits for the decision (at once when it was made locally).
+    pub async fn decision(self) -> Result<(), RateLimited> {
+        match self {
+            Checked::Done(r) => r,
+            Checked::Wait(w) => w.await,
+        }
+    }
+
+    /// Whether it was admitted without waiting.
+    pub fn admitted_now(&self) -> bool {
+        matches!(self, Checked::Done(Ok(())))
+    }
 }
 
 /// A limit: tokens per second and bucket size.
@@ -160,41 +216,68 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for `req` or says why not.
-    pub fn check<B>(
-        &self,
+    /// Takes a token for `req` or says why not; a cold key in a cluster may have
+    /// to wait for the store ([`Checked::Wait`]).
+    pub fn check<'a, B>(
+        &'a self,
         req: &Request<B>,
         peer: SocketAddr,
-        metrics: &Metrics,
-    ) -> Result<(), RateLimited> {
+        metrics: &'a Metrics,
+    ) -> Checked<'a> {
         let (rule, limit) = self.limit_for(req.uri().path());
         let Some(key) = self.key_of(req, peer, rule) else {
             // No key (header absent): not limited by this rule.
-            return Ok(());
+            return Checked::Done(Ok(()));
         };
         let now = Instant::now();
         let decision = match &self.cluster {
             None => self.buckets.take(key, limit, now),
             Some((link, leases)) => {
-                let live = link.live();
-                if link.store_ok.load(Relaxed) {
-                    leases.take(key, limit, now, live)
+                if !link.store_ok.load(Relaxed) {
+                    self.fallback(link, key, limit, now)
                 } else {
-                    match link.on_error {
-                        OnStoreError::Allow => Decision::Admit { remaining: 0.0 },
-                        OnStoreError::Deny => Decision::Reject { retry_after_s: 1.0 },
-                        OnStoreError::Local => {
-                            let share = Limit {
-                                rate: limit.rate / live as f64,
-                                burst: (limit.burst / live as f64).max(1.0),
-                            };
-                            self.buckets.take(key, share, now)
+                    match leases.take(key, limit, now, || link.wake.notify_one()) {
+                        Take::Now(d) => d,
+                        Take::Fallback => self.fallback(link, key, limit, now),
+                        Take::Wait(rx) => {
+                            let link = link.clone();
+                            return Checked::Wait(Box::pin(async move {
+                                let d = match tokio::time::timeout(link.timeout, rx).await {
+                                    Ok(Ok(true)) => Decision::Admit { remaining: 0.0 },
+                                    Ok(Ok(false)) => Decision::Reject {
+                                        retry_after_s: 1.0 / limit.rate,
+                                    },
+                                    // The store failed or is slow: as if unreachable.
+                                    _ => self.fallback(&link, key, limit, Instant::now()),
+                                };
+                                self.conclude(d, limit, metrics)
+                            }));
                         }
                     }
                 }
             }
         };
-        match decision {
+        Checked::Done(self.conclude(decision, limit, metrics))
+    }
+
+    /// What `cluster.on_store_error` says while the store cannot be asked.
+    fn fallback(&self, link: &ClusterLink, key: u64, limit: Limit, now: Instant) -> Decision {
+        match link.on_error {
+            OnStoreError::Allow => Decision::Admit { remaining: 0.0 },
+            OnStoreError::Deny => Decision::Reject { retry_after_s: 1.0 },
+            OnStoreError::Local => {
+                let live = link.live() as f64;
+                let share = Limit {
+                    rate: limit.rate / live,
+                    burst: (limit.burst / live).max(1.0),
+                };
+                self.buckets.take(key, share, now)
+            }
+        }
+    }
+
+    fn conclude(&self, d: Decision, limit: Limit, metrics: &Metrics) -> Result<(), RateLimited> {
+        match d {
             Decision::Admit { .. } => {
                 self.admitted.fetch_add(1, Relaxed);
                 Ok(())
@@ -250,175 +333,111 @@ impl RateLimiter {
         self.buckets.len() + self.cluster.as_ref().map_or(0, |(_, l)| l.len())
     }
 
-    /// Clustered: what to ask the store for now (and the debts being paid).
-    pub fn lease_requests(&self) -> Vec<(u64, TokenRequest)> {
-        match &self.cluster {
-            Some((link, leases)) => leases.requests(link.live(), Instant::now()),
-            None => Vec::new(),
-        }
+    /// Clustered: asks the store for the requests waiting on cold keys, and
+    /// answers them. Returns at once when nothing waits.
+    pub async fn fetch(&self, store: &dyn StateStore) -> StoreResult<()> {
+        let Some((_, leases)) = &self.cluster else {
+            return Ok(());
+        };
+        self.exchange(store, leases.fetch_requests()).await
     }
 
-    /// Clustered: books what the store granted for `lease_requests`.
-    pub fn apply_grants(&self, asked: &[(u64, TokenRequest)], grants: &[TokenGrant]) {
-        if let Some((link, leases)) = &self.cluster {
-            let live = link.live();
-            for ((key, req), grant) in asked.iter().zip(grants) {
-                leases.apply(*key, req.debt, *grant, live);
-            }
-        }
-    }
-}
-
-// === impl Leases ===
-
-/// A replica's share of one global bucket.
-#[derive(Clone, Copy)]
-struct Lease {
-    /// Leased tokens not yet spent.
-    avail: u32,
-    /// Spent on credit, not yet charged to the store.
-    debt: u32,
-    /// Whether credit may be extended (the store's bucket had room at last sync).
-    credit_ok: bool,
-    /// Requests seen since the last sync.
-    demand: u32,
-    last_used: Instant,
-    limit: Limit,
-}
-
-/// Lease state per key, sharded like [`Buckets`] and capped at `max_keys`.
-pub struct Leases {
-    shards: Vec<Mutex<HashMap<u64, Lease, BuildHasherDefault<IdentityHasher>>>>,
-    per_shard: usize,
-}
-
-/// Keys unused this long are forgotten (their unspent tokens are lost).
-const LEASE_IDLE: Duration = Duration::from_secs(30);
-
-fn shard_of(key: u64) -> usize {
-    ((key >> 40) as usize) % SHARDS
-}
-
-impl Leases {
-    fn new(max_keys: usize) -> Self {
-        Self {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
-                .collect(),
-            per_shard: max_keys.div_ceil(SHARDS).max(1),
-        }
+    /// Clustered: the background round every [`SYNC_PERIOD`]: pays what was spent
+    /// on credit and refreshes the credit of every key with traffic.
+    pub async fn sync(&self, store: &dyn StateStore) -> StoreResult<()> {
+        let Some((_, leases)) = &self.cluster else {
+            return Ok(());
+        };
+        self.exchange(store, leases.sync_requests(Instant::now()))
+            .await
     }
 
-    /// Requests a replica may admit on credit per key before the store hears of
-    /// them: its share of one sync period's refill (at least one, at most its
-    /// share of the burst). A cold replica thus serves a high limit at full speed
-    /// from its first request, while a small limit stays strict (10 rps: one).
-    fn credit(limit: Limit, live: usize) -> u32 {
-        let period = limit.rate * SYNC_PERIOD.as_secs_f64();
-        let share = period.min(limit.burst) / live.max(1) as f64;
-        (share.floor() as u32).max(1)
-    }
-
-    fn take(&self, key: u64, limit: Limit, now: Instant, live: usize) -> Decision {
-        let mut shard = self.shards[shard_of(key)].lock();
-        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
-            // Forget idle keys without debt first, then anything without debt.
-            shard.retain(|_, l| {
-                l.debt > 0 || now.saturating_duration_since(l.last_used) < LEASE_IDLE
-            });
-            if shard.len() >= self.per_shard {
-                let mut drop = (self.per_shard / 8).max(1);
-                shard.retain(|_, l| {
-                    if drop > 0 && l.debt == 0 {
-                        drop -= 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-        }
-        let l = shard.entry(key).or_insert(Lease {
-            avail: 0,
-            debt: 0,
-            credit_ok: true,
-            demand: 0,
-            last_used: now,
-            limit,
-        });
-        // Idle long enough for the global bucket to have refilled: credit is safe again.
-        let refill = Duration::from_secs_f64(limit.burst / limit.rate);
-        if now.saturating_duration_since(l.last_used) >= refill {
-            l.credit_ok = true;
-        }
-        l.demand = l.demand.saturating_add(1);
-        l.last_used = now;
-        l.limit = limit;
-        if l.avail > 0 {
-            l.avail -= 1;
-            Decision::Admit {
-                remaining: f64::from(l.avail),
-            }
-        } else if l.credit_ok && l.debt < Self::credit(limit, live) {
-            l.debt += 1;
-            Decision::Admit { remaining: 0.0 }
-        } else {
-            Decision::Reject {
-                retry_after_s: (live as f64 / limit.rate).max(SYNC_PERIOD.as_secs_f64()),
-            }
-        }
-    }
-
-    fn requests(&self, live: usize, now: Instant) -> Vec<(u64, TokenRequest)> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            let mut shard = shard.lock();
-            shard.retain(|_, l| {
-                l.debt > 0
-                    || l.demand > 0
-                    || now.saturating_duration_since(l.last_used) < LEASE_IDLE
-            });
-            for (key, l) in shard.iter_mut() {
-                if l.demand == 0 && l.debt == 0 {
-                    continue;
+    async fn exchange(
+        &self,
+        store: &dyn StateStore,
+        asked: Vec<(u64, TokenRequest)>,
+    ) -> StoreResult<()> {
+        let Some((link, leases)) = &self.cluster else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for chunk in asked.chunks(256) {
+            let reqs = chunk.iter().map(|(_, r)| r.clone()).collect();
+            let answer = if result.is_ok() {
+                store.take_tokens(reqs).await
+            } else {
+                // After a failure: don't wait on the store again, book the rest as failed.
+                Ok(Vec::new())
+            };
+            let grants = match answer {
+                Ok(g) if g.len() == chunk.len() => Some(g),
+                Ok(_) => None,
+                Err(e) => {
+                    result = Err(e);
+                    None
                 }
-                let cap = ((l.limit.burst / live as f64).ceil() as u32).max(1);
-                let want = if l.demand > 0 {
-                    l.demand
-                        .saturating_add(l.demand / 2)
-                        .clamp(1, cap)
-                        .saturating_sub(l.avail)
-                } else {
-                    0
-                };
-                l.demand = 0;
-                out.push((
-                    *key,
-                    TokenRequest {
-                        bucket: format!("{key:016x}"),
-                        rate: l.limit.rate,
-                        burst: l.limit.burst,
-                        want,
-                        debt: l.debt,
-                    },
-                ));
-            }
+            };
+            leases.apply(
+                chunk,
+                grants.as_deref(),
+                link.live(),
+                Instant::now(),
+                || link.wake.notify_one(),
+            );
         }
-        out
+        result
     }
 
-    fn apply(&self, key: u64, paid: u32, grant: TokenGrant, live: usize) {
-        let mut shard = self.shards[shard_of(key)].lock();
-        if let Some(l) = shard.get_mut(&key) {
-            l.debt = l.debt.saturating_sub(paid);
-            l.avail = l.avail.saturating_add(grant.granted);
-            // Room for every replica's credit, or none is extended.
-            l.credit_ok = grant.remaining >= f64::from(Self::credit(l.limit, live)) * live as f64;
-        }
+    /// Clustered: whether requests wait for a fetch.
+    pub fn has_waiting(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|(_, l)| l.has_pending())
     }
+}
 
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+/// A replica's lease traffic with the store, until `stop`: the background round
+/// every [`SYNC_PERIOD`], and a fetch as soon as a request of a cold key waits.
+/// Each runs in its own task, so a slow store call never holds up the next one
+/// (the waiting requests bound it by `cluster.timeout`); a round still running
+/// when the next is due is skipped rather than piled up. `current` gives the
+/// limiter in force (a reload may replace it).
+pub async fn lease_loop(
+    link: &ClusterLink,
+    current: impl Fn() -> Option<Arc<RateLimiter>>,
+    store: Arc<dyn StateStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SYNC_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let syncing = Arc::new(AtomicBool::new(false));
+    loop {
+        let urgent = tokio::select! {
+            _ = tick.tick() => false,
+            _ = link.wake.notified() => true,
+            _ = stop.changed() => return,
+        };
+        let Some(limiter) = current() else {
+            continue;
+        };
+        if !link.store_ok.load(Relaxed) {
+            continue;
+        }
+        if urgent || limiter.has_waiting() {
+            let (store, limiter) = (store.clone(), limiter.clone());
+            tokio::spawn(async move {
+                if let Err(e) = limiter.fetch(&*store).await {
+                    tracing::debug!(error = %e, "token fetch failed");
+                }
+            });
+        }
+        if !urgent && !syncing.swap(true, Relaxed) {
+            let (store, syncing) = (store.clone(), syncing.clone());
+            tokio::spawn(async move {
+                if let Err(e) = limiter.sync(&*store).await {
+                    tracing::debug!(error = %e, "token lease failed");
+                }
+                syncing.store(false, Relaxed);
+            });
+        }
     }
 }
 
@@ -553,36 +572,6 @@ mod tests {
             }
         }
         assert_eq!(admitted, 50);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_cold_lease_admits_one_sync_periods_share_on_credit() {
-        let now = Instant::now();
-        let admitted = |limit: Limit, live: usize| {
-            let leases = Leases::new(100);
-            (0..100_000)
-                .take_while(|_| matches!(leases.take(7, limit, now, live), Decision::Admit { .. }))
-                .count()
-        };
-        // A small limit stays strict: one request before the store is asked.
-        let small = Limit {
-            rate: 10.0,
-            burst: 10.0,
-        };
-        assert_eq!(admitted(small, 1), 1);
-        assert_eq!(admitted(small, 3), 1);
-        // A high one: rate × 50 ms, shared by the live replicas, capped by the burst.
-        let high = Limit {
-            rate: 100_000.0,
-            burst: 1_000_000.0,
-        };
-        assert_eq!(admitted(high, 1), 5_000);
-        assert_eq!(admitted(high, 4), 1_250);
-        let small_burst = Limit {
-            rate: 100_000.0,
-            burst: 600.0,
-        };
-        assert_eq!(admitted(small_burst, 2), 300);
     }
 
     #[tokio::test(start_paused = true)]

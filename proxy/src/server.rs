@@ -149,7 +149,11 @@ pub async fn start_with_store(
         .unwrap_or_else(|| default_replica_id(proxy_addr.port()));
     let public_read = config.admin.public_read;
     let cors_origins = config.admin.cors_origins.clone();
-    let dashboard_dir = admin::dashboard::resolve_dir(config.admin.dashboard_dir.as_deref());
+    let dashboard_dir = admin::dashboard::resolve(config.admin.dashboard_dir.as_deref());
+    match admin::dashboard::describe(&dashboard_dir) {
+        (true, what) => info!("dashboard {what}"),
+        (false, what) => warn!("dashboard {what}"),
+    }
     let app = App::new(config, store.clone(), replica_id, source);
     app.mark_initial(initial.commit, initial.error);
     app.cluster

@@ -545,6 +545,83 @@ async fn dashboard_files_are_served_with_types_and_etags() {
     p.shutdown().await;
 }
 
+/// The copy embedded in the binary: right types, the `.br`/`.gz` twins to clients
+/// that accept them (byte for byte what the dashboard build wrote), an `ETag` per
+/// encoding, `304` on revalidation. Skipped for a build made before the dashboard.
+#[tokio::test]
+async fn embedded_dashboard_is_negotiated_compressed_with_etags() {
+    if !switchyard::admin::dashboard::embedded() {
+        eprintln!(
+            "SKIPPED: this build embeds no dashboard (scripts/build-dashboard.sh, then cargo test)"
+        );
+        return;
+    }
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard-app/dist");
+    let p = proxy(server_yaml()).await;
+    let fetch = |path: &'static str, accept: &'static str, inm: Option<String>| {
+        let u = url(p.admin_addr, path);
+        async move {
+            let mut req = Request::get(u).header("accept-encoding", accept);
+            if let Some(tag) = inm {
+                req = req.header("if-none-match", tag);
+            }
+            let resp = client()
+                .request(req.body(full(bytes::Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            let (parts, body) = resp.into_parts();
+            let bytes = http_body_util::BodyExt::collect(body)
+                .await
+                .unwrap()
+                .to_bytes();
+            (parts, bytes)
+        }
+    };
+    let mut etags = Vec::new();
+    for (accept, encoding, file) in [
+        ("gzip, deflate, br", Some("br"), "dashboard_app_bg.wasm.br"),
+        ("gzip", Some("gzip"), "dashboard_app_bg.wasm.gz"),
+        ("identity", None, "dashboard_app_bg.wasm"),
+    ] {
+        let (parts, body) = fetch("/dashboard/dashboard_app_bg.wasm", accept, None).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["content-type"], "application/wasm");
+        assert_eq!(parts.headers["vary"], "accept-encoding");
+        assert_eq!(
+            parts
+                .headers
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap()),
+            encoding,
+            "{accept}"
+        );
+        assert_eq!(body, std::fs::read(dist.join(file)).unwrap(), "{file}");
+        etags.push(parts.headers["etag"].to_str().unwrap().to_string());
+    }
+    etags.dedup();
+    assert_eq!(etags.len(), 3, "one validator per encoding: {etags:?}");
+    let (parts, body) = fetch(
+        "/dashboard/dashboard_app_bg.wasm",
+        "br",
+        Some(etags[0].clone()),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    let (parts, _) = fetch("/dashboard/", "gzip", None).await;
+    assert_eq!(parts.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(parts.headers["content-encoding"], "gzip");
+    let (parts, _) = fetch("/dashboard/dashboard_app.js", "br;q=0, gzip", None).await;
+    assert_eq!(
+        parts.headers["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(parts.headers["content-encoding"], "gzip");
+    let (parts, _) = fetch("/dashboard/../Cargo.toml", "br", None).await;
+    assert_eq!(parts.status, StatusCode::NOT_FOUND);
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_subcommand_checks_healthz_for_container_healthchecks() {
     let p = proxy(server_yaml()).await;

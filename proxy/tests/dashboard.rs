@@ -1,10 +1,12 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver
-//! (WebDriver), against an in-process proxy with demo upstreams, all on ephemeral
-//! loopback ports.
+//! (WebDriver), against `switchyard` processes started from a directory with no
+//! checkout (so the dashboard they serve is the one embedded in the binary), with
+//! demo upstreams, all on ephemeral loopback ports.
 //!
 //! Needs `chromedriver` and `chromium` (Debian: `chromium-driver`, `chromium`) and a
-//! built dashboard (`scripts/build-dashboard.sh`); `scripts/test.sh` provides all three.
-//! Without them the test says so and passes without running.
+//! dashboard built before the binary (`scripts/build-dashboard.sh`, then cargo);
+//! `scripts/test.sh` provides all three. Without them the test says so and passes
+//! without running.
 
 mod common;
 
@@ -56,7 +58,8 @@ fn workspace_root() -> PathBuf {
 struct Tools {
     chromedriver: PathBuf,
     chromium: PathBuf,
-    dist: PathBuf,
+    /// An empty working directory for the proxies: no `dashboard-app/dist` there.
+    nowhere: tempfile::TempDir,
 }
 
 fn tools() -> Result<Tools, String> {
@@ -76,8 +79,13 @@ fn tools() -> Result<Tools, String> {
     Ok(Tools {
         chromedriver,
         chromium,
-        dist: dist.canonicalize().map_err(|e| e.to_string())?,
+        nowhere: tempfile::tempdir().map_err(|e| e.to_string())?,
     })
+}
+
+/// A `switchyard` process started from a directory with no checkout.
+fn switchyard(tools: &Tools, yaml: &str) -> Proc {
+    Proc::start_in(yaml, tools.nowhere.path())
 }
 
 // === chromedriver ===
@@ -322,12 +330,11 @@ async fn circuit_of(admin: SocketAddr, key: &str) -> String {
         .unwrap_or_default()
 }
 
-fn config(backends: &[(&DemoServer, u32)], dist: &Path, extra: &str) -> String {
+fn config(backends: &[(&DemoServer, u32)], extra: &str) -> String {
     format!(
-        "{}{}circuit_breaker:\n  failure_threshold: 3\n  open_duration: 30s\nadmin:\n  dashboard_dir: \"{}\"\n{extra}",
+        "{}{}circuit_breaker:\n  failure_threshold: 3\n  open_duration: 30s\nadmin:\n  cors_origins: []\n{extra}",
         server_yaml(),
         backends_yaml(backends),
-        dist.display()
     )
 }
 
@@ -347,8 +354,26 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
     let b2 = demo("backend2").await;
     let b3 = demo("backend3").await;
     let b4 = demo("backend4").await; // not in the config: added through the page
-    let p = proxy(&config(&[(&b1, 1), (&b2, 1), (&b3, 1)], &tools.dist, "")).await;
-    c.goto(&url(p.admin_addr, "/dashboard/"))
+    let p = switchyard(tools, &config(&[(&b1, 1), (&b2, 1), (&b3, 1)], ""));
+    // The binary serves the app itself: page, script and module, right types.
+    for (path, ty) in [
+        ("/dashboard/", "text/html; charset=utf-8"),
+        (
+            "/dashboard/dashboard_app.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/dashboard/dashboard_app_bg.wasm", "application/wasm"),
+    ] {
+        let r = get(&url(p.admin, path)).await;
+        assert_eq!(
+            r.status,
+            http::StatusCode::OK,
+            "{path}: is the dashboard embedded? (build it, then cargo build): {}",
+            r.body
+        );
+        assert_eq!(r.headers["content-type"], ty, "{path}");
+    }
+    c.goto(&url(p.admin, "/dashboard/"))
         .await
         .expect("open the dashboard");
 
@@ -383,7 +408,7 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
         answer.text
     );
     page_until(c, STEP, "backend4's row", |pg| row(pg, &b4.url()).is_some()).await;
-    let seen = route(p.proxy_addr, 12).await;
+    let seen = route(p.proxy, 12).await;
     assert!(
         seen.iter().any(|b| b == "backend4"),
         "no request reached the added backend: {seen:?}"
@@ -401,7 +426,7 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
     let answer = confirm(c, &b2.url()).await;
     assert!(answer.ok, "drain refused: {}", answer.text);
     assert!(answer.text.contains("draining"), "{}", answer.text);
-    let seen = route(p.proxy_addr, 24).await;
+    let seen = route(p.proxy, 24).await;
     assert!(
         !seen.iter().any(|b| b == "backend2"),
         "a drained backend still got requests: {seen:?}"
@@ -426,7 +451,7 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
         row(pg, &b2.url()).is_some_and(|r| r.status == "serving") && !pg.gone.contains(&b2.url())
     })
     .await;
-    let seen = route(p.proxy_addr, 12).await;
+    let seen = route(p.proxy, 12).await;
     assert!(seen.iter().any(|b| b == "backend2"), "{seen:?}");
 
     // backend1 fails every request: once the proxy opens its circuit, the page says so
@@ -436,8 +461,8 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
     eventually(STEP, "the proxy to open backend1's circuit", || {
         let key = b1_key.clone();
         async move {
-            let _ = get(&url(p.proxy_addr, "/")).await;
-            (circuit_of(p.admin_addr, &key).await == "open").then_some(())
+            let _ = get(&url(p.proxy, "/")).await;
+            (circuit_of(p.admin, &key).await == "open").then_some(())
         }
     })
     .await;
@@ -472,8 +497,8 @@ async fn operate_the_cluster(c: &Client, tools: &Tools) {
 /// data is stale and that it is reconnecting, then goes live again by itself.
 async fn reconnects(c: &Client, tools: &Tools) {
     let b1 = demo("backend1").await;
-    let p = proxy(&config(&[(&b1, 1)], &tools.dist, "")).await;
-    let admin = p.admin_addr;
+    let mut p = switchyard(tools, &config(&[(&b1, 1)], ""));
+    let admin = p.admin;
     c.goto(&url(admin, "/dashboard/"))
         .await
         .expect("open the dashboard");
@@ -482,7 +507,9 @@ async fn reconnects(c: &Client, tools: &Tools) {
     })
     .await;
 
-    p.shutdown().await;
+    p.signal("TERM");
+    let code = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(30)));
+    assert!(code.is_some(), "the proxy did not stop");
     page_until(c, STEP, "the reconnecting indicator", |pg| {
         pg.link.as_deref() == Some("reconnecting")
     })
@@ -493,12 +520,11 @@ async fn reconnects(c: &Client, tools: &Tools) {
     // another backend so the page must show fresh data.
     let b2 = demo("backend2").await;
     let yaml = format!(
-        "server:\n  port: 0\n  admin_port: {}\n  bind: 127.0.0.1\n{}admin:\n  dashboard_dir: \"{}\"\n",
+        "server:\n  port: 0\n  admin_port: {}\n  bind: 127.0.0.1\n{}",
         admin.port(),
         backends_yaml(&[(&b2, 1)]),
-        tools.dist.display()
     );
-    let _p2 = proxy(&yaml).await;
+    let _p2 = switchyard(tools, &yaml);
     page_until(c, STEP, "live again with the new proxy's backend", |pg| {
         pg.link.as_deref() == Some("live")
             && !pg.stale
@@ -518,8 +544,8 @@ async fn token_flow(c: &Client, tools: &Tools) {
     let b1 = demo("backend1").await;
     let b2 = demo("backend2").await;
     let extra = format!("  token_file: \"{}\"\n", token_file.display());
-    let p = proxy(&config(&[(&b1, 1), (&b2, 1)], &tools.dist, &extra)).await;
-    c.goto(&url(p.admin_addr, "/dashboard/"))
+    let p = switchyard(tools, &config(&[(&b1, 1), (&b2, 1)], &extra));
+    c.goto(&url(p.admin, "/dashboard/"))
         .await
         .expect("open the dashboard");
 
@@ -561,7 +587,7 @@ async fn token_flow(c: &Client, tools: &Tools) {
     .await;
     let answer = confirm(c, &b2.url()).await;
     assert!(answer.ok, "drain with token refused: {}", answer.text);
-    let seen = route(p.proxy_addr, 6).await;
+    let seen = route(p.proxy, 6).await;
     assert!(!seen.iter().any(|b| b == "backend2"), "{seen:?}");
 }
 

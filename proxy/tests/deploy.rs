@@ -2752,7 +2752,10 @@ impl LocalCluster {
     fn start() -> LocalCluster {
         let (base, upstream_base) = free_ranges();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("bash")
+        // Default signal dispositions whatever this test process inherited (a
+        // harness started in the background has SIGINT ignored).
+        let mut child = Command::new("env")
+            .args(["--default-signal=INT,TERM", "bash"])
             .arg(root().join("scripts/local-cluster.sh"))
             .process_group(0)
             .env("SWITCHYARD_BASE_PORT", base.to_string())

@@ -413,7 +413,11 @@ fn a_million_distinct_clients_stay_within_the_key_cap() {
                 .header("x-forwarded-for", ip.to_string())
                 .body(())
                 .unwrap();
-            limiter.check(&req, peer, &metrics).unwrap();
+            limiter
+                .check(&req, peer, &metrics)
+                .decision()
+                .await
+                .unwrap();
         }
     });
     let grown_mib = rss(()).saturating_sub(before) / 1024;

@@ -213,6 +213,15 @@ pub struct StoreView {
     /// Store commands that failed since start.
     #[serde(default)]
     pub errors: u64,
+    /// Redis only: `single`, `sentinel` or `cluster`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topology: String,
+    /// Redis only: the node that takes this cluster's writes (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Redis only: times the primary changed since start (failover or restart).
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 /// Per-backend figures a replica publishes in its heartbeat.

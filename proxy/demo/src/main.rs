@@ -34,6 +34,21 @@ struct Args {
     hang: bool,
 }
 
+/// Resolves on SIGINT or SIGTERM. Handlers are installed explicitly (whatever the
+/// process inherited: started in the background by a non-interactive shell, it has
+/// SIGINT ignored), before anything else, so an early signal is not lost.
+fn stop_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -48,6 +63,13 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let stopped = match stop_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("demo-upstream: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -68,7 +90,7 @@ fn main() -> ExitCode {
         });
         let _server = DemoServer::serve(listener, control);
         println!("demo-upstream {name} listening on {addr}");
-        let _ = tokio::signal::ctrl_c().await;
+        stopped.await;
         ExitCode::SUCCESS
     })
 }

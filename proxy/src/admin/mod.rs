@@ -34,8 +34,9 @@ pub struct AdminState {
     pub app: Arc<App>,
     pub token: Option<String>,
     pub public_read: bool,
-    /// The built dashboard.
-    pub dashboard_dir: std::path::PathBuf,
+    /// Where the dashboard is served from: the copy embedded in the binary, or a
+    /// directory (`"dir".into()`).
+    pub dashboard_dir: dashboard::Source,
     /// Origins allowed to call the API from a browser (`admin.cors_origins`).
     pub cors_origins: Vec<String>,
 }
@@ -182,6 +183,31 @@ fn count_error(s: &AdminState, e: AdminError) -> AdminError {
     e
 }
 
+/// Stores a membership change and applies the overlay it yields.
+async fn commit(s: &AdminState, change: MembershipChange) -> Result<(), AdminError> {
+    let overlay = s
+        .app
+        .store
+        .change_membership(change)
+        .await
+        .map_err(store_refused)?;
+    s.app.apply_overlay(overlay);
+    Ok(())
+}
+
+/// A membership change the store did not take (503): not stored at all, or stored
+/// on the Redis primary without a replica's confirmation (it may not survive a
+/// failover; sending it again is safe).
+fn store_refused(e: crate::state::StoreError) -> AdminError {
+    let message = match e {
+        crate::state::StoreError::NotDurable(why) => {
+            format!("change could not be made durable: {why}")
+        }
+        e => format!("change not stored: {e}"),
+    };
+    AdminError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
 async fn add(
     State(s): State<AdminState>,
     body: Result<JsonBody<AddBackendRequest>, AdminError>,
@@ -198,13 +224,7 @@ async fn add(
         op: OverlayOp::Add,
         weight,
     };
-    let overlay = s.app.store.change_membership(change).await.map_err(|e| {
-        AdminError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("change not stored: {e}"),
-        )
-    })?;
-    s.app.apply_overlay(overlay);
+    commit(&s, change).await?;
     Ok(Json(ChangeResponse {
         ok: true,
         message: format!("backend {key} in the running set with weight {weight}"),
@@ -236,13 +256,7 @@ async fn remove(
         op: OverlayOp::Remove,
         weight: member.weight,
     };
-    let overlay = s.app.store.change_membership(change).await.map_err(|e| {
-        AdminError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("change not stored: {e}"),
-        )
-    })?;
-    s.app.apply_overlay(overlay);
+    commit(&s, change).await?;
     Ok(Json(ChangeResponse {
         ok: true,
         message: format!("backend {key} draining: no new requests, in-flight ones finish"),

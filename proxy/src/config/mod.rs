@@ -469,8 +469,10 @@ pub enum OnStoreError {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[:password@]host:port[/db]` or `rediss://` for TLS. Also read from
-    /// `SWITCHYARD_REDIS_URL`.
+    /// `redis://[:password@]host:port[/db]` (`rediss://` for TLS, `unix://` for a
+    /// socket), `redis+sentinel://[:password@]host:26379[,host:26379…]/<master>[/<db>]`
+    /// for a Sentinel-managed group, or `redis+cluster://[:password@]host:6379[,…]`
+    /// for Redis Cluster seed nodes. Also read from `SWITCHYARD_REDIS_URL`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     /// Keys live under `switchyard:{<name>}:`.
@@ -564,8 +566,8 @@ pub struct AdminConfig {
     pub public_read: bool,
     /// Origins allowed to call the admin API from a browser (none by default).
     pub cors_origins: Vec<String>,
-    /// Directory of the built dashboard (default: `dashboard-app/dist`, or
-    /// `SWITCHYARD_DASHBOARD_DIR`).
+    /// Directory of a built dashboard to serve instead of the copy embedded in the
+    /// binary (development; `SWITCHYARD_DASHBOARD_DIR` when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dashboard_dir: Option<String>,
 }
@@ -870,14 +872,23 @@ fn validate(c: &Config) -> Vec<(String, String)> {
     }
     if let Some(cl) = &c.cluster {
         if let Some(url) = &cl.redis_url
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
+            && ![
+                "redis://",
+                "rediss://",
+                "redis+unix://",
+                "unix://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+                "redis+cluster://",
+                "rediss+cluster://",
+            ]
+            .iter()
+            .any(|p| url.starts_with(p))
         {
             errs.push((
                 "cluster.redis_url".into(),
-                "must start with redis:// or rediss://".into(),
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+                    .into(),
             ));
         }
         if cl.name.is_empty()

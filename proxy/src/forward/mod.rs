@@ -41,6 +41,7 @@ use self::trace::Trace;
 use crate::config::{Config, types::in_any};
 use crate::dataplane::DataPlane;
 use crate::errors::ProxyError;
+use crate::ratelimit::Checked;
 use crate::resilience::Admission;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -78,7 +79,15 @@ pub async fn handle(
     let counted = Counted(&plane.metrics);
     let snap = plane.snapshot();
     let mut trace = Some(Trace::start(&plane, &req, peer.addr, &snap));
-    let result = match admit(&plane, &snap, &req, &peer, &trace) {
+    let admitted = match admit(&plane, &snap, &req, &peer) {
+        Checked::Done(r) => r,
+        // A cold key in a cluster: one store round trip (a boxed future: small here).
+        Checked::Wait(w) => w.await,
+    };
+    if let (Some(t), true) = (trace.as_ref(), snap.limiter.is_some()) {
+        t.rate_limit(admitted.is_ok());
+    }
+    let result = match admitted.map_err(ProxyError::RateLimited) {
         Err(e) => Err(e),
         Ok(()) => {
             let upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
@@ -135,21 +144,16 @@ pub fn refuse(plane: &DataPlane, refusal: Refusal, peer: SocketAddr) -> Response
 }
 
 /// The rate limiter's verdict on `req` (before anything else happens to it).
-fn admit(
-    plane: &DataPlane,
-    snap: &Snapshot,
+fn admit<'a>(
+    plane: &'a DataPlane,
+    snap: &'a Snapshot,
     req: &Request<ReqBody>,
     peer: &Peer,
-    trace: &Option<Trace>,
-) -> Result<(), ProxyError> {
-    let Some(limiter) = &snap.limiter else {
-        return Ok(());
-    };
-    let checked = limiter.check(req, peer.addr, &plane.metrics);
-    if let Some(t) = trace.as_ref() {
-        t.rate_limit(checked.is_ok());
+) -> Checked<'a> {
+    match &snap.limiter {
+        None => Checked::Done(Ok(())),
+        Some(limiter) => limiter.check(req, peer.addr, &plane.metrics),
     }
-    checked.map_err(ProxyError::RateLimited)
 }
 
 impl<'a> Outgoing<'a> {

@@ -219,6 +219,7 @@ impl StateStore for MemoryStore {
             last_error: None,
             on_store_error: "local".into(),
             errors: 0,
+            ..StoreView::default()
         }
     }
 

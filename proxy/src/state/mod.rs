@@ -148,6 +148,10 @@ pub enum StoreError {
     /// The store answered something we cannot use.
     #[error("state store answered badly: {0}")]
     Protocol(String),
+    /// Written on the primary, but no replica confirmed it in time: a failover now
+    /// could lose it.
+    #[error("{0}")]
+    NotDurable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -8,9 +8,19 @@
 //! the periodic resync in `cluster` heals missed messages.
 //!
 //! Every command has a short timeout (`cluster.timeout`); nothing on the request
-//! path waits for Redis. Connectivity is tracked from both the command connection
-//! and the subscription, and its edges are broadcast as `Disconnected` /
-//! `Reconnected` so the cluster layer can fall back and later resync and re-seed.
+//! path waits for Redis (a cold rate-limit key waits at most one bounded round
+//! trip). Connectivity is tracked from both the command connection and the
+//! subscription, and its edges are broadcast as `Disconnected` / `Reconnected` so
+//! the cluster layer can fall back and later resync and re-seed.
+//!
+//! Failover ([`topology`]): the supervisor reconnects after any failed command,
+//! asking the sentinels (or the cluster) anew, and checks every 2 s who takes the
+//! writes (`run_id`); a new primary, even one that took over without a visible
+//! outage, is broadcast as `Reconnected` so replicas re-seed what it lacks and
+//! resync. Membership changes wait for `WAIT 1` when the primary has replicas, so
+//! an acknowledged admin change survives the primary's loss.
+
+mod topology;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -21,11 +31,12 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use switchyard_shared::{ReplicaView, StoreView};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+use self::topology::{Conn, Topology};
 
 use super::{
     Decision, MembershipChange, Overlay, OverlayEntry, OverlayOp, Record, StateStore, StoreError,
@@ -35,7 +46,6 @@ use super::{
 const NOW_MS: &str = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
 struct Scripts {
-    change: Script,
     read_membership: Script,
     reseed: Script,
     publish: Script,
@@ -47,18 +57,18 @@ struct Scripts {
     replicas: Script,
 }
 
+/// One membership change: keys overlay, version; args key, url, op, weight, channel.
+const CHANGE: &str = "local v = redis.call('INCR', KEYS[2])
+local entry = cjson.encode({url = ARGV[2], op = ARGV[3], weight = tonumber(ARGV[4]), seq = v})
+redis.call('HSET', KEYS[1], ARGV[1], entry)
+redis.call('PUBLISH', ARGV[5], 'membership:' .. v)
+return tostring(v)";
+
 const READ_OVERLAY: &str = "local v = redis.call('GET', KEYS[2]) or '0'\nlocal all = redis.call('HGETALL', KEYS[1])\ntable.insert(all, 1, v)\nreturn all\n";
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            change: Script::new(
-                "local v = redis.call('INCR', KEYS[2])
-                 local entry = cjson.encode({url = ARGV[2], op = ARGV[3], weight = tonumber(ARGV[4]), seq = v})
-                 redis.call('HSET', KEYS[1], ARGV[1], entry)
-                 redis.call('PUBLISH', ARGV[5], 'membership:' .. v)
-                 return tostring(v)",
-            ),
             read_membership: Script::new(READ_OVERLAY),
             reseed: Script::new(&format!(
                 "local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -145,42 +155,62 @@ impl Scripts {
 }
 
 pub struct RedisStore {
-    client: redis::Client,
+    topology: Topology,
     prefix: String,
     channel: String,
     timeout: Duration,
     on_store_error: String,
-    conn: ArcSwapOption<ConnectionManager>,
+    conn: ArcSwapOption<Conn>,
+    /// A connection of its own for membership changes: `WAIT` blocks the connection
+    /// it runs on, and the shared one carries everything else.
+    durable: tokio::sync::Mutex<Option<Conn>>,
+    /// Poked when a command fails: check the connection now, not at the next tick.
+    broken: tokio::sync::Notify,
     cmd_ok: AtomicBool,
     sub_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
     errors: AtomicU64,
+    /// The primary's `run_id` and address, as last seen.
+    primary: Mutex<(Option<String>, Option<String>)>,
+    failovers: AtomicU64,
     events: broadcast::Sender<StoreEvent>,
     scripts: Scripts,
 }
 
+/// Reconnect attempts while the store is unreachable: quick at first (a failover
+/// is usually over within seconds), then every quarter second.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// How often a healthy connection is checked (who the primary is).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
 impl RedisStore {
-    /// A store for cluster `name` at `url` (`redis://`, `rediss://`); nothing is
-    /// connected until [`spawn`](Self::spawn).
+    /// A store for cluster `name` at `url` (`redis://`, `rediss://`, `unix://`,
+    /// `redis+sentinel://`, `redis+cluster://`); nothing is connected until
+    /// [`spawn`](Self::spawn).
     pub fn new(
         url: &str,
         name: &str,
         timeout: Duration,
         on_store_error: &str,
     ) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("cluster.redis_url: {e}"))?;
+        let topology = Topology::parse(url).map_err(|e| format!("cluster.redis_url: {e}"))?;
         let prefix = format!("switchyard:{{{name}}}:");
         Ok(Arc::new(Self {
-            client,
+            topology,
             channel: format!("{prefix}events"),
             prefix,
             timeout,
             on_store_error: on_store_error.to_string(),
             conn: ArcSwapOption::empty(),
+            durable: tokio::sync::Mutex::new(None),
+            broken: tokio::sync::Notify::new(),
             cmd_ok: AtomicBool::new(false),
             sub_ok: AtomicBool::new(false),
             last_error: Mutex::new(None),
             errors: AtomicU64::new(0),
+            primary: Mutex::new((None, None)),
+            failovers: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
             scripts: Scripts::new(),
         }))
@@ -199,59 +229,124 @@ impl RedisStore {
         self.errors.load(Relaxed)
     }
 
+    /// `single`, `sentinel` or `cluster`.
+    pub fn topology(&self) -> &'static str {
+        self.topology.kind()
+    }
+
     fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
 
-    async fn connect_loop(self: Arc<Self>) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await {
-                Ok(conn) => {
-                    self.conn.store(Some(Arc::new(conn)));
-                    self.set_ok(&self.cmd_ok, true, None);
-                    break;
-                }
-                Err(e) => {
-                    self.set_ok(&self.cmd_ok, false, Some(e.to_string()));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+    /// Connects to whoever takes the writes now, and learns who that is. Answers
+    /// on the connection may take `patience`.
+    async fn connect_primary(&self, patience: Duration) -> Result<(Conn, String, String), String> {
+        let attempt = async {
+            let (mut conn, addr) = self.topology.connect(self.timeout, patience).await?;
+            let (run_id, cluster_addr) = conn.identify(&self.prefix).await?;
+            Ok::<_, redis::RedisError>((conn, cluster_addr.unwrap_or(addr), run_id))
+        };
+        match tokio::time::timeout(self.timeout * 4, attempt).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no primary within {:?}", self.timeout * 4)),
+        }
+    }
+
+    /// Records who the primary is; a different one than before (failover, or a
+    /// restart) is announced so that replicas re-seed it and resync.
+    fn adopt(&self, addr: String, run_id: String) {
+        let before = {
+            let mut p = self.primary.lock();
+            let before = p.0.replace(run_id.clone());
+            p.1 = Some(addr.clone());
+            before
+        };
+        if before.is_some_and(|b| b != run_id) {
+            self.failovers.fetch_add(1, Relaxed);
+            warn!(primary = %addr, topology = self.topology.kind(), "state store primary changed: re-seeding and resyncing");
+            // While connected no edge will say so: tell the cluster layer directly.
+            if self.is_connected() {
+                let _ = self.events.send(StoreEvent::Reconnected);
             }
         }
-        // Keep checking: notices an outage while idle, and a recovery after one.
+    }
+
+    async fn connect_loop(self: Arc<Self>) {
+        let mut backoff = MIN_BACKOFF;
         loop {
-            let down = !self.cmd_ok.load(Relaxed);
-            tokio::time::sleep(if down {
-                Duration::from_millis(250)
-            } else {
-                Duration::from_secs(2)
-            })
-            .await;
-            let _: StoreResult<String> = self
-                .run(async |c| redis::cmd("PING").query_async(c).await)
-                .await;
+            match self.connect_primary(self.timeout).await {
+                Ok((conn, addr, run_id)) => {
+                    self.conn.store(Some(Arc::new(conn)));
+                    self.adopt(addr, run_id);
+                    self.set_ok(&self.cmd_ok, true, None);
+                    backoff = MIN_BACKOFF;
+                }
+                Err(e) => {
+                    self.errors.fetch_add(1, Relaxed);
+                    self.set_ok(&self.cmd_ok, false, Some(e));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+            // Watch it: a failed command or the tick checks who the primary is; a
+            // connection that cannot tell, or to a node that is no longer the
+            // primary, is replaced (asking the sentinels or the cluster again).
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_EVERY) => {}
+                    _ = self.broken.notified() => {}
+                }
+                let Some(conn) = self.conn.load_full() else {
+                    break;
+                };
+                let mut conn = (*conn).clone();
+                match tokio::time::timeout(self.timeout, conn.identify(&self.prefix)).await {
+                    Ok(Ok((run_id, cluster_addr))) if !run_id.is_empty() => {
+                        let addr = cluster_addr
+                            .or_else(|| self.primary.lock().1.clone())
+                            .unwrap_or_default();
+                        self.adopt(addr, run_id);
+                        self.set_ok(&self.cmd_ok, true, None);
+                    }
+                    Ok(Ok(_)) => {
+                        self.errors.fetch_add(1, Relaxed);
+                        self.set_ok(&self.cmd_ok, false, Some("not a primary".into()));
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        self.errors.fetch_add(1, Relaxed);
+                        self.set_ok(&self.cmd_ok, false, Some(e.to_string()));
+                        break;
+                    }
+                    Err(_) => {
+                        self.errors.fetch_add(1, Relaxed);
+                        self.set_ok(
+                            &self.cmd_ok,
+                            false,
+                            Some(format!("no answer within {:?}", self.timeout)),
+                        );
+                        break;
+                    }
+                }
+            }
         }
     }
 
     async fn subscribe_loop(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = MIN_BACKOFF;
         loop {
             let attempt = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), async {
-                let mut ps = self.client.get_async_pubsub().await?;
+                let (mut ps, at) = self.topology.pubsub(self.timeout).await?;
                 ps.subscribe(&self.channel).await?;
-                Ok::<_, redis::RedisError>(ps)
+                Ok::<_, redis::RedisError>((ps, at))
             })
             .await;
             match attempt {
-                Ok(Ok(mut ps)) => {
-                    backoff = Duration::from_millis(50);
+                Ok(Ok((mut ps, at))) => {
+                    backoff = MIN_BACKOFF;
+                    tracing::debug!(node = %at, "subscribed to the cluster's changes");
                     self.set_ok(&self.sub_ok, true, None);
                     let mut stream = ps.on_message();
                     while let Some(msg) = stream.next().await {
@@ -261,12 +356,14 @@ impl RedisStore {
                         self.dispatch(&payload);
                     }
                     self.set_ok(&self.sub_ok, false, Some("subscription lost".into()));
+                    // Likely the node went away: check the command side now too.
+                    self.broken.notify_one();
                 }
                 Ok(Err(e)) => self.set_ok(&self.sub_ok, false, Some(e.to_string())),
                 Err(_) => self.set_ok(&self.sub_ok, false, Some("subscribe timed out".into())),
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -304,10 +401,11 @@ impl RedisStore {
         }
     }
 
-    /// Runs one command with the timeout, tracking connectivity.
+    /// Runs one command with the timeout; a failure makes the supervisor check the
+    /// connection.
     async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     {
         let Some(conn) = self.conn.load_full() else {
             return Err(StoreError::Unavailable("not connected yet".into()));
@@ -317,17 +415,106 @@ impl RedisStore {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
-        match result {
-            Ok(v) => {
-                self.set_ok(&self.cmd_ok, true, None);
-                Ok(v)
+        // Connectivity is the supervisor's to judge (a command that fails may have
+        // started on a connection since replaced): it checks at once.
+        result.map_err(|e| {
+            self.errors.fetch_add(1, Relaxed);
+            self.broken.notify_one();
+            StoreError::Unavailable(e)
+        })
+    }
+
+    /// Applies a membership change and waits until a replica has it (`WAIT 1`), on
+    /// a connection of its own. With no replica connected to the primary there is
+    /// nothing to wait for; with replicas and no confirmation in time the change is
+    /// stored but reported as not durable.
+    async fn durable_change(&self, change: &MembershipChange) -> StoreResult<()> {
+        let (overlay, version) = (self.key("overlay"), self.key("overlay:version"));
+        let op = match change.op {
+            OverlayOp::Add => "add",
+            OverlayOp::Remove => "remove",
+        };
+        // Replicas acknowledge within milliseconds; a replica that takes longer
+        // than a command may is as good as absent.
+        let wait = self.timeout;
+        let wait_ms = wait.as_millis().max(1) as u64;
+        // One change at a time per replica: `WAIT` counts this connection's writes.
+        let mut slot = self.durable.lock().await;
+        for attempt in 0..2 {
+            let fresh = slot.is_none();
+            if slot.is_none() {
+                match self.connect_primary(self.timeout * 2 + wait).await {
+                    Ok((conn, _, _)) => *slot = Some(conn),
+                    Err(e) => {
+                        self.errors.fetch_add(1, Relaxed);
+                        return Err(StoreError::Unavailable(e));
+                    }
+                }
             }
-            Err(e) => {
-                self.errors.fetch_add(1, Relaxed);
-                self.set_ok(&self.cmd_ok, false, Some(e.clone()));
-                Err(StoreError::Unavailable(e))
+            let Some(conn) = slot.as_mut() else {
+                continue;
+            };
+            // The change, `WAIT` and `ROLE` in one pipeline on the one node that
+            // holds the keys: `WAIT` on another node would count nothing of ours.
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL")
+                .arg(CHANGE)
+                .arg(2)
+                .arg(&overlay)
+                .arg(&version)
+                .arg(&change.key)
+                .arg(&change.url)
+                .arg(op)
+                .arg(change.weight)
+                .arg(&self.channel);
+            pipe.cmd("WAIT").arg(1).arg(wait_ms);
+            pipe.cmd("ROLE");
+            let write = async {
+                let replies = conn.pipeline_on_primary(pipe, &overlay).await?;
+                let [v, acked, role] = replies.as_slice() else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "change: expected three replies",
+                    )));
+                };
+                let _: String = redis::from_redis_value(v.clone())?;
+                let acked: i64 = redis::from_redis_value(acked.clone())?;
+                let replicas = match redis::from_redis_value::<redis::Role>(role.clone())? {
+                    redis::Role::Primary { replicas, .. } => replicas.len(),
+                    _ => 0,
+                };
+                Ok::<_, redis::RedisError>((acked, replicas))
+            };
+            match tokio::time::timeout(self.timeout * 3 + wait, write).await {
+                Ok(Ok((acked, replicas))) => {
+                    if acked == 0 && replicas > 0 {
+                        return Err(StoreError::NotDurable(format!(
+                            "change stored on the Redis primary, but none of its {replicas} replica(s) confirmed it within {wait_ms} ms: it could be lost if the primary fails now; send it again to confirm"
+                        )));
+                    }
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    *slot = None;
+                    self.errors.fetch_add(1, Relaxed);
+                    self.broken.notify_one();
+                    // A cached connection may point at a former primary: once more
+                    // on a fresh one.
+                    if fresh || attempt == 1 {
+                        return Err(StoreError::Unavailable(e.to_string()));
+                    }
+                }
+                Err(_) => {
+                    *slot = None;
+                    self.errors.fetch_add(1, Relaxed);
+                    return Err(StoreError::Unavailable(format!(
+                        "no answer within {:?} (it may have been applied; sending it again is safe)",
+                        self.timeout * 3 + wait
+                    )));
+                }
             }
         }
+        Err(StoreError::Unavailable("no primary".into()))
     }
 
     fn parse_overlay(raw: Vec<String>) -> StoreResult<Overlay> {
@@ -384,26 +571,15 @@ impl StateStore for RedisStore {
 
     fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, StoreResult<Overlay>> {
         async move {
-            let (overlay, version) = (self.key("overlay"), self.key("overlay:version"));
-            let op = match change.op {
-                OverlayOp::Add => "add",
-                OverlayOp::Remove => "remove",
-            };
-            let _: String = self
-                .run(async |c| {
-                    self.scripts
-                        .change
-                        .key(&overlay)
-                        .key(&version)
-                        .arg(&change.key)
-                        .arg(&change.url)
-                        .arg(op)
-                        .arg(change.weight)
-                        .arg(&self.channel)
-                        .invoke_async(c)
-                        .await
-                })
-                .await?;
+            if !self.is_connected() {
+                return Err(StoreError::Unavailable(
+                    self.last_error
+                        .lock()
+                        .clone()
+                        .unwrap_or_else(|| "not connected".into()),
+                ));
+            }
+            self.durable_change(&change).await?;
             self.membership().await
         }
         .boxed()
@@ -630,6 +806,9 @@ impl StateStore for RedisStore {
             last_error: self.last_error.lock().clone(),
             on_store_error: self.on_store_error.clone(),
             errors: self.errors.load(Relaxed),
+            topology: self.topology.kind().into(),
+            primary: self.primary.lock().1.clone(),
+            failovers: self.failovers.load(Relaxed),
         }
     }
 

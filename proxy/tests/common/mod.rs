@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 use switchyard::server::{self, Running};
 use switchyard_demo::DemoServer;
 
+pub mod redis_ha;
+
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -254,9 +256,27 @@ impl Proc {
         p
     }
 
+    /// [`start`](Self::start), run from `cwd` (e.g. a directory with no checkout).
+    pub fn start_in(yaml: &str, cwd: &std::path::Path) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let args = ["--config", path.to_str().unwrap(), "--log-format", "json"];
+        let mut p = Self::spawn_in(&args, &[], Some(cwd));
+        p._dir = Some(dir);
+        p
+    }
+
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Self::spawn_in(args, env, None)
+    }
+
+    fn spawn_in(args: &[&str], env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd).env_remove("SWITCHYARD_DASHBOARD_DIR");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
