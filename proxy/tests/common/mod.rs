@@ -97,10 +97,25 @@ pub async fn send(
     url: &str,
     body: Option<&str>,
 ) -> Result<Resp, String> {
-    let req = Request::builder()
+    send_with(c, method, url, &[], body).await
+}
+
+/// `send` with extra request headers (e.g. `authorization`).
+pub async fn send_with(
+    c: &Client<HttpConnector, Body>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Resp, String> {
+    let mut req = Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(match body {
             Some(b) => full(b.to_string()),
             None => full(Bytes::new()),
