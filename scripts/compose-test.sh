@@ -20,8 +20,9 @@
 # - leaves out the `telemetry` profile (Collector, Jaeger) when their images cannot
 #   be had (they have no Debian package);
 # - publishes every port on a free one Docker picks (no fixed host ports);
-# - tears everything down on exit, failure or Ctrl-C included: `compose down -v`,
-#   the containers the scenarios started (by label), dockerd if it started it (by PID).
+# - tears everything down on exit, failure or Ctrl-C included: `compose down -v
+#   --remove-orphans` (backend4, which the scale-out scenario starts, included), then
+#   checks nothing of the project is left; stops dockerd if it started it (by PID).
 #
 # Environment: SWITCHYARD_COMPOSE_TEST_DIR (logs and staging; default
 # target/compose-test), SWITCHYARD_COMPOSE_PROJECT (default switchyard-test),
@@ -33,7 +34,6 @@ work=${SWITCHYARD_COMPOSE_TEST_DIR:-$root/target/compose-test}
 project=${SWITCHYARD_COMPOSE_PROJECT:-switchyard-test}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 here=$root/scripts/compose-test
-label=switchyard.compose-test=$project
 cold=0
 keep=0
 for arg in "$@"; do
@@ -96,14 +96,10 @@ cleanup() {
     "${compose[@]}" down --volumes --remove-orphans --timeout 10 >> "$work/compose-down.log" 2>&1
   fi
   if docker info >/dev/null 2>&1; then
-    local extra
-    extra=$(docker ps -aq --filter "label=$label")
-    [ -z "$extra" ] || docker rm -f $extra >/dev/null
     local left
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; \
            docker network ls -q --filter "label=com.docker.compose.project=$project"; \
-           docker volume ls -q --filter "label=com.docker.compose.project=$project"; \
-           docker ps -aq --filter "label=$label")
+           docker volume ls -q --filter "label=com.docker.compose.project=$project")
     if [ -n "$left" ]; then
       say "LEFT OVER after teardown: $(echo $left)"
       [ "$rc" != 0 ] || rc=1
@@ -140,8 +136,6 @@ fi
 
 # Leftovers of an interrupted earlier run of this project.
 "${compose[@]}" down --volumes --remove-orphans --timeout 5 > /dev/null 2>&1 || true
-stale=$(docker ps -aq --filter "label=$label")
-[ -z "$stale" ] || docker rm -f $stale > /dev/null
 
 # === base images: present, pulled, or a local stand-in ===
 release=$(sed -n 's/^ARG DEBIAN_RELEASE=//p' deploy/Dockerfile)
@@ -163,7 +157,7 @@ for s in services.values():
 
 if [ "$cold" = 1 ]; then
   say "--cold: removing the images, stand-ins and the build cache"
-  for img in switchyard:dev switchyard-demo-upstream:dev switchyard-config-repo:dev \
+  for img in switchyard:dev switchyard-https:dev switchyard-demo-upstream:dev switchyard-config-repo:dev \
              "$debian_image" "$rust_image" $(registry_images | awk '{ print $1 }'); do
     docker image rm -f "$img" > /dev/null 2>&1 || true
   done
@@ -300,9 +294,12 @@ say "base images ready in $((SECONDS - t0))s"
 t0=$SECONDS
 say "building the images with deploy/Dockerfile (log: $work/build.log)"
 "${compose[@]}" build > "$work/build.log" 2>&1 || { tail -n 60 "$work/build.log"; die "image build failed"; }
+# The proxy with git over https too (not in the compose file): it builds, and its size.
+docker build -q -f deploy/Dockerfile --target switchyard-https -t switchyard-https:dev . \
+  >> "$work/build.log" 2>&1 || { tail -n 30 "$work/build.log"; die "switchyard-https build failed"; }
 build_s=$((SECONDS - t0))
 say "images built in ${build_s}s:"
-docker image ls --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^    switchyard' | sort || true
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^switchyard' | sort | sed 's/^/      /' || true
 
 # === up ===
 # Every published port on a free port of Docker's choosing; a random admin token.
@@ -328,5 +325,5 @@ say "stack up and healthy in $((SECONDS - t0))s"
 
 # === the scenarios ===
 say "scenarios: cargo test -p switchyard --test deploy compose -- --ignored"
-SWITCHYARD_COMPOSE="${compose[*]}" SWITCHYARD_COMPOSE_LABEL="$label" \
+SWITCHYARD_COMPOSE="${compose[*]}" \
   cargo test -q -p switchyard --test deploy compose -- --ignored --nocapture --test-threads=1

@@ -4,9 +4,7 @@
 //!
 //! `scripts/compose-test.sh` builds the images, brings the stack up, runs this test
 //! (it is `#[ignore]`d otherwise) and tears everything down. It hands over the compose
-//! command line (`SWITCHYARD_COMPOSE`), the label to put on containers the test starts
-//! itself (`SWITCHYARD_COMPOSE_LABEL`, so teardown finds them) and the admin token
-//! (`SWITCHYARD_ADMIN_TOKEN`). Every loop is bounded in count and in time, and every
+//! command line (`SWITCHYARD_COMPOSE`) and the admin token (`SWITCHYARD_ADMIN_TOKEN`). Every loop is bounded in count and in time, and every
 //! scenario prints its counts.
 
 use std::collections::BTreeMap;
@@ -52,7 +50,6 @@ fn docker(args: &[&str]) -> String {
 /// The running stack, as scripts/compose-test.sh started it.
 struct Stack {
     compose: Vec<String>,
-    label: String,
     token: String,
     /// Replica 1 and 2: proxy and admin listeners, as published on the host.
     proxy: [SocketAddr; 2],
@@ -77,7 +74,6 @@ impl Stack {
             .collect();
         let mut stack = Stack {
             compose,
-            label: var("SWITCHYARD_COMPOSE_LABEL"),
             token: var("SWITCHYARD_ADMIN_TOKEN"),
             proxy: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
             admin: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
@@ -124,16 +120,6 @@ impl Stack {
         let id = self.compose(&["ps", "-q", service]);
         assert!(!id.is_empty(), "no container for {service}");
         id
-    }
-
-    /// The compose network the services are on.
-    fn network(&self) -> String {
-        docker(&[
-            "inspect",
-            "--format",
-            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
-            &self.container("backend1"),
-        ])
     }
 
     async fn admin_send(
@@ -226,8 +212,11 @@ fn tally<'a>(
 
 // === traffic in the background ===
 
-/// Requests in a loop on a background task, round-robin over some replicas, until
-/// stopped or `max` requests or `limit` have passed; every outcome kept in order.
+/// Requests in a loop on a background task, round-robin over some replicas, one at a
+/// time and at most one every `PACE`, until stopped or `max` requests or `limit` have
+/// passed; every outcome kept in order.
+const PACE: Duration = Duration::from_millis(5);
+
 struct Traffic {
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<(usize, Outcome)>>>,
@@ -244,7 +233,10 @@ impl Traffic {
         let task = tokio::spawn(async move {
             let http = client();
             let deadline = tokio::time::Instant::now() + limit;
+            let mut pace = tokio::time::interval(PACE);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for i in 0..max {
+                pace.tick().await;
                 if stop2.load(Ordering::Relaxed) || tokio::time::Instant::now() > deadline {
                     break;
                 }
@@ -263,12 +255,19 @@ impl Traffic {
     /// Waits until `n` more requests than now have been made (bounded).
     async fn wait_more(&self, n: usize, what: &str) {
         let want = self.len() + n;
-        let log = self.log.clone();
-        wait_until(Duration::from_secs(60), what, || {
-            let log = log.clone();
-            async move { log.lock().len() >= want }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        while self.len() < want {
+            if tokio::time::Instant::now() > deadline || self.task.is_finished() {
+                let log = self.log.lock();
+                let tail = &log[log.len().saturating_sub(5)..];
+                panic!(
+                    "{what}: {} of {want} requests made (loop finished: {}); the last: {tail:?}",
+                    log.len(),
+                    self.task.is_finished()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Outcomes from index `from` on, for one replica.
@@ -394,7 +393,7 @@ async fn prometheus_scrapes_both(stack: &Stack) {
 /// `docker stop` of a backend under a request loop: at most one failed request,
 /// then none; it is back once started again.
 async fn backend_crash(stack: &Stack) {
-    let traffic = Traffic::start(stack, &[0, 1], 5000, Duration::from_secs(120));
+    let traffic = Traffic::start(stack, &[0, 1], 30_000, Duration::from_secs(120));
     traffic.wait_more(30, "requests before the stop").await;
     let id = stack.container("backend2");
     docker(&["stop", "--time", "5", &id]);
@@ -452,7 +451,7 @@ async fn backend_crash(stack: &Stack) {
 /// request loop over both: zero failed requests, and the traffic leaves backend3
 /// and comes back, on both replicas.
 async fn drain_and_readd(stack: &Stack) {
-    let traffic = Traffic::start(stack, &[0, 1], 10_000, Duration::from_secs(120));
+    let traffic = Traffic::start(stack, &[0, 1], 30_000, Duration::from_secs(120));
     traffic.wait_more(20, "requests before the drain").await;
     let b3 = backend_url("backend3");
     stack
@@ -461,53 +460,73 @@ async fn drain_and_readd(stack: &Stack) {
     let removed_at = traffic.len();
     // Gone on both replicas: the last 12 requests each made no use of it.
     let gone = |replica: usize| {
-        let t = &traffic;
-        async move {
-            let seen = t.since(removed_at, replica);
-            seen.len() >= 12
-                && seen[seen.len() - 12..]
-                    .iter()
-                    .all(|r| r.as_deref() != Ok("backend3"))
-        }
+        let seen = traffic.since(removed_at, replica);
+        seen.len() >= 12
+            && seen[seen.len() - 12..]
+                .iter()
+                .all(|r| r.as_deref() != Ok("backend3"))
     };
     wait_until(
         Duration::from_secs(30),
         "backend3 drained on both replicas",
-        || async { gone(0).await && gone(1).await },
+        || async { gone(0) && gone(1) },
     )
     .await;
+    // How many requests each replica still sent it after the remove.
+    let late: Vec<usize> = (0..2)
+        .map(|replica| {
+            traffic
+                .since(removed_at, replica)
+                .iter()
+                .filter(|r| r.as_deref() == Ok("backend3"))
+                .count()
+        })
+        .collect();
     let drained = traffic.len();
+    traffic.wait_more(40, "requests while drained").await;
     stack
         .admin_post(1, "/admin/add", &format!(r#"{{"url":"{b3}","weight":1}}"#))
         .await;
     let added_at = traffic.len();
     let back = |replica: usize| {
-        let t = &traffic;
-        async move {
-            t.since(added_at, replica)
-                .iter()
-                .any(|r| r.as_deref() == Ok("backend3"))
-        }
+        traffic
+            .since(added_at, replica)
+            .iter()
+            .any(|r| r.as_deref() == Ok("backend3"))
     };
     wait_until(
         Duration::from_secs(30),
         "backend3 back on both replicas",
-        || async { back(0).await && back(1).await },
+        || async { back(0) && back(1) },
     )
     .await;
     traffic.wait_more(20, "requests after the re-add").await;
     let log = traffic.finish().await;
     let (_, failed) = tally(log.iter().map(|(_, r)| r));
     let (while_drained, _) = tally(log[drained..added_at].iter().map(|(_, r)| r));
-    let (after, _) = tally(log[added_at..].iter().map(|(_, r)| r));
+    let back_on: Vec<BTreeMap<String, usize>> = (0..2)
+        .map(|replica| {
+            tally(
+                log[added_at..]
+                    .iter()
+                    .filter(|(r, _)| *r == replica)
+                    .map(|(_, x)| x),
+            )
+            .0
+        })
+        .collect();
     println!(
-        "drain and re-add: {} requests over both replicas, {} failed; drained ({} requests): {while_drained:?}; re-added ({} requests): {after:?}",
+        "drain and re-add: {} requests over both replicas, {} failed; after /admin/remove backend3 answered {} (replica 1) and {} (replica 2) more, then none: {} requests while drained, served by {while_drained:?}; after /admin/add: replica 1 {:?}, replica 2 {:?}",
         log.len(),
         failed.len(),
+        late[0],
+        late[1],
         added_at - drained,
-        log.len() - added_at
+        back_on[0],
+        back_on[1]
     );
     assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(added_at - drained >= 40);
     assert!(!while_drained.contains_key("backend3"));
 }
 
@@ -559,32 +578,8 @@ async fn circuit_breaker(stack: &Stack) {
 /// A new backend container, registered with `/admin/add`: it takes traffic at once,
 /// on both replicas.
 async fn scale_out(stack: &Stack) {
-    let image = docker(&[
-        "inspect",
-        "--format",
-        "{{.Config.Image}}",
-        &stack.container("backend1"),
-    ]);
-    let network = stack.network();
-    docker(&[
-        "run",
-        "--detach",
-        "--label",
-        &stack.label,
-        "--network",
-        &network,
-        "--network-alias",
-        "backend4",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--init",
-        &image,
-        "--listen",
-        "0.0.0.0:9000",
-        "--name",
-        "backend4",
-    ]);
+    // The compose file's `backend4` (profile scale-out): named, it starts.
+    stack.compose(&["up", "--detach", "--no-deps", "backend4"]);
     let b4 = backend_url("backend4");
     stack
         .admin_post(0, "/admin/add", &format!(r#"{{"url":"{b4}","weight":2}}"#))
@@ -644,7 +639,11 @@ async fn git_commit(stack: &Stack) {
             "backend4 is in git now: {:?}",
             status.drift
         );
-        assert!(stack.backend(replica, "backend1").await.is_none());
+        // Removed from the config: it drains, then leaves the list.
+        wait_until(Duration::from_secs(30), "backend1 gone", || async {
+            stack.backend(replica, "backend1").await.is_none()
+        })
+        .await;
         assert!(stack.backend(replica, "backend4").await.is_some());
         let (served, failed) = tally(&stack.hits(replica, 12).await);
         println!(
@@ -662,7 +661,7 @@ async fn git_commit(stack: &Stack) {
 /// `docker kill` of replica 2 under a request loop on replica 1: replica 1 goes on
 /// serving without a failure, and its cluster view drops replica 2.
 async fn replica_kill(stack: &Stack) {
-    let traffic = Traffic::start(stack, &[0], 5000, Duration::from_secs(60));
+    let traffic = Traffic::start(stack, &[0], 15_000, Duration::from_secs(60));
     traffic.wait_more(20, "requests before the kill").await;
     docker(&["kill", &stack.container("switchyard-2")]);
     traffic.wait_more(100, "requests after the kill").await;
