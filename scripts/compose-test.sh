@@ -113,6 +113,10 @@ cleanup() {
     for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
     kill -0 "$dockerd_pid" 2>/dev/null && kill -9 "$dockerd_pid" 2>/dev/null
     wait "$dockerd_pid" 2>/dev/null
+    if docker info > /dev/null 2>&1; then
+      say "LEFT OVER: a Docker daemon still answers after stopping pid $dockerd_pid"
+      [ "$rc" != 0 ] || rc=1
+    fi
   fi
   say "compose-test: $([ "$rc" = 0 ] && echo passed || echo "FAILED (exit $rc)") in ${SECONDS}s"
   exit "$rc"
@@ -124,7 +128,13 @@ trap 'exit 143' TERM
 # === dockerd ===
 if ! docker info >/dev/null 2>&1; then
   say "starting dockerd (log: $work/dockerd.log)"
-  as_root dockerd > "$work/dockerd.log" 2>&1 &
+  # Not through as_root: a function run in the background is a subshell, and $!
+  # would be its PID, not dockerd's (sudo passes SIGTERM on to dockerd).
+  if [ "$(id -u)" = 0 ]; then
+    dockerd > "$work/dockerd.log" 2>&1 &
+  else
+    sudo dockerd > "$work/dockerd.log" 2>&1 &
+  fi
   dockerd_pid=$!
   for _ in $(seq 120); do
     docker info >/dev/null 2>&1 && break
