@@ -26,6 +26,7 @@
 #
 # Environment: SWITCHYARD_COMPOSE_TEST_DIR (logs and staging; default
 # target/compose-test), SWITCHYARD_COMPOSE_PROJECT (default switchyard-test),
+# SWITCHYARD_COMPOSE_CLI (default docker-compose; "docker compose" for v2),
 # DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,7 +73,18 @@ if ! docker buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ] && [ "$(com
   export PATH="$work/bin:$PATH"
 fi
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
-compose=(docker-compose --project-name "$project" --file "$root/docker-compose.yml")
+# SWITCHYARD_COMPOSE_CLI picks another compose command (e.g. "docker compose", v2).
+read -r -a compose_cli <<< "${SWITCHYARD_COMPOSE_CLI:-docker-compose}"
+compose=("${compose_cli[@]}" --project-name "$project" --file "$root/docker-compose.yml")
+
+# `compose down` of everything, every profile's services included (compose v2 leaves
+# those of inactive profiles alone, e.g. backend4 once the scale-out started it).
+down_all() {
+  local all
+  all=$("${compose[@]}" config --profiles 2>/dev/null | paste -sd, -)
+  COMPOSE_PROFILES=$all "${compose[@]}" down --volumes --remove-orphans --timeout 10 \
+    >> "$work/compose-down.log" 2>&1
+}
 
 # === teardown, whatever happens ===
 dockerd_pid=
@@ -93,7 +105,7 @@ cleanup() {
       "${compose[@]}" logs --no-color --tail=25 2>&1 | tail -n 250
     fi
     say "compose down"
-    "${compose[@]}" down --volumes --remove-orphans --timeout 10 >> "$work/compose-down.log" 2>&1
+    down_all
   fi
   if docker info >/dev/null 2>&1; then
     local left
@@ -145,7 +157,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # Leftovers of an interrupted earlier run of this project.
-"${compose[@]}" down --volumes --remove-orphans --timeout 5 > /dev/null 2>&1 || true
+down_all || true
 
 # === base images: present, pulled, or a local stand-in ===
 release=$(sed -n 's/^ARG DEBIAN_RELEASE=//p' deploy/Dockerfile)
