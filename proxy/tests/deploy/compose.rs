@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use switchyard_shared::api::{BackendView, CircuitState, ClusterView, ConfigStatus};
 
-use super::{IMAGE_ENV, IMAGE_USER};
+use super::{IMAGE_ENV, IMAGE_PROGRAMS, IMAGE_USER};
 use crate::common::{Body, client, git, send_with, url, wait_until};
 
 type Http =
@@ -307,6 +307,24 @@ fn images(stack: &Stack) {
             env.contains(&format!("\"{k}={v}\"")),
             "the image's {k}: {env}"
         );
+    }
+    // The programs the Kubernetes test lets exec hooks name are there, and run.
+    for program in IMAGE_PROGRAMS {
+        let args: &[&str] = match program {
+            "ssh" => &["-V"],
+            "sh" => &["-c", "exit 0"],
+            _ => &["--version"],
+        };
+        let mut run = vec![
+            "run",
+            "--rm",
+            "--read-only",
+            "--entrypoint",
+            program,
+            &image,
+        ];
+        run.extend_from_slice(args);
+        docker(&run);
     }
     let health = inspect("{{json .Config.Healthcheck.Test}}");
     assert!(health.contains("probe"), "HEALTHCHECK: {health}");

@@ -333,6 +333,24 @@ fn check_kubernetes(files: &BTreeMap<String, String>) -> (Vec<String>, Option<Po
             ));
         }
     }
+    // Commands the kubelet runs inside the container: the image is FROM scratch, so
+    // only the programs it holds exist there (no `sleep`: preStop uses `sleep:`).
+    let hooks = [
+        &c["lifecycle"]["preStop"],
+        &c["lifecycle"]["postStart"],
+        &c["readinessProbe"],
+        &c["livenessProbe"],
+        &c["startupProbe"],
+    ];
+    for hook in hooks {
+        if let Some(program) = string_list(&hook["exec"]["command"]).first()
+            && !IMAGE_PROGRAMS.contains(&program.as_str())
+        {
+            p.push(format!(
+                "Deployment: exec of `{program}`, which the image does not have (it has {IMAGE_PROGRAMS:?})"
+            ));
+        }
+    }
     for r in ["cpu", "memory"] {
         if c["resources"]["requests"][r].is_null() {
             p.push(format!("Deployment: no {r} request"));
@@ -675,6 +693,12 @@ fn broken_kubernetes_manifests_are_caught() {
             "  replicas: 3",
             "  replicas: 2",
             "replicas",
+        ),
+        (
+            "deployment.yaml",
+            "sleep:\n                seconds: 5",
+            "exec:\n                command: [\"sleep\", \"5\"]",
+            "exec of `sleep`",
         ),
         (
             "deployment.yaml",

@@ -35,6 +35,8 @@ const DEMO_UPSTREAM: &str = env!("CARGO_BIN_EXE_demo-upstream");
 /// `switchyard`); `compose` checks the built image against these.
 const IMAGE_USER: &str = "10001:10001";
 const IMAGE_HOME: &str = "/var/lib/switchyard";
+/// Programs on the proxy image's PATH (it is FROM scratch: nothing else is there).
+const IMAGE_PROGRAMS: [&str; 4] = ["switchyard", "git", "ssh", "sh"];
 const IMAGE_ENV: [(&str, &str); 3] = [
     ("HOME", IMAGE_HOME),
     ("SWITCHYARD_CONFIG", "/etc/switchyard/config.yaml"),
