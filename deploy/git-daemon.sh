@@ -2,9 +2,10 @@
 # The `config-repo` service of docker-compose.yml: serves a git repository over
 # git:// for the switchyard replicas to follow (`--config-repo git://config-repo/config.git`).
 #
-# On first start it creates the bare repository $GIT_ROOT/config.git with one commit
-# on `main` holding the files of $SEED_DIR (deploy/config-repo in the image); later
-# starts keep what was pushed since (the compose file keeps $GIT_ROOT on a volume).
+# When $GIT_ROOT/config.git has no `main` branch yet (first start, or a first start
+# that failed half-way), it makes one commit on `main` there holding the files of
+# $SEED_DIR (deploy/config-repo in the image); later starts keep what was pushed
+# since (the compose file keeps $GIT_ROOT on a volume).
 # Pushes are accepted anonymously (receive-pack is on): this is a demo service for a
 # private network, not a git server to expose.
 #
@@ -12,6 +13,7 @@
 #   GIT_ROOT    directory served                 (default /srv/git)
 #   GIT_LISTEN  address to listen on             (default 0.0.0.0)
 #   GIT_PORT    port                             (default 9418)
+#   SEED_ONLY   1: seed, then exit without serving (the image build's check)
 set -eu
 
 seed=${SEED_DIR:-/usr/share/switchyard/config-repo}
@@ -20,7 +22,7 @@ listen=${GIT_LISTEN:-0.0.0.0}
 port=${GIT_PORT:-9418}
 repo="$root/config.git"
 
-if [ ! -f "$repo/HEAD" ]; then
+if ! git --git-dir "$repo" rev-parse --verify -q refs/heads/main > /dev/null 2>&1; then
   [ -f "$seed/config.yaml" ] || { echo "git-daemon.sh: no $seed/config.yaml to seed from" >&2; exit 1; }
   mkdir -p "$root"
   git init -q --bare -b main "$repo"
@@ -37,6 +39,7 @@ if [ ! -f "$repo/HEAD" ]; then
   echo "git-daemon.sh: seeded $repo from $seed"
 fi
 
+[ "${SEED_ONLY:-0}" != 1 ] || exit 0
 echo "git-daemon.sh: serving $root on git://$listen:$port/ (push enabled)"
 # git-daemon itself rather than the `git daemon` wrapper, so that it is this
 # process (PID 1 in a container) and a signal reaches it.

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust (rustup) installed:
 # installs what is missing (redis-server, redis-sentinel, brotli, chromium +
-# chromedriver, git, the wasm32 target, wasm-bindgen-cli), builds the dashboard
-# (before cargo, so the binaries the tests run embed it), then runs fmt, clippy and
-# every test.
+# chromedriver, git, docker.io, docker-compose, debootstrap, the wasm32 target,
+# wasm-bindgen-cli), builds the dashboard (before cargo, so the binaries the tests
+# run embed it), then runs fmt, clippy, every cargo test, and scripts/compose-test.sh
+# (the Docker images built and the compose stack run for real; it starts dockerd if
+# none runs). Arguments go to `cargo test`; SKIP_COMPOSE_TEST=1 leaves the Docker
+# test out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,11 @@ need brotli || pkgs+=(brotli)
 need chromium || pkgs+=(chromium)
 need chromedriver || pkgs+=(chromium-driver)
 need git || pkgs+=(git)
+if [ "${SKIP_COMPOSE_TEST:-0}" != 1 ]; then
+  need dockerd || pkgs+=(docker.io)
+  need docker-compose || pkgs+=(docker-compose)
+  need debootstrap || pkgs+=(debootstrap)
+fi
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "==> installing ${pkgs[*]}"
   as_root apt-get update -qq
@@ -36,3 +44,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace "$@"
+if [ "${SKIP_COMPOSE_TEST:-0}" != 1 ]; then
+  echo "==> scripts/compose-test.sh"
+  scripts/compose-test.sh
+fi

@@ -99,10 +99,25 @@ pub async fn send(
     url: &str,
     body: Option<&str>,
 ) -> Result<Resp, String> {
-    let req = Request::builder()
+    send_with(c, method, url, &[], body).await
+}
+
+/// `send` with extra request headers (e.g. `authorization`).
+pub async fn send_with(
+    c: &Client<HttpConnector, Body>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Resp, String> {
+    let mut req = Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(match body {
             Some(b) => full(b.to_string()),
             None => full(Bytes::new()),
@@ -345,16 +360,22 @@ impl Proc {
 
     /// Waits for the process to exit (bounded), returning its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if tokio::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        wait_child(&mut self.child, limit).and_then(|s| s.code())
+    }
+}
+
+/// Waits (bounded, polling) for a child process to exit; its status, or `None` if it
+/// still runs after `limit`.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
