@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust (rustup) installed:
-# installs what is missing (redis-server, chromium + chromedriver, git, the wasm32
-# target, wasm-bindgen-cli), builds the dashboard, then runs fmt, clippy and every test.
+# installs what is missing (redis-server, chromium + chromedriver, git, pebble, openssl,
+# curl, the wasm32 target, wasm-bindgen-cli), builds the dashboard, then runs fmt,
+# clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ need redis-server || pkgs+=(redis-server)
 need chromium || pkgs+=(chromium)
 need chromedriver || pkgs+=(chromium-driver)
 need git || pkgs+=(git)
+need pebble || pkgs+=(pebble)          # ACME tests (Pebble + pebble-challtestsrv)
+need openssl || pkgs+=(openssl)        # TLS resumption test (s_client)
+need curl || pkgs+=(curl)              # HTTPS test (curl --cacert --resolve)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "==> installing ${pkgs[*]}"
   as_root apt-get update -qq

@@ -49,6 +49,9 @@ pub struct App {
     pub allow_unrelated_history: AtomicBool,
     /// OpenTelemetry export, when an endpoint is configured.
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::otel::Telemetry>>,
+    /// What the plain listener answers itself (ACME HTTP-01, HTTPS redirect), when
+    /// TLS is configured.
+    pub plain_intercept: std::sync::OnceLock<Arc<dyn crate::forward::PlainIntercept>>,
     inner: Mutex<Inner>,
 }
 
@@ -96,6 +99,7 @@ impl App {
             reloader: std::sync::OnceLock::new(),
             allow_unrelated_history: AtomicBool::new(false),
             telemetry: std::sync::OnceLock::new(),
+            plain_intercept: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 config: config.clone(),
                 overlay: Overlay::default(),

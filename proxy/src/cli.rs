@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// HTTPS listen address (overrides tls.bind and tls.port; certificates still
+    /// come from the config's `tls:` block).
+    #[arg(long, env = "SWITCHYARD_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Backend URL (repeatable, or comma-separated; bare host:port means http);
     /// replaces the config's backends.
     #[arg(long = "backend", value_delimiter = ',')]
@@ -212,6 +217,11 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
         config.server.admin_bind = Some(addr.ip());
         config.server.admin_port = addr.port();
     }
+    if let Some(addr) = cli.tls_listen {
+        let tls = config.tls.get_or_insert_with(Default::default);
+        tls.bind = Some(addr.ip());
+        tls.port = addr.port();
+    }
     if !cli.backends.is_empty() {
         config.backends = cli
             .backends
@@ -231,6 +241,7 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
                     },
                     weight: Weight(1),
                     health_check_path: None,
+                    tls: None,
                 })
             })
             .collect::<Result<_, String>>()?;

@@ -3,7 +3,7 @@
 //! The request path, in order: [`listener`] → [`ratelimit`] → [`balance`] (over the
 //! [`snapshot`]) → [`forward`]; beside it [`health`], [`resilience`] (circuit breaker
 //! and outlier ejection), [`state`] (the store behind shared state), [`admin`],
-//! [`telemetry`]. [`server`] starts and stops it all; `main.rs` only wires the CLI.
+//! [`telemetry`], [`tls`] (HTTPS: certificates, ACME, the HTTPS listener). [`server`] starts and stops it all; `main.rs` only wires the CLI.
 
 pub mod admin;
 pub mod app;
@@ -27,3 +27,4 @@ pub mod snapshot;
 pub mod sockio;
 pub mod state;
 pub mod telemetry;
+pub mod tls;

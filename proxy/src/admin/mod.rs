@@ -38,6 +38,8 @@ pub struct AdminState {
     pub dashboard_dir: std::path::PathBuf,
     /// Origins allowed to call the API from a browser (`admin.cors_origins`).
     pub cors_origins: Vec<String>,
+    /// The HTTPS side, when configured (`/admin/tls`, TLS metrics).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -46,6 +48,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/backends", get(backends))
         .route("/admin/config", get(config))
         .route("/admin/cluster", get(cluster))
+        .route("/admin/tls", get(tls))
+        .route("/admin/certificates", get(tls))
         .route("/admin/events", get(stream::events))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
     let write = Router::new()
@@ -126,11 +130,34 @@ async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) ->
         .and_then(|v| v.to_str().ok());
     match Format::negotiate(accept) {
         Format::Json => Json(s.app.metrics_entries()).into_response(),
-        format => (
-            [(axum::http::header::CONTENT_TYPE, format.content_type())],
-            render(&s.app, format),
-        )
-            .into_response(),
+        format => {
+            let mut body = render(&s.app, format);
+            if let Some(tls) = &s.tls {
+                let open = format == Format::OpenMetrics;
+                let eof = open && body.ends_with("# EOF\n");
+                if eof {
+                    body.truncate(body.len() - "# EOF\n".len());
+                }
+                crate::tls::metrics::render(tls, &mut body, open);
+                if eof {
+                    body.push_str("# EOF\n");
+                }
+            }
+            (
+                [(axum::http::header::CONTENT_TYPE, format.content_type())],
+                body,
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /admin/tls` (and `/admin/certificates`): certificates served, their
+/// sources and expiry, ACME state; 404 when TLS is off.
+async fn tls(State(s): State<AdminState>) -> Response {
+    match &s.tls {
+        Some(t) => Json(t.view()).into_response(),
+        None => AdminError::new(StatusCode::NOT_FOUND, "TLS is not configured").into_response(),
     }
 }
 

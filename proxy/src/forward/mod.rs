@@ -53,6 +53,8 @@ use crate::telemetry::metrics::Metrics;
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    /// The connection came through the HTTPS listener (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 impl Peer {
@@ -60,8 +62,27 @@ impl Peer {
         Self {
             addr,
             ip: headers::ip_value(addr.ip()),
+            https: false,
         }
     }
+
+    /// A client of the HTTPS listener.
+    pub fn https(addr: SocketAddr) -> Self {
+        Self {
+            https: true,
+            ..Self::new(addr)
+        }
+    }
+}
+
+/// Requests a plain-HTTP client gets answered without a backend (ACME HTTP-01
+/// tokens, the redirect to HTTPS); installed by the TLS edge, absent otherwise.
+pub trait PlainIntercept: Send + Sync {
+    /// `None` (the usual case, decided without waiting): forward the request.
+    fn intercept<'a>(
+        &'a self,
+        req: &'a Request<ReqBody>,
+    ) -> Option<futures_util::future::BoxFuture<'a, Response<ProxyBody>>>;
 }
 
 /// Handles one client request end to end; never fails (errors become responses).
@@ -73,6 +94,12 @@ pub async fn handle(
     peer: Peer,
     upgrade: Option<ClientUpgrade>,
 ) -> Response<ProxyBody> {
+    if !peer.https
+        && let Some(hook) = app.plain_intercept.get()
+        && let Some(answer) = hook.intercept(&req)
+    {
+        return answer.await;
+    }
     let started = Instant::now();
     app.metrics.start_request();
     // Until an answer is settled (by the response's guard, or below), a dropped
@@ -432,6 +459,7 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
         ip: &peer.ip,
         trusted: in_any(&cfg.server.trusted_proxies, peer.addr.ip()),
         host,
+        https: peer.https,
     }
 }
 

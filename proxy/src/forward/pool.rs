@@ -88,7 +88,9 @@ async fn connect_inner(backend: &Backend) -> Result<Box<Conn>, ConnectError> {
     tcp.set_nodelay(true)?;
     let io = match target.scheme {
         Scheme::Http => Io::Plain(std::sync::Arc::new(tcp)),
-        Scheme::Https => Io::Tls(Box::new(tls::connect(&target.host, tcp).await?)),
+        Scheme::Https => Io::Tls(Box::new(
+            tls::connect(&backend.key, &target.host, tcp).await?,
+        )),
     };
     Ok(Conn::new(io))
 }

@@ -82,10 +82,12 @@ async fn reject(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-struct ConnGuard(Arc<App>);
+/// One client connection counted in `connections_active` (and against
+/// `max_connections`) for as long as it lives; shared with the HTTPS listener.
+pub(crate) struct ConnGuard(Arc<App>);
 
 impl ConnGuard {
-    fn new(app: Arc<App>) -> Self {
+    pub(crate) fn new(app: Arc<App>) -> Self {
         app.metrics.connections_active.fetch_add(1, Relaxed);
         Self(app)
     }

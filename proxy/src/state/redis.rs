@@ -199,7 +199,7 @@ impl RedisStore {
         self.errors.load(Relaxed)
     }
 
-    fn key(&self, suffix: &str) -> String {
+    pub(super) fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
 
@@ -305,7 +305,7 @@ impl RedisStore {
     }
 
     /// Runs one command with the timeout, tracking connectivity.
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    pub(super) async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         F: AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     {
