@@ -211,6 +211,14 @@ impl Pebble {
     }
 }
 
+/// The proxy's logs, shown when a test fails.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("switchyard=debug")
+        .with_test_writer()
+        .try_init();
+}
+
 fn acme_yaml(p: &Pebble, domains: &[&str], challenge: &str, extra: &str) -> String {
     format!(
         "tls:\n  port: 0\n  acme:\n    directory_url: \"{}\"\n    email: ops@example.com\n    domains: [{}]\n    challenge: {challenge}\n    ca_file: \"{}\"\n    check_interval: 200ms\n    retry_min: 1s\n    retry_max: 2s\n{extra}",
@@ -224,6 +232,27 @@ fn acme_of(r: &Running) -> serde_json::Value {
     serde_json::to_value(r.tls.as_ref().unwrap().view().acme.unwrap()).unwrap()
 }
 
+/// Waits until `r` serves a Pebble certificate for `name` (other than `not`); on a
+/// timeout the panic shows the replica's ACME state and Pebble's log.
+async fn wait_for_cert(r: &Running, name: &str, not: Option<&str>, pebble: &Pebble) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = serial_on(r, name).await
+            && Some(s.serial.as_str()) != not
+        {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no ACME certificate for {name}: {}\npebble: {:#?}",
+                acme_of(r),
+                pebble.log.lock()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn serial_on(r: &Running, name: &str) -> Option<t::Seen> {
     let s = t::cert_for(r.tls_addr.unwrap(), name).await.ok()?;
     s.issuer.contains("Pebble").then_some(s)
@@ -235,6 +264,7 @@ async fn three_replicas_share_one_order_answer_challenges_anywhere_and_renew_onc
         eprintln!("skipped: needs pebble and redis-server (apt-get install pebble redis-server)");
         return;
     }
+    logs();
     let redis = RedisServer::start();
     let http = Forwarder::start().await;
     // 30 s certificates: renewed with a third of their life left (after ~20 s).
@@ -257,10 +287,7 @@ async fn three_replicas_share_one_order_answer_challenges_anywhere_and_renew_onc
     // Every replica serves the issued certificate.
     let mut first = None;
     for r in &replicas {
-        wait_until(Duration::from_secs(60), "the ACME certificate", || async {
-            serial_on(r, "b.test").await.is_some()
-        })
-        .await;
+        wait_for_cert(r, "b.test", None, &pebble).await;
         let seen = serial_on(r, "b.test").await.unwrap();
         let mut names = seen.names.clone();
         names.sort();
@@ -338,6 +365,7 @@ async fn one_replica_alone_obtains_persists_and_serves_after_a_restart_without_r
         eprintln!("skipped: needs pebble (apt-get install pebble)");
         return;
     }
+    logs();
     let tls = Forwarder::start().await;
     let pebble = Pebble::start(t::free_port(), tls.addr.port(), 3600).await;
     let storage = tempfile::tempdir().unwrap();
@@ -353,10 +381,7 @@ async fn one_replica_alone_obtains_persists_and_serves_after_a_restart_without_r
     );
     let r = proxy(&yaml).await;
     *tls.targets.lock() = vec![r.tls_addr.unwrap()];
-    wait_until(Duration::from_secs(60), "the ACME certificate", || async {
-        serial_on(&r, "alone.test").await.is_some()
-    })
-    .await;
+    wait_for_cert(&r, "alone.test", None, &pebble).await;
     let serial = serial_on(&r, "alone.test").await.unwrap().serial;
     assert_eq!(acme_of(&r)["orders"], 1);
     assert!(acme_of(&r)["challenges_answered"].as_u64().unwrap() >= 1);

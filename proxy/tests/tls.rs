@@ -93,7 +93,7 @@ async fn sni_picks_the_certificate_and_alpn_reaches_the_backends_over_h2_and_htt
 
     // curl, as an operator would: --cacert and --resolve.
     let ca_file = ca.write(dir.path());
-    let out = std::process::Command::new("curl")
+    let out = tokio::process::Command::new("curl")
         .args(["-sS", "--http2", "--cacert"])
         .arg(&ca_file)
         .args([
@@ -104,9 +104,14 @@ async fn sni_picks_the_certificate_and_alpn_reaches_the_backends_over_h2_and_htt
             &format!("https://api.example.com:{}/", addr.port()),
         ])
         .output()
+        .await
         .expect("curl");
     let out = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.trim(), "b1\n2", "curl: {out}");
+    assert_eq!(
+        out.trim(),
+        "b1\n\n2",
+        "curl: body, then the HTTP version: {out}"
+    );
 
     let v = tls_view(p.admin_addr).await;
     assert_eq!(v["certificates"].as_array().unwrap().len(), 3);

@@ -610,14 +610,37 @@ fn alpn_server_config(name: &str, digest: &[u8]) -> Result<ServerConfig, String>
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let mut config = ServerConfig::builder_with_provider(super::provider())
+    let provider = super::provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| e.to_string())?;
+    // Not `with_single_cert`: its check refuses the critical acmeIdentifier
+    // extension that this certificate exists to carry.
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    ));
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key_der)
-        .map_err(|e| e.to_string())?;
+        .with_cert_resolver(Arc::new(ChallengeCert(certified)));
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     Ok(config)
+}
+
+/// Always the one challenge certificate.
+#[derive(Debug)]
+struct ChallengeCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for ChallengeCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 #[cfg(test)]
