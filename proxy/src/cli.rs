@@ -51,8 +51,8 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
-    /// HTTPS listen address (overrides tls.bind and tls.port; certificates still
-    /// come from the config's `tls:` block).
+    /// HTTPS listen address (overrides tls.bind and tls.port; certificates come from
+    /// the config's `tls:` block, without which HTTPS stays off).
     #[arg(long, env = "SWITCHYARD_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
 
@@ -217,10 +217,18 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
         config.server.admin_bind = Some(addr.ip());
         config.server.admin_port = addr.port();
     }
-    if let Some(addr) = cli.tls_listen {
-        let tls = config.tls.get_or_insert_with(Default::default);
-        tls.bind = Some(addr.ip());
-        tls.port = addr.port();
+    // Only an address: without a `tls:` block (certificates) HTTPS stays off, so a
+    // replica that starts on a fallback config still serves plain HTTP.
+    match (cli.tls_listen, config.tls.as_mut()) {
+        (Some(addr), Some(tls)) => {
+            tls.bind = Some(addr.ip());
+            tls.port = addr.port();
+        }
+        (Some(addr), None) => tracing::warn!(
+            %addr,
+            "--tls-listen / SWITCHYARD_TLS_LISTEN given but the config has no `tls:` block: HTTPS is off"
+        ),
+        (None, _) => {}
     }
     if !cli.backends.is_empty() {
         config.backends = cli

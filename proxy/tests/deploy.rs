@@ -1200,8 +1200,18 @@ fn check_compose(text: &str) -> Vec<String> {
                 "{what}: admin port {admin:?}, but the image's HEALTHCHECK probes {healthcheck_port:?}"
             ));
         }
+        // The HTTPS listener (`--tls-listen` / `SWITCHYARD_TLS_LISTEN`, else `tls.port`).
+        let https = flag_value(&r.args, "--tls-listen")
+            .or_else(|| env_get(&r.env, "SWITCHYARD_TLS_LISTEN").map(String::from))
+            .and_then(|a| a.parse::<SocketAddr>().ok().map(|s| s.port()))
+            .or_else(|| {
+                config_text
+                    .as_deref()
+                    .and_then(|t| switchyard::config::parse(t, "config").ok())
+                    .and_then(|c| c.tls.map(|t| t.port))
+            });
         for (host, container) in compose_ports(svc) {
-            if container != proxy && container != admin {
+            if container != proxy && container != admin && container != https {
                 p.push(format!(
                     "{what}: publishes container port {container:?}, but it listens on {proxy:?} (proxy) and {admin:?} (admin)"
                 ));
@@ -2156,6 +2166,7 @@ async fn run_compose_replica(compose_text: &str, push: bool) -> Vec<String> {
         &[
             ("SWITCHYARD_LISTEN", "127.0.0.1:0".into()),
             ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            ("SWITCHYARD_TLS_LISTEN", "127.0.0.1:0".into()),
             ("SWITCHYARD_REDIS_URL", redis.url()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", dead_collector),
             ("SWITCHYARD_CONFIG", image_config),

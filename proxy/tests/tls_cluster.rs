@@ -121,3 +121,31 @@ async fn a_session_from_one_replica_resumes_on_another_through_shared_ticket_key
         r.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_self_signed_certificate_is_made_once_and_served_by_every_replica() {
+    let redis = RedisServer::start();
+    let backend = demo("b1").await;
+    let yaml = format!(
+        "{}{}cluster:\n  redis_url: \"{}\"\n  name: selfsigned\ntls:\n  port: 0\n  self_signed: [localhost, 127.0.0.1]\n",
+        server_yaml(),
+        backends_yaml(&[(&backend, 1)]),
+        redis.url()
+    );
+    let r1 = proxy(&yaml).await;
+    let r2 = proxy(&yaml).await;
+    let a = t::cert_for(r1.tls_addr.unwrap(), "localhost")
+        .await
+        .unwrap();
+    let b = t::cert_for(r2.tls_addr.unwrap(), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(a.names, ["localhost"]);
+    assert_eq!(a.serial, b.serial, "one certificate for the cluster");
+    let v = get(&url(r2.admin_addr, "/admin/tls")).await.json();
+    assert_eq!(v["certificates"][0]["source"], "self-signed");
+    assert_eq!(v["certificates"][0]["default"], true);
+    for r in [r1, r2] {
+        r.shutdown().await;
+    }
+}

@@ -23,6 +23,11 @@ pub struct TlsConfig {
     /// Certificates obtained and renewed through ACME (RFC 8555).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<AcmeConfig>,
+    /// Names (or IP addresses) for a self-signed development certificate, made at
+    /// start and shared by the cluster (Caddy's `tls internal`); for demos and
+    /// tests, not for clients that verify.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub self_signed: Vec<String>,
     /// Answer plain-HTTP requests with a redirect to HTTPS (ACME HTTP-01 paths exempt).
     pub redirect_http: bool,
     /// `Strict-Transport-Security` value sent on HTTPS responses, e.g.
@@ -58,6 +63,7 @@ impl Default for TlsConfig {
             bind: None,
             certificates: Vec::new(),
             acme: None,
+            self_signed: Vec::new(),
             redirect_http: false,
             hsts: None,
             min_version: "1.2".into(),
@@ -243,11 +249,19 @@ pub fn validate(c: &Config) -> Vec<(String, String)> {
             ),
         ));
     }
-    if t.certificates.is_empty() && t.acme.is_none() {
+    if t.certificates.is_empty() && t.acme.is_none() && t.self_signed.is_empty() {
         errs.push((
             "tls".into(),
-            "needs `certificates` or `acme` (nothing to serve)".into(),
+            "needs `certificates`, `acme` or `self_signed` (nothing to serve)".into(),
         ));
+    }
+    for (i, n) in t.self_signed.iter().enumerate() {
+        if !is_dns_name(n, true) && n.parse::<IpAddr>().is_err() {
+            errs.push((
+                format!("tls.self_signed[{i}]"),
+                format!("`{n}` is not a DNS name or IP address"),
+            ));
+        }
     }
     for (i, f) in t.certificates.iter().enumerate() {
         if f.cert.trim().is_empty() {

@@ -421,6 +421,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
                 t.ticket_rotation,
                 t.ticket_keys,
                 t.acme.is_some(),
+                t.self_signed.clone(),
             )
         })
     };

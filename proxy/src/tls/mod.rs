@@ -39,11 +39,18 @@ use crate::events::now_ms;
 use crate::forward::body::{ProxyBody, ReqBody};
 use crate::state::StateStore;
 
-/// The crypto provider for every TLS endpoint of the proxy (server and upstream).
+/// The crypto provider for every TLS endpoint of the proxy (server and upstream):
+/// ring, or aws-lc-rs with the `aws-lc-rs` feature (measured, docs/benchmarks.md §7).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            #[cfg(feature = "aws-lc-rs")]
+            let p = rustls::crypto::aws_lc_rs::default_provider();
+            #[cfg(not(feature = "aws-lc-rs"))]
+            let p = rustls::crypto::ring::default_provider();
+            Arc::new(p)
+        })
         .clone()
 }
 
@@ -89,6 +96,8 @@ pub struct Tls {
     config: Mutex<TlsConfig>,
     files: Mutex<Vec<FileSlot>>,
     acme_entry: Mutex<Option<(Entry, u64)>>,
+    /// The `tls.self_signed` certificate, made at start.
+    self_signed: Option<(Entry, u64)>,
     pub acme: Option<Arc<Acme>>,
     pub stats: Stats,
     /// The HTTPS listener's address, once bound.
@@ -167,6 +176,19 @@ impl Tls {
             Some(a) => Some(Acme::new(a.clone(), store.clone(), replica)?),
             None => None,
         };
+        // What the cluster already has (ticket keys, an ACME or self-signed
+        // certificate) is read from the store: give a Redis store that is still
+        // connecting a moment, as the replica's start does for the overlay.
+        if store.kind() != "memory" {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while !store.is_connected() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let self_signed = match t.self_signed.is_empty() {
+            true => None,
+            false => Some((self_signed(&t.self_signed, &*store).await?, now_ms())),
+        };
         let (server, admin) = build_configs(&t, &resolver, ticketer.as_ref())?;
         let tls = Arc::new(Self {
             resolver,
@@ -177,6 +199,7 @@ impl Tls {
             config: Mutex::new(t),
             files: Mutex::new(slots),
             acme_entry: Mutex::new(None),
+            self_signed,
             acme,
             stats: Stats::default(),
             listen: OnceLock::new(),
@@ -260,6 +283,9 @@ impl Tls {
             .iter()
             .filter_map(|s| s.entry.clone())
             .collect();
+        if let Some((e, _)) = &self.self_signed {
+            entries.push(e.clone());
+        }
         if let Some((e, _)) = &*self.acme_entry.lock() {
             entries.push(e.clone());
         }
@@ -399,14 +425,15 @@ impl Tls {
             source: match e.origin {
                 Origin::File { .. } => "file".into(),
                 Origin::Acme => "acme".into(),
+                Origin::SelfSigned => "self-signed".into(),
             },
             cert_file: match &e.origin {
                 Origin::File { cert, .. } => Some(cert.clone()),
-                Origin::Acme => None,
+                _ => None,
             },
             key_file: match &e.origin {
                 Origin::File { key, .. } => Some(key.clone()),
-                Origin::Acme => None,
+                _ => None,
             },
             names: e.info.names.clone(),
             not_before: e.info.not_before,
@@ -430,6 +457,9 @@ impl Tls {
             };
             v.error = s.error.clone();
             certificates.push(v);
+        }
+        if let Some((e, at)) = &self.self_signed {
+            certificates.push(view_of(e, *at));
         }
         if let Some((e, at)) = &*self.acme_entry.lock() {
             certificates.push(view_of(e, *at));
@@ -488,6 +518,45 @@ impl crate::forward::PlainIntercept for Tls {
         ));
         Some(Box::pin(std::future::ready(resp)))
     }
+}
+
+/// The `tls.self_signed` certificate: made by the first replica to start and kept
+/// in the cluster store, so every replica serves the same one (a replica that
+/// cannot reach the store serves its own).
+async fn self_signed(names: &[String], store: &dyn StateStore) -> Result<Entry, String> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Pair {
+        cert: String,
+        key: String,
+    }
+    let make = || -> Result<Pair, String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec())
+            .map_err(|e| format!("tls.self_signed: {e}"))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard self-signed");
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        Ok(Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    };
+    let fresh = serde_json::to_vec(&make()?).map_err(|e| e.to_string())?;
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    let key = format!("tls:self-signed:{}", sorted.join(","));
+    let bytes = store
+        .kv_set_nx(key, fresh.clone(), None)
+        .await
+        .unwrap_or(fresh);
+    let pair: Pair = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let l = certs::from_pem(pair.cert.as_bytes(), pair.key.as_bytes(), &provider())?;
+    Ok(Entry {
+        key: l.key,
+        info: l.info,
+        origin: Origin::SelfSigned,
+    })
 }
 
 /// The store as the blob interface.

@@ -29,6 +29,8 @@ pub enum Origin {
     },
     /// Obtained through ACME.
     Acme,
+    /// Made at start (`tls.self_signed`).
+    SelfSigned,
 }
 
 /// One certificate in the table.
