@@ -47,15 +47,17 @@ impl Format {
     }
 }
 
-struct Out {
-    buf: String,
-    open: bool,
+/// A text exposition being written (also used for the TLS families, `tls::metrics`).
+pub(crate) struct Out {
+    pub(crate) buf: String,
+    /// OpenMetrics (else Prometheus text).
+    pub(crate) open: bool,
 }
 
 impl Out {
     /// Starts a family. For counters, `name` ends in `_total`; OpenMetrics names the
     /// family without it.
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let family = if self.open && kind == "counter" {
             name.strip_suffix("_total").unwrap_or(name)
         } else {
@@ -65,7 +67,7 @@ impl Out {
         let _ = writeln!(self.buf, "# TYPE {family} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.buf.push_str(name);
         if !labels.is_empty() {
             self.buf.push('{');

@@ -1,10 +1,10 @@
 //! The TLS families of `/metrics` (Prometheus text or OpenMetrics), appended by the
 //! admin handler to the proxy's own.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Tls;
+use crate::telemetry::prometheus::Out;
 
 pub const CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_seconds";
 pub const HANDSHAKES: &str = "switchyard_tls_handshakes_total";
@@ -15,46 +15,13 @@ pub const ACME_ORDERS: &str = "switchyard_acme_orders_total";
 pub const ACME_FAILURES: &str = "switchyard_acme_order_failures_total";
 pub const ACME_CHALLENGES: &str = "switchyard_acme_challenges_answered_total";
 
-struct Out<'a> {
-    buf: &'a mut String,
-    open: bool,
-}
-
-impl Out<'_> {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let family = if self.open && kind == "counter" {
-            name.strip_suffix("_total").unwrap_or(name)
-        } else {
-            name
-        };
-        let _ = writeln!(self.buf, "# HELP {family} {help}");
-        let _ = writeln!(self.buf, "# TYPE {family} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.buf.push_str(name);
-        if !labels.is_empty() {
-            self.buf.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.buf.push(',');
-                }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.buf, "{k}=\"{v}\"");
-            }
-            self.buf.push('}');
-        }
-        let _ = writeln!(self.buf, " {value}");
-    }
-}
-
 /// Appends the TLS families to `buf` (before OpenMetrics' `# EOF`, which the
 /// caller writes).
 pub fn render(tls: &Tls, buf: &mut String, open: bool) {
-    let mut o = Out { buf, open };
+    let mut o = Out {
+        buf: std::mem::take(buf),
+        open,
+    };
     let view = tls.view();
     o.family(
         CERT_EXPIRY,
@@ -131,4 +98,5 @@ pub fn render(tls: &Tls, buf: &mut String, open: bool) {
         );
         o.sample(ACME_CHALLENGES, &[], a.challenges_answered as f64);
     }
+    *buf = o.buf;
 }

@@ -123,6 +123,30 @@ fn settings_of(t: &TlsConfig) -> Settings {
     }
 }
 
+/// `tls.certificates[index]`, loaded and checked.
+fn load_slot(
+    index: usize,
+    f: &CertificateFiles,
+    provider: &CryptoProvider,
+) -> Result<FileSlot, String> {
+    let l = certs::load_files(&f.cert, &f.key, provider)?;
+    Ok(FileSlot {
+        files: f.clone(),
+        seen: files_hash(f),
+        entry: Some(Entry {
+            key: l.key,
+            info: l.info,
+            origin: Origin::File {
+                index,
+                cert: f.cert.clone(),
+                key: f.key.clone(),
+            },
+        }),
+        error: None,
+        loaded_at_ms: now_ms(),
+    })
+}
+
 /// Hash of a certificate entry's files, to notice a change (a rename, a symlink
 /// swap, an edit in place all change what the paths read as).
 fn files_hash(f: &CertificateFiles) -> Option<u64> {
@@ -150,23 +174,9 @@ impl Tls {
         let provider = provider();
         let mut slots = Vec::new();
         for (i, f) in t.certificates.iter().enumerate() {
-            let loaded = certs::load_files(&f.cert, &f.key, &provider)
-                .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
-            slots.push(FileSlot {
-                files: f.clone(),
-                seen: files_hash(f),
-                entry: Some(Entry {
-                    key: loaded.key,
-                    info: loaded.info,
-                    origin: Origin::File {
-                        index: i,
-                        cert: f.cert.clone(),
-                        key: f.key.clone(),
-                    },
-                }),
-                error: None,
-                loaded_at_ms: now_ms(),
-            });
+            slots.push(
+                load_slot(i, f, &provider).map_err(|e| format!("tls.certificates[{i}]: {e}"))?,
+            );
         }
         let resolver = Arc::new(Resolver::new());
         let ticketer = t
@@ -353,22 +363,8 @@ impl Tls {
             let old = std::mem::take(&mut *slots);
             for (i, f) in t.certificates.iter().enumerate() {
                 let kept = old.iter().find(|s| s.files == *f).cloned();
-                let slot = match certs::load_files(&f.cert, &f.key, &provider) {
-                    Ok(l) => FileSlot {
-                        files: f.clone(),
-                        seen: files_hash(f),
-                        entry: Some(Entry {
-                            key: l.key,
-                            info: l.info,
-                            origin: Origin::File {
-                                index: i,
-                                cert: f.cert.clone(),
-                                key: f.key.clone(),
-                            },
-                        }),
-                        error: None,
-                        loaded_at_ms: now_ms(),
-                    },
+                let slot = match load_slot(i, f, &provider) {
+                    Ok(slot) => slot,
                     Err(e) => {
                         warn!(error = %e, "tls.certificates[{i}] refused on reload");
                         self.stats.reloads_refused.fetch_add(1, Relaxed);
