@@ -159,6 +159,8 @@ def s_time(port, mode, dur):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, help="switchyard binary")
+    ap.add_argument("--bin2", help="a second switchyard binary (target `ours2`), e.g. built "
+                    "with --features aws-lc-rs, to compare crypto providers in the same run")
     ap.add_argument("--targets", default="haproxy,ours")
     ap.add_argument("--scenarios", default="keepalive,full,resumed,close")
     ap.add_argument("--reps", type=int, default=3)
@@ -175,9 +177,11 @@ def main():
     pb.reap_stale(pb._STATE_FILE, print)
     bp = args.base_port
     backends = [bp + 1, bp + 2, bp + 3]
-    ports = {"haproxy": bp + 11, "ours": bp + 12}
+    ports = {"haproxy": bp + 11, "ours": bp + 12, "ours2": bp + 13}
     targets = args.targets.split(",")
-    for p in backends + [ports[t] for t in targets] + [ports["ours"] + 1000]:
+    if args.bin2 and "ours2" not in targets:
+        targets.append("ours2")
+    for p in backends + [ports[t] for t in targets] + [ports["ours"] + 1000, ports["ours2"] + 1000]:
         if not pb.port_free(p):
             sys.exit(f"port {p} busy")
     crt, key, combined = make_cert(args.out)
@@ -204,6 +208,11 @@ def main():
             with open(cfg, "w") as f:
                 f.write(ours_cfg(ports["ours"], backends, crt, key))
             procs["ours"] = pb.start_proc("ours", [args.bin, "--config", cfg], logdir, cpus="0")
+        if "ours2" in targets:
+            cfg = os.path.join(args.out, "ours2.yaml")
+            with open(cfg, "w") as f:
+                f.write(ours_cfg(ports["ours2"], backends, crt, key))
+            procs["ours2"] = pb.start_proc("ours2", [args.bin2, "--config", cfg], logdir, cpus="0")
         for t in targets:
             tls_ready(ports[t])
         meta = {"uptime_before": open("/proc/loadavg").read().strip(),

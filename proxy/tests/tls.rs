@@ -651,3 +651,39 @@ async fn sighup_and_config_reloads_change_certificates_in_a_running_process() {
     proc.signal("TERM");
     assert_eq!(proc.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+#[tokio::test]
+async fn websockets_pass_through_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let pair = t::write_pair(dir.path(), "a", &ca.leaf(&["a.test"]));
+    let backend = demo("b1").await;
+    let yaml = format!(
+        "{}{}{}",
+        server_yaml(),
+        backends_yaml(&[(&backend, 1)]),
+        tls_yaml(&[(&pair.0, &pair.1)], "")
+    );
+    let p = proxy(&yaml).await;
+    // wss:// is HTTP/1.1 over TLS (ALPN http/1.1), then the upgrade.
+    let s = t::connect(
+        p.tls_addr.unwrap(),
+        "a.test",
+        t::verifying_config(&ca.pem, &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://a.test/ws", s)
+        .await
+        .expect("websocket handshake over TLS");
+    assert_eq!(resp.status(), 101);
+    for msg in ["hello", "over tls"] {
+        ws.send(Message::text(msg)).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), msg);
+    }
+    ws.close(None).await.unwrap();
+    p.shutdown().await;
+}
