@@ -55,6 +55,12 @@ impl Forwarder {
                 let Ok((mut c, _)) = l.accept().await else {
                     return;
                 };
+                // Until the test has named the targets (all replicas up), hold the
+                // connection as a slow network would.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while tg.lock().is_empty() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let target = {
                     let tg = tg.lock();
                     if tg.is_empty() {
