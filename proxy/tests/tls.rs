@@ -622,13 +622,20 @@ async fn sighup_and_config_reloads_change_certificates_in_a_running_process() {
         &["--config", config.to_str().unwrap(), "--log-format", "json"],
         &[],
     );
-    let line = {
-        let log = proc.logs();
-        log.lines()
+    // The reader thread hands the "listening" line over before it logs it: poll.
+    let mut line = String::new();
+    wait_until(Duration::from_secs(10), "the listening line", || {
+        let found = proc
+            .logs()
+            .lines()
             .find(|l| l.contains("\"listening\""))
-            .unwrap()
-            .to_string()
-    };
+            .map(str::to_string);
+        if let Some(l) = &found {
+            line = l.clone();
+        }
+        std::future::ready(found.is_some())
+    })
+    .await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let https: SocketAddr = v["https"].as_str().unwrap().parse().unwrap();
     let serial0 = t::cert_for(https, "a.test").await.unwrap().serial;
