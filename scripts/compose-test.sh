@@ -326,6 +326,7 @@ docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^switc
 # === up ===
 # Every published port on a free port of Docker's choosing; a random admin token.
 export SWITCHYARD_1_PORT= SWITCHYARD_1_ADMIN_PORT= SWITCHYARD_2_PORT= SWITCHYARD_2_ADMIN_PORT= \
+  SWITCHYARD_1_TLS_PORT= SWITCHYARD_2_TLS_PORT= \
   BACKEND1_PORT= BACKEND2_PORT= BACKEND3_PORT= CONFIG_REPO_PORT= PROMETHEUS_PORT= JAEGER_UI_PORT=
 SWITCHYARD_ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 export SWITCHYARD_ADMIN_TOKEN

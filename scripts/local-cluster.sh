@@ -3,6 +3,7 @@
 # following it, and three demo upstreams, all on this machine (loopback only).
 #
 #   scripts/local-cluster.sh            # replica 1 on :8080/:8081, 2 on :8082/:8083, 3 on :8084/:8085
+#                                       # HTTPS: replica 1 on :8443, 2 on :8444, 3 on :8445
 #
 # Ctrl-C (or SIGTERM) stops everything it started, by PID, and waits for it to exit.
 #
@@ -10,6 +11,8 @@
 #   SWITCHYARD_BASE_PORT           first port of the replicas (default 8080): replica N
 #                                  proxies on BASE+2(N-1) and has its admin API on the next one
 #   SWITCHYARD_UPSTREAM_BASE_PORT  first demo upstream port (default 9001; then +1, +2)
+#   SWITCHYARD_TLS_BASE_PORT       first HTTPS port (default 8443; then +1, +2), served with a
+#                                  self-signed certificate for localhost made at start (openssl)
 #   SWITCHYARD_CLUSTER_DIR         state: config repo, Redis socket, logs, PID files
 #                                  (default target/local-cluster; recreated on every start)
 #   SWITCHYARD_BIN, DEMO_UPSTREAM_BIN
@@ -32,17 +35,14 @@ cd "$(dirname "$0")/.."
 replicas=3
 base=${SWITCHYARD_BASE_PORT:-8080}
 upstream_base=${SWITCHYARD_UPSTREAM_BASE_PORT:-9001}
+tls_base=${SWITCHYARD_TLS_BASE_PORT:-8443}
 dir=${SWITCHYARD_CLUSTER_DIR:-target/local-cluster}
 poll=1s
 
 say() { echo "==> $*"; }
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
-for tool in redis-server redis-cli git; do
-  command -v "$tool" >/dev/null 2>&1 ||
-    die "$tool not found (Debian: sudo apt-get install redis-server git)"
-done
-[[ $base =~ ^[0-9]+$ && $upstream_base =~ ^[0-9]+$ ]] || die "ports must be numbers"
+
 
 # --- binaries ---
 if [ -n "${SWITCHYARD_BIN:-}" ] || [ -n "${DEMO_UPSTREAM_BIN:-}" ]; then
@@ -69,9 +69,10 @@ demo_upstream=$(cd "$(dirname "$demo_upstream")" && pwd)/$(basename "$demo_upstr
 proxy_port() { echo $((base + 2 * ($1 - 1))); }
 admin_port() { echo $((base + 2 * ($1 - 1) + 1)); }
 upstream_port() { echo $((upstream_base + $1 - 1)); }
+tls_port() { echo $((tls_base + $1 - 1)); }
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for i in $(seq "$replicas"); do
-  for p in "$(proxy_port "$i")" "$(admin_port "$i")" "$(upstream_port "$i")"; do
+  for p in "$(proxy_port "$i")" "$(admin_port "$i")" "$(upstream_port "$i")" "$(tls_port "$i")"; do
     in_use "$p" && die "port $p is in use (another demo or cluster running? set SWITCHYARD_BASE_PORT / SWITCHYARD_UPSTREAM_BASE_PORT)"
   done
 done
@@ -142,6 +143,15 @@ for _ in $(seq 100); do
 done
 [ "$(redis-cli -s "$sock" ping 2>/dev/null)" = PONG ] || die "redis-server did not start (see $dir/logs/redis.log)"
 
+# --- a self-signed certificate for the HTTPS listeners ---
+mkdir -p "$dir/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "basicConstraints=critical,CA:FALSE" \
+  -keyout "$dir/tls/localhost.key" -out "$dir/tls/localhost.pem" 2>/dev/null ||
+  die "openssl could not make a certificate"
+tls_dir=$(cd "$dir/tls" && pwd)
+
 # --- the config repository ---
 say "creating the config repository $repo"
 git init -q -b main "$repo"
@@ -164,6 +174,10 @@ git -C "$repo" config user.email "local-cluster@localhost"
   echo "  open_duration: 10s"
   echo "cluster:"
   echo "  name: local"
+  echo "tls:                # each replica's HTTPS address comes from --tls-listen"
+  echo "  certificates:"
+  echo "    - cert: \"$tls_dir/localhost.pem\""
+  echo "      key: \"$tls_dir/localhost.key\""
   echo "# Last, so that a backend can be appended: cat >> config.yaml"
   echo "backends:"
   for i in $(seq "$replicas"); do
@@ -188,6 +202,7 @@ for i in $(seq "$replicas"); do
     --poll-interval "$poll" --git-cache "$dir/git-cache/replica$i" \
     --redis-url "unix://$sock" \
     --listen "127.0.0.1:$(proxy_port "$i")" --admin-listen "127.0.0.1:$(admin_port "$i")" \
+    --tls-listen "127.0.0.1:$(tls_port "$i")" \
     > "$dir/logs/replica$i.log" 2>&1 &
   started "replica$i" $!
 done
@@ -217,6 +232,10 @@ MSG
 for i in $(seq "$replicas"); do
   printf '  replica %d   proxy http://127.0.0.1:%d/   admin http://127.0.0.1:%d/admin/backends   dashboard http://127.0.0.1:%d/dashboard/\n' \
     "$i" "$(proxy_port "$i")" "$(admin_port "$i")" "$(admin_port "$i")"
+done
+for i in $(seq "$replicas"); do
+  printf '  replica %d   https://127.0.0.1:%d/   (self-signed: curl --cacert %s/localhost.pem https://localhost:%d/)\n' \
+    "$i" "$(tls_port "$i")" "$tls_dir" "$(tls_port "$i")"
 done
 for i in $(seq "$replicas"); do
   printf '  backend%d    http://127.0.0.1:%d/   (POST /_demo/control changes its behaviour)\n' "$i" "$(upstream_port "$i")"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust (rustup) installed:
 # installs what is missing (redis-server, redis-sentinel, brotli, chromium +
-# chromedriver, git, docker.io, docker-compose, debootstrap, the wasm32 target,
-# wasm-bindgen-cli), builds the dashboard (before cargo, so the binaries the tests
-# run embed it), then runs fmt, clippy, every cargo test, and scripts/compose-test.sh
-# (the Docker images built and the compose stack run for real; it starts dockerd if
-# none runs). Arguments go to `cargo test`; SKIP_COMPOSE_TEST=1 leaves the Docker
-# test out.
+# chromedriver, git, pebble, openssl, curl, docker.io, docker-compose, debootstrap,
+# the wasm32 target, wasm-bindgen-cli), builds the dashboard (before cargo, so the
+# binaries the tests run embed it), then runs fmt, clippy, every cargo test, and
+# scripts/compose-test.sh (the Docker images built and the compose stack run for
+# real; it starts dockerd if none runs). Arguments go to `cargo test`;
+# SKIP_COMPOSE_TEST=1 leaves the Docker test out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,9 @@ need brotli || pkgs+=(brotli)
 need chromium || pkgs+=(chromium)
 need chromedriver || pkgs+=(chromium-driver)
 need git || pkgs+=(git)
+need pebble || pkgs+=(pebble)          # ACME tests (Pebble + pebble-challtestsrv)
+need openssl || pkgs+=(openssl)        # TLS resumption test (s_client)
+need curl || pkgs+=(curl)              # HTTPS test (curl --cacert --resolve)
 if [ "${SKIP_COMPOSE_TEST:-0}" != 1 ]; then
   need dockerd || pkgs+=(docker.io)
   need docker-compose || pkgs+=(docker-compose)

@@ -14,6 +14,9 @@ use crate::format;
 use crate::rates::{History, Sample, WindowStats, counter_delta, per_second};
 use crate::series::Series;
 
+mod tls;
+pub use tls::{CertRow, TlsInfo};
+
 /// Chart points kept: three minutes at one snapshot a second.
 pub const CHART_POINTS: usize = 180;
 /// Samples kept per backend for the table's window figures.
@@ -725,6 +728,11 @@ impl Dashboard {
             drift,
             drift_lines,
         })
+    }
+
+    /// The TLS panel, when the replica serves HTTPS.
+    pub fn tls(&self) -> Option<TlsInfo> {
+        self.latest.as_ref()?.tls.as_ref().map(tls::tls_info)
     }
 
     pub fn rate_limit(&self) -> Option<RateLimitInfo> {

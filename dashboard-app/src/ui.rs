@@ -222,6 +222,7 @@ pub fn App() -> impl IntoView {
                 <ClusterPanel ctx=ctx />
                 <ConfigPanel ctx=ctx />
                 <RateLimitPanel ctx=ctx />
+                <TlsPanel ctx=ctx />
             </div>
             <EventLog ctx=ctx />
         </main>
@@ -651,6 +652,36 @@ fn RateLimitPanel(ctx: Ctx) -> impl IntoView {
                 {chart_view(r.chart)}
             })}
         </section>
+    }
+}
+
+#[component]
+fn TlsPanel(ctx: Ctx) -> impl IntoView {
+    let info = Memo::new(move |_| ctx.dash.with(|d| d.tls()));
+    view! {
+        {move || info.get().map(|t| view! {
+            <section class="panel" aria-labelledby="tls-title" data-testid="tls">
+                <h2 id="tls-title">"TLS"</h2>
+                <dl class="kv">
+                    <div><dt>"listener"</dt><dd><code>{t.listen}</code></dd></div>
+                    <div><dt>"protocols"</dt><dd>{t.protocols}</dd></div>
+                    <div><dt>"handshakes"</dt><dd>{t.handshakes}</dd></div>
+                    {t.acme.map(|(b, text)| view! {
+                        <div><dt>"ACME"</dt><dd>{badge_view(b, "acme-state")}" "<span>{text}</span></dd></div>
+                    })}
+                </dl>
+                <ul class="certs" data-testid="cert-list">
+                    {t.certs.into_iter().map(|c| view! {
+                        <li data-testid="cert-row">
+                            <code>{c.names}</code>" "
+                            {badge_view(c.expiry, "cert-expiry")}
+                            <span class="muted">{format!(" {} · serial {}", c.source, c.serial)}</span>
+                            {c.error.map(|e| view! { <p><span class="badge bad">"reload refused"</span>" "<span>{e}</span></p> })}
+                        </li>
+                    }).collect_view()}
+                </ul>
+            </section>
+        })}
     }
 }
 

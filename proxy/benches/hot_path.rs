@@ -222,6 +222,7 @@ fn rewrite(headers: &mut HeaderMap, peer: &Peer, trusted_proxies: &[Cidr]) -> Ve
         ip: &peer.ip,
         trusted: in_any(trusted_proxies, peer.addr.ip()),
         host,
+        https: peer.https,
     };
     let mut lines = Vec::with_capacity(128);
     forwarded.write(headers, |name, value| {

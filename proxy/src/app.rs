@@ -26,7 +26,7 @@ use crate::events::now_ms;
 use crate::ratelimit::{ClusterLink, RateLimiter};
 use crate::snapshot::{self, Diff, Snapshot};
 use crate::state::{Overlay, OverlayOp, StateStore};
-use crate::telemetry::metrics::{BackendReading, Reading, Source};
+use crate::telemetry::metrics::{BackendReading, Reading, Source, TlsSource};
 use crate::telemetry::otel::Telemetry;
 
 /// Who this replica is.
@@ -49,6 +49,8 @@ pub struct App {
     pub cluster: Cluster,
     /// Reloads on demand (`POST /admin/reload`), when a config source is followed.
     pub reloader: std::sync::OnceLock<ReloadHandle>,
+    /// The HTTPS edge's figures for the metric families, when TLS is configured.
+    pub tls_source: std::sync::OnceLock<Arc<dyn TlsSource>>,
     inner: Mutex<Inner>,
 }
 
@@ -201,6 +203,7 @@ impl App {
             shutting_down: AtomicBool::new(false),
             cluster: Cluster::new(&config, clustered),
             reloader: std::sync::OnceLock::new(),
+            tls_source: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 config: config.clone(),
                 overlay: Overlay::default(),
@@ -514,6 +517,7 @@ impl Source for App {
             store: self.store.status(),
             replicas: self.cluster.link.live() as u64,
             backends,
+            tls: self.tls_source.get().map(|t| t.tls_reading()),
         });
     }
 }

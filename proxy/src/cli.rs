@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// HTTPS listen address (overrides tls.bind and tls.port; certificates come from
+    /// the config's `tls:` block, without which HTTPS stays off).
+    #[arg(long, env = "SWITCHYARD_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Backend URL (repeatable, or comma-separated; bare host:port means http);
     /// replaces the config's backends.
     #[arg(long = "backend", value_delimiter = ',')]
@@ -213,6 +218,19 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
         config.server.admin_bind = Some(addr.ip());
         config.server.admin_port = addr.port();
     }
+    // Only an address: without a `tls:` block (certificates) HTTPS stays off, so a
+    // replica that starts on a fallback config still serves plain HTTP.
+    match (cli.tls_listen, config.tls.as_mut()) {
+        (Some(addr), Some(tls)) => {
+            tls.bind = Some(addr.ip());
+            tls.port = addr.port();
+        }
+        (Some(addr), None) => tracing::warn!(
+            %addr,
+            "--tls-listen / SWITCHYARD_TLS_LISTEN given but the config has no `tls:` block: HTTPS is off"
+        ),
+        (None, _) => {}
+    }
     if !cli.backends.is_empty() {
         config.backends = cli
             .backends
@@ -232,6 +250,7 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
                     },
                     weight: Weight(1),
                     health_check_path: None,
+                    tls: None,
                 })
             })
             .collect::<Result<_, String>>()?;

@@ -114,3 +114,37 @@ impl ProxyError {
         resp
     }
 }
+
+// === answers for the TLS edge (see `tls`) ===
+
+/// `308 Permanent Redirect` to `location` (the plain listener's redirect to HTTPS;
+/// 308 keeps the method and body, unlike 301).
+pub fn redirect(location: &str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::new());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// An ACME HTTP-01 key authorization (RFC 8555 §8.3).
+pub fn acme_answer(key_authorization: String) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(key_authorization));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+/// `404` for an ACME token nobody is waiting for.
+pub fn not_found() -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from_static(b"not found\n"));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -5,7 +5,8 @@
 //! [`snapshot`]) → an attempt on a backend; it is handed the [`dataplane`] (snapshot,
 //! metrics, events, tracer), never the whole [`app`]. Beside it [`health`],
 //! [`resilience`] (circuit breaker and outlier ejection), [`state`] (the store behind
-//! shared state), [`cluster`], [`gitops`], [`admin`], [`telemetry`]. [`server`] starts
+//! shared state), [`cluster`], [`gitops`], [`admin`], [`telemetry`], [`tls`]
+//! (HTTPS: certificates, ACME, the HTTPS listener). [`server`] starts
 //! and stops it all; `main.rs` only wires the CLI. Each module imports only the layers
 //! below its own (docs/architecture.md; `tests/architecture.rs` checks it).
 
@@ -29,3 +30,4 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
+pub mod tls;

@@ -24,8 +24,12 @@ pub struct Running {
     pub app: Arc<App>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTPS listener, when `tls:` is configured.
+    pub tls_addr: Option<SocketAddr>,
+    pub tls: Option<Arc<crate::tls::Tls>>,
     stop: watch::Sender<bool>,
     proxy: JoinHandle<()>,
+    https: Option<JoinHandle<()>>,
     admin: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
@@ -113,7 +117,7 @@ pub async fn start_with_store(
     telemetry: Option<Arc<crate::telemetry::otel::Telemetry>>,
     initial: Initial,
 ) -> Result<Running, String> {
-    tls::configure(config.upstream.ca_file.as_deref())?;
+    tls::configure(&config)?;
     let token = admin::load_token(config.admin.token_file.as_deref())?;
     let proxy_listener = listener::bind(
         SocketAddr::new(config.server.bind, config.server.port),
@@ -147,6 +151,20 @@ pub async fn start_with_store(
         .as_ref()
         .and_then(|c| c.replica_id.clone())
         .unwrap_or_else(|| default_replica_id(proxy_addr.port()));
+    // HTTPS: certificates must load before anything is served.
+    let (edge, https_listener) = match &config.tls {
+        Some(t) => {
+            let edge = crate::tls::Tls::new(&config, store.clone(), &replica_id).await?;
+            let l = listener::bind(
+                SocketAddr::new(t.bind.unwrap_or(config.server.bind), t.port),
+                "https",
+            )
+            .await?;
+            let _ = edge.listen.set(l.local_addr().map_err(|e| e.to_string())?);
+            (Some(edge), Some(l))
+        }
+        None => (None, None),
+    };
     let public_read = config.admin.public_read;
     let cors_origins = config.admin.cors_origins.clone();
     let dashboard_dir = admin::dashboard::resolve(config.admin.dashboard_dir.as_deref());
@@ -155,6 +173,9 @@ pub async fn start_with_store(
         (false, what) => warn!("dashboard {what}"),
     }
     let app = App::new(config, store.clone(), replica_id, source);
+    if let Some(edge) = &edge {
+        let _ = app.tls_source.set(edge.clone());
+    }
     app.mark_initial(initial.commit, initial.error);
     app.cluster
         .set_addresses(proxy_addr.to_string(), admin_addr.to_string());
@@ -178,35 +199,63 @@ pub async fn start_with_store(
     }
 
     let (stop, stop_rx) = watch::channel(false);
+    let intercept = edge
+        .clone()
+        .map(|e| e as Arc<dyn crate::forward::PlainIntercept>);
     let proxy = tokio::spawn(listener::serve(
         proxy_listener,
         app.plane().clone(),
+        intercept,
         stop_rx.clone(),
     ));
+    let https = match (&edge, https_listener) {
+        (Some(edge), Some(l)) => Some(tokio::spawn(crate::tls::listener::serve(
+            l,
+            app.plane().clone(),
+            edge.clone(),
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     let router = admin::router(AdminState {
         app: app.clone(),
         token,
         public_read,
         dashboard_dir,
         cors_origins,
+        tls: edge.clone(),
     });
     let mut admin_stop = stop_rx.clone();
-    let admin = tokio::spawn(async move {
-        let serve = axum::serve(admin_listener, router).with_graceful_shutdown(async move {
-            let _ = admin_stop.changed().await;
-        });
-        if let Err(e) = serve.await {
-            warn!(error = %e, "admin listener failed");
-        }
-    });
+    let admin_edge = edge.clone().filter(|e| e.admin_tls);
+    let admin = match admin_edge {
+        Some(edge) => tokio::spawn(crate::tls::admin::serve(
+            admin_listener,
+            router,
+            edge,
+            stop_rx.clone(),
+        )),
+        None => tokio::spawn(async move {
+            let serve = axum::serve(admin_listener, router).with_graceful_shutdown(async move {
+                let _ = admin_stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "admin listener failed");
+            }
+        }),
+    };
     let mut background = vec![
         tokio::spawn(housekeeping(app.clone(), stop_rx.clone())),
         tokio::spawn(crate::health::supervise(app.clone(), stop_rx.clone())),
     ];
+    if let Some(edge) = &edge {
+        background.extend(edge.spawn(app.clone(), stop_rx.clone()));
+    }
     background.extend(crate::cluster::spawn(&app, stop_rx));
+    let tls_addr = edge.as_ref().and_then(|e| e.listen.get().copied());
     info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
+        https = tls_addr.map(|a| a.to_string()).unwrap_or_default(),
         replica = %app.replica.id,
         version = app.replica.version,
         "listening"
@@ -215,8 +264,11 @@ pub async fn start_with_store(
         app,
         proxy_addr,
         admin_addr,
+        tls_addr,
+        tls: edge,
         stop,
         proxy,
+        https,
         admin,
         background,
     })
@@ -234,6 +286,9 @@ impl Running {
         self.app.shutting_down.store(true, Relaxed);
         let _ = self.stop.send(true);
         let _ = self.proxy.await;
+        if let Some(h) = self.https {
+            let _ = h.await;
+        }
         let grace = self.app.config().server.grace_period.get();
         let _ = tokio::time::timeout(grace.min(Duration::from_secs(5)), self.admin).await;
         for t in self.background {

@@ -39,6 +39,7 @@ async fn oneshot(
         public_read: false,
         dashboard_dir: "/nonexistent".into(),
         cors_origins: vec!["https://ops.example".into()],
+        tls: None,
     });
     let resp = router.oneshot(req).await.unwrap();
     let status = resp.status();

@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["forward"],
     &["listener"],
     &["app"],
-    &["health", "cluster", "gitops"],
+    &["health", "cluster", "gitops", "tls"],
     &["admin"],
     &["server"],
     &["cli"],

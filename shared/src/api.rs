@@ -434,6 +434,9 @@ pub struct DashboardSnapshot {
     pub events: Vec<Event>,
     /// Whether mutating endpoints need a bearer token.
     pub auth_required: bool,
+    /// Certificates and ACME, when the replica serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsView>,
 }
 
 #[cfg(test)]

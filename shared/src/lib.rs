@@ -4,6 +4,8 @@
 //! `wasm32-unknown-unknown`, so no tokio, hyper or OS access here.
 
 pub mod api;
+pub mod tls;
 pub mod validate;
 
 pub use api::*;
+pub use tls::*;

@@ -84,6 +84,8 @@ pub struct Forwarded<'a> {
     pub trusted: bool,
     /// The request's host, for `X-Forwarded-Host`.
     pub host: Option<HeaderValue>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 impl Extra for Forwarded<'_> {
@@ -105,7 +107,8 @@ impl Extra for Forwarded<'_> {
             None => put(name, &[self.ip.as_bytes()]),
         }
         if !(self.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            put(X_FORWARDED_PROTO.as_str().as_bytes(), &[b"http"]);
+            let proto: &[u8] = if self.https { b"https" } else { b"http" };
+            put(X_FORWARDED_PROTO.as_str().as_bytes(), &[proto]);
         }
         if !(self.trusted && headers.contains_key(&X_FORWARDED_HOST))
             && let Some(h) = &self.host
@@ -210,7 +213,22 @@ mod tests {
             ip,
             trusted,
             host: host.map(HeaderValue::from_static),
+            https: false,
         }
+    }
+
+    #[test]
+    fn a_tls_client_is_forwarded_as_https() {
+        let ip = ip_value("10.0.0.1".parse().unwrap());
+        let mut f = fwd(&ip, false, Some("api.local"));
+        f.https = true;
+        let pairs = encoded(&map(&[("x-forwarded-proto", "http")]), &f);
+        let protos: Vec<&str> = pairs
+            .iter()
+            .filter(|(n, _)| n == "x-forwarded-proto")
+            .map(|(_, v)| &**v)
+            .collect();
+        assert_eq!(protos, ["https"]);
     }
 
     #[test]

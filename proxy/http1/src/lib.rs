@@ -27,4 +27,4 @@ pub mod sockio;
 pub use client::{Conn, Exchange, Io, SendError, UpstreamBody, UpstreamError};
 pub use codec::{Ambiguity, Refusal};
 pub use pool::{ConnectError, Pool};
-pub use server::{ClientBody, ClientBodyError, ClientUpgrade, Handler, Limits, Upgraded};
+pub use server::{ClientBody, ClientBodyError, ClientIo, ClientUpgrade, Handler, Limits, Upgraded};

@@ -73,12 +73,12 @@ pub enum ConnectError {
     Tls(String),
 }
 
-/// Opens a new connection to `host:port`, over TLS when `tls` is given (the
-/// server named `host`), bounded by `timeout` as a whole.
+/// Opens a new connection to `host:port`, over TLS when `tls` is given (with the
+/// server name to send and verify), bounded by `timeout` as a whole.
 pub async fn connect(
     host: &str,
     port: u16,
-    tls: Option<TlsConnector>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     timeout: Duration,
 ) -> Result<Box<Conn>, ConnectError> {
     match tokio::time::timeout(timeout, connect_inner(host, port, tls)).await {
@@ -90,15 +90,13 @@ pub async fn connect(
 async fn connect_inner(
     host: &str,
     port: u16,
-    tls: Option<TlsConnector>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 ) -> Result<Box<Conn>, ConnectError> {
     let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
     let io = match tls {
         None => Io::Plain(Arc::new(tcp)),
-        Some(connector) => {
-            let name = ServerName::try_from(host.to_string())
-                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        Some((connector, name)) => {
             let stream = connector
                 .connect(name, tcp)
                 .await

@@ -113,10 +113,16 @@ const LINGER_BYTES: usize = 1024 * 1024;
 
 /// A client connection after `101 Switching Protocols`, for the tunnel.
 pub struct Upgraded {
-    pub io: TcpStream,
+    /// The client's connection: plain TCP here, or another transport (TLS) from a
+    /// server that is not this one.
+    pub io: Box<dyn ClientIo>,
     /// Bytes the client sent after its request head (already on the new protocol).
     pub early: Bytes,
 }
+
+/// A client connection the tunnel can splice (any transport).
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo for T {}
 
 /// Where the tunnel gets the client's connection once the 101 has been written.
 pub type ClientUpgrade = oneshot::Receiver<Upgraded>;
@@ -211,7 +217,10 @@ impl<H: Handler> Connection<H> {
                 Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
                     Ok(io) => {
                         let early = self.buf.freeze();
-                        let _ = tx.send(Upgraded { io, early });
+                        let _ = tx.send(Upgraded {
+                            io: Box::new(io),
+                            early,
+                        });
                         return;
                     }
                     Err(_) => {

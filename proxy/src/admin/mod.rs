@@ -39,6 +39,8 @@ pub struct AdminState {
     pub dashboard_dir: dashboard::Source,
     /// Origins allowed to call the API from a browser (`admin.cors_origins`).
     pub cors_origins: Vec<String>,
+    /// The HTTPS side, when configured (`/admin/tls`, TLS metrics).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -47,6 +49,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/backends", get(backends))
         .route("/admin/config", get(config))
         .route("/admin/cluster", get(cluster))
+        .route("/admin/tls", get(tls))
+        .route("/admin/certificates", get(tls))
         .route("/admin/events", get(stream::events))
         .route_layer(from_fn_with_state(state.clone(), auth::require_read));
     let write = Router::new()
@@ -137,6 +141,15 @@ async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) ->
             )
                 .into_response()
         }
+    }
+}
+
+/// `GET /admin/tls` (and `/admin/certificates`): certificates served, their
+/// sources and expiry, ACME state; 404 when TLS is off.
+async fn tls(State(s): State<AdminState>) -> Response {
+    match &s.tls {
+        Some(t) => Json(t.view()).into_response(),
+        None => AdminError::new(StatusCode::NOT_FOUND, "TLS is not configured").into_response(),
     }
 }
 

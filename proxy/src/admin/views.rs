@@ -31,6 +31,7 @@ pub fn dashboard_snapshot(s: &AdminState) -> DashboardSnapshot {
         },
         events: app.events.recent(),
         auth_required: s.token.is_some(),
+        tls: s.tls.as_ref().map(|t| t.view()),
     }
 }
 

@@ -8,6 +8,7 @@
 mod locate;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod types;
 
 use std::collections::HashMap;
@@ -63,6 +64,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gitops: Option<GitopsConfig>,
+    /// The HTTPS listener (off unless configured); see [`tls::TlsConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::TlsConfig>,
 }
 
 fn default_panic_threshold() -> Percent {
@@ -89,6 +93,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             admin: AdminConfig::default(),
             gitops: None,
+            tls: None,
         }
     }
 }
@@ -169,6 +174,10 @@ pub struct BackendConfig {
     /// Overrides `health_check.path` for this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_path: Option<String>,
+    /// TLS settings for an `https` backend (verification, CA, SNI name, client
+    /// certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::UpstreamTls>,
 }
 
 /// Upstream timeouts.
@@ -570,6 +579,8 @@ pub struct AdminConfig {
     /// binary (development; `SWITCHYARD_DASHBOARD_DIR` when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dashboard_dir: Option<String>,
+    /// Serve the admin listener over TLS with the `tls:` block's certificates.
+    pub tls: bool,
 }
 
 /// Follow a git repository for the config (flags and env vars override).
@@ -924,6 +935,7 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             format!("`{}`: expected text or json", c.logging.format),
         ));
     }
+    errs.extend(tls::validate(c));
     if let Some(g) = &c.gitops
         && g.poll_interval.get().is_zero()
     {

@@ -191,3 +191,57 @@ fn status_ranges() {
     assert!(StatusRanges::parse("").is_err());
     assert!(StatusRanges::parse("99").is_err());
 }
+
+#[test]
+fn the_issues_tls_block_loads_as_written() {
+    let c = parse(
+        r#"tls:
+  port: 8443
+  certificates:
+    - cert: certs/example.pem
+      key: certs/example.key
+  acme:
+    directory_url: https://acme.example/directory
+    email: ops@example.com
+    domains: [api.example.com]
+    challenge: http-01
+    ca_file: /path/to/acme-server-ca.pem
+  redirect_http: false
+"#,
+        "c.yaml",
+    )
+    .unwrap();
+    let t = c.tls.unwrap();
+    assert_eq!(t.port, 8443);
+    assert_eq!(t.certificates[0].cert, "certs/example.pem");
+    let a = t.acme.unwrap();
+    assert_eq!(a.domains, ["api.example.com"]);
+    assert_eq!(a.challenge, tls::Challenge::Http01);
+    assert_eq!(a.ca_file.as_deref(), Some("/path/to/acme-server-ca.pem"));
+    assert!(!t.redirect_http);
+    // The seed has none: TLS stays off.
+    assert!(parse(SEED, "c.yaml").unwrap().tls.is_none());
+}
+
+#[test]
+fn tls_mistakes_are_named() {
+    let e = err("tls:\n  port: 8443\n");
+    assert_eq!(e.field.as_deref(), Some("tls"));
+    assert!(e.reason.contains("certificates"), "{e}");
+    let e = err(
+        "tls:\n  certificates: []\n  acme:\n    directory_url: https://a/dir\n    domains: [\"*.example.com\"]\n",
+    );
+    assert_eq!(e.field.as_deref(), Some("tls.acme.domains[0]"));
+    let e = err("tls:\n  self_signed: [a.test]\n  min_version: \"1.1\"\n");
+    assert_eq!(e.field.as_deref(), Some("tls.min_version"));
+    let e = err(
+        "tls:\n  self_signed: [a.test]\n  acme:\n    directory_url: https://a/dir\n    domains: [a.test]\n    challenge: dns-01\n",
+    );
+    assert!(e.reason.contains("dns-01"), "{e}");
+    let e = err("admin:\n  tls: true\n");
+    assert_eq!(e.field.as_deref(), Some("admin.tls"));
+    let e = err("backends:\n  - url: https://b:443\n    tls:\n      cert: c.pem\n");
+    assert_eq!(e.field.as_deref(), Some("backends[0].tls"));
+    let e = err("tls:\n  self_signed: [a.test]\n  hsts: \"1 year\"\n");
+    assert_eq!(e.field.as_deref(), Some("tls.hsts"));
+}

@@ -48,10 +48,25 @@ use crate::telemetry::metrics::Metrics;
 
 /// The client end of a connection: its address, and that address as a header
 /// value, rendered once per connection rather than per request.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    /// The connection came through the HTTPS listener (`X-Forwarded-Proto: https`).
+    pub https: bool,
+    /// What a plain-HTTP client gets answered without a backend, when the TLS edge
+    /// installed something (ACME HTTP-01, the redirect to HTTPS).
+    pub intercept: Option<Arc<dyn PlainIntercept>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("addr", &self.addr)
+            .field("https", &self.https)
+            .field("intercept", &self.intercept.is_some())
+            .finish()
+    }
 }
 
 impl Peer {
@@ -59,8 +74,34 @@ impl Peer {
         Self {
             addr,
             ip: headers::ip_value(addr.ip()),
+            https: false,
+            intercept: None,
         }
     }
+
+    /// A client of the HTTPS listener.
+    pub fn https(addr: SocketAddr) -> Self {
+        Self {
+            https: true,
+            ..Self::new(addr)
+        }
+    }
+
+    /// A plain-HTTP client whose requests `intercept` sees first.
+    pub fn intercepted(mut self, intercept: Option<Arc<dyn PlainIntercept>>) -> Self {
+        self.intercept = intercept;
+        self
+    }
+}
+
+/// Requests a plain-HTTP client gets answered without a backend (ACME HTTP-01
+/// tokens, the redirect to HTTPS); installed by the TLS edge, absent otherwise.
+pub trait PlainIntercept: Send + Sync {
+    /// `None` (the usual case, decided without waiting): forward the request.
+    fn intercept<'a>(
+        &'a self,
+        req: &'a Request<ReqBody>,
+    ) -> Option<futures_util::future::BoxFuture<'a, Response<ProxyBody>>>;
 }
 
 /// Handles one client request end to end; never fails (errors become responses).
@@ -72,6 +113,11 @@ pub async fn handle(
     peer: Peer,
     upgrade: Option<ClientUpgrade>,
 ) -> Response<ProxyBody> {
+    if let Some(hook) = &peer.intercept
+        && let Some(answer) = hook.intercept(&req)
+    {
+        return answer.await;
+    }
     let started = Instant::now();
     plane.metrics.start_request();
     // Until an answer is settled (by the response's guard, or below), a dropped
@@ -384,6 +430,7 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
         ip: &peer.ip,
         trusted: in_any(&cfg.server.trusted_proxies, peer.addr.ip()),
         host,
+        https: peer.https,
     }
 }
 

@@ -17,7 +17,9 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Box<Conn>, 
     let target = &backend.target;
     let tls = match target.scheme {
         Scheme::Http => None,
-        Scheme::Https => Some(tls::connector().map_err(ConnectError::Tls)?),
+        Scheme::Https => {
+            Some(tls::connector_for(&backend.key, &target.host).map_err(ConnectError::Tls)?)
+        }
     };
     switchyard_http1::pool::connect(&target.host, target.port, tls, timeout).await
 }

@@ -1,73 +1,225 @@
-//! TLS to `https` backends (rustls with the ring provider; Mozilla's roots plus an
-//! optional CA file for private PKI).
+//! TLS to `https` backends (rustls, the proxy's crypto provider): Mozilla's roots
+//! plus `upstream.ca_file`, and per backend (`backends[].tls`) verification on or
+//! off, an extra CA file, the SNI name, and a client certificate for mutual TLS.
+//!
+//! The settings are built into connectors when a config is applied ([`configure`]),
+//! one per distinct setting, so a new connection only looks its backend up.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
-use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
-/// The client TLS settings in force, with the CA file they were built from.
-struct Current {
-    ca_file: Option<String>,
+use crate::config::Config;
+use crate::config::tls::UpstreamTls;
+
+/// The crypto provider for every TLS endpoint of the proxy (server and upstream):
+/// ring, or aws-lc-rs with the `aws-lc-rs` feature (measured, docs/benchmarks.md §7).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            #[cfg(feature = "aws-lc-rs")]
+            let p = rustls::crypto::aws_lc_rs::default_provider();
+            #[cfg(not(feature = "aws-lc-rs"))]
+            let p = rustls::crypto::ring::default_provider();
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// One backend's TLS: a connector and the name it sends.
+struct Client {
     connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+/// The client TLS settings in force.
+struct Current {
+    default: TlsConnector,
+    /// By backend key (`https://host:port`), for backends with a `tls:` block.
+    backends: HashMap<String, Arc<Client>>,
 }
 
 static CURRENT: ArcSwapOption<Current> = ArcSwapOption::const_empty();
 
-fn build(ca_file: Option<&str>) -> Result<TlsConnector, String> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read CA file {path}: {e}"))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("bad PEM in CA file {path}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("no certificates in CA file {path}"));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("bad certificate in {path}: {e}"))?;
-        }
+fn read_cas(path: &str, roots: &mut RootCertStore) -> Result<(), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA file {path}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in CA file {path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("no certificates in CA file {path}"));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-/// Makes `ca_file` the trust source for new upstream TLS connections; an error
-/// leaves the previous one in force (the caller refuses the config).
-pub fn configure(ca_file: Option<&str>) -> Result<(), String> {
-    if let Some(cur) = CURRENT.load().as_ref()
-        && cur.ca_file.as_deref() == ca_file
-    {
-        return Ok(());
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("bad certificate in {path}: {e}"))?;
     }
-    let connector = build(ca_file)?;
-    CURRENT.store(Some(Arc::new(Current {
-        ca_file: ca_file.map(str::to_string),
-        connector,
-    })));
     Ok(())
 }
 
-/// The connector for new upstream TLS connections (Mozilla's roots alone until a
-/// config says otherwise).
-pub fn connector() -> Result<TlsConnector, String> {
-    if let Some(c) = CURRENT.load_full() {
-        return Ok(c.connector.clone());
+fn build(ca_file: Option<&str>, backend: Option<&UpstreamTls>) -> Result<TlsConnector, String> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        read_cas(path, &mut roots)?;
     }
-    configure(None)?;
-    match CURRENT.load_full() {
-        Some(c) => Ok(c.connector.clone()),
-        None => Err("TLS not configured".into()),
+    if let Some(path) = backend.and_then(|b| b.ca_file.as_deref()) {
+        read_cas(path, &mut roots)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if backend.is_some_and(|b| !b.verify) {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let config = match backend.and_then(|b| b.cert.as_deref().zip(b.key.as_deref())) {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("client certificate {cert}: {e}"))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("client certificate {cert}: {e}"))?;
+            if chain.is_empty() {
+                return Err(format!("client certificate {cert}: no certificate"));
+            }
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("client key {key}: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate {cert}: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Builds the upstream TLS settings of `config` and puts them in force for new
+/// connections; an error (a missing or bad file) leaves the previous ones in force
+/// and the caller refuses the config.
+pub fn configure(config: &Config) -> Result<(), String> {
+    let ca = config.upstream.ca_file.as_deref();
+    let default = build(ca, None).map_err(|e| format!("upstream.ca_file: {e}"))?;
+    let mut by_setting: HashMap<&UpstreamTls, Arc<Client>> = HashMap::new();
+    // Entries of backends this config does not name are kept: a backend added
+    // back at runtime keeps its settings, and replicas sharing a process (tests)
+    // do not drop each other's.
+    let mut backends = CURRENT
+        .load_full()
+        .map(|c| c.backends.clone())
+        .unwrap_or_default();
+    for b in &config.backends {
+        backends.remove(&b.url.parsed.key());
+    }
+    for (i, b) in config.backends.iter().enumerate() {
+        let Some(t) = &b.tls else { continue };
+        let client = match by_setting.get(t) {
+            Some(c) => c.clone(),
+            None => {
+                let connector =
+                    build(ca, Some(t)).map_err(|e| format!("backends[{i}].tls: {e}"))?;
+                let server_name = match &t.server_name {
+                    Some(n) => Some(
+                        ServerName::try_from(n.clone())
+                            .map_err(|e| format!("backends[{i}].tls.server_name: {e}"))?,
+                    ),
+                    None => None,
+                };
+                let c = Arc::new(Client {
+                    connector,
+                    server_name,
+                });
+                by_setting.insert(t, c.clone());
+                c
+            }
+        };
+        backends.insert(b.url.parsed.key(), client);
+    }
+    CURRENT.store(Some(Arc::new(Current { default, backends })));
+    Ok(())
+}
+
+/// The connector and server name for a new TLS connection to the backend `key`
+/// at `host` (Mozilla's roots alone until a config says otherwise).
+pub fn connector_for(key: &str, host: &str) -> Result<(TlsConnector, ServerName<'static>), String> {
+    let current = match CURRENT.load_full() {
+        Some(c) => c,
+        None => {
+            configure(&Config::default())?;
+            CURRENT
+                .load_full()
+                .ok_or_else(|| "TLS not configured".to_string())?
+        }
+    };
+    let (connector, name) = match current.backends.get(key) {
+        Some(c) => (c.connector.clone(), c.server_name.clone()),
+        None => (current.default.clone(), None),
+    };
+    let name = match name {
+        Some(n) => n,
+        None => ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?,
+    };
+    Ok((connector, name))
+}
+
+/// `backends[].tls.verify: false`: any certificate is accepted (the handshake's
+/// signatures are still checked, so the connection is encrypted to whoever holds
+/// the key the backend presented).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

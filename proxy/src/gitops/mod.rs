@@ -276,6 +276,11 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return self.refuse(commit, h, e),
         };
+        // Upstream TLS files (CA, client certificates) must load, else refused.
+        if let Err(e) = crate::forward::tls::configure(&config) {
+            let e = error(commit.clone(), &self.source.file_label(), None, e);
+            return self.refuse(commit, h, e);
+        }
         let restart_needed = restart_needed(&self.app.config(), &config);
         if !restart_needed.is_empty() {
             warn!(settings = ?restart_needed, "config applied; these settings take effect after a restart");
@@ -372,5 +377,23 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         yaml_serde::to_string(&old.telemetry).ok() != yaml_serde::to_string(&new.telemetry).ok(),
     );
     check("logging.format", old.logging.format != new.logging.format);
+    let tls = |c: &Config| {
+        c.tls.as_ref().map(|t| {
+            (
+                t.port,
+                t.bind,
+                t.session_tickets,
+                t.ticket_rotation,
+                t.ticket_keys,
+                t.acme.is_some(),
+                t.self_signed.clone(),
+            )
+        })
+    };
+    check(
+        "tls (listener, session tickets, acme on/off)",
+        tls(old) != tls(new),
+    );
+    check("admin.tls", old.admin.tls != new.admin.tls);
     out
 }

@@ -13,7 +13,7 @@ use switchyard_http1::server::{ClientBody, Handler, Rewind};
 use tokio::sync::watch;
 use tracing::debug;
 
-pub use switchyard_http1::server::{ClientUpgrade, Limits, Upgraded};
+pub use switchyard_http1::server::{ClientIo, ClientUpgrade, Limits, Upgraded};
 pub use switchyard_http1::{Ambiguity, Refusal};
 
 use crate::config::ServerConfig;

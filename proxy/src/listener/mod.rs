@@ -22,8 +22,14 @@ use crate::forward;
 
 /// Accepts until `stop` fires, then lets open connections finish within the grace
 /// period (idle ones close at once, busy ones after their response). The
-/// connection limits are the snapshot's at start.
-pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
+/// connection limits are the snapshot's at start. `intercept` sees every request
+/// first, when the TLS edge answers some itself (ACME HTTP-01, redirect to HTTPS).
+pub async fn serve(
+    listener: TcpListener,
+    plane: Arc<DataPlane>,
+    intercept: Option<Arc<dyn forward::PlainIntercept>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let config = plane.snapshot().config.clone();
     let limits = Arc::new(h1::limits(&config.server));
     let max_conns = config.server.max_connections.as_u64();
@@ -51,7 +57,8 @@ pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, mut stop: watch
         }
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(plane.clone());
-        let handler = h1::Proxy::new(plane.clone(), forward::Peer::new(peer), &limits);
+        let peer = forward::Peer::new(peer).intercepted(intercept.clone());
+        let handler = h1::Proxy::new(plane.clone(), peer, &limits);
         let conn = switchyard_http1::server::serve(stream, handler, limits.clone(), stop.clone());
         tracker.spawn(async move {
             conn.await;
@@ -89,10 +96,12 @@ async fn reject(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-struct ConnGuard(Arc<DataPlane>);
+/// One client connection counted in `connections_active` (and against
+/// `max_connections`) for as long as it lives; shared with the HTTPS listener.
+pub(crate) struct ConnGuard(Arc<DataPlane>);
 
 impl ConnGuard {
-    fn new(plane: Arc<DataPlane>) -> Self {
+    pub(crate) fn new(plane: Arc<DataPlane>) -> Self {
         plane.metrics.connections_active.fetch_add(1, Relaxed);
         Self(plane)
     }

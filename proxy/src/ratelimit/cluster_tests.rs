@@ -21,6 +21,31 @@ use crate::state::{MembershipChange, MemoryStore, Overlay, Record, StoreEvent, T
 /// The embedded store, answering token requests one round trip later.
 struct Delayed(MemoryStore, Duration);
 
+impl crate::state::SharedKv for Delayed {
+    fn kv_get(&self, key: String) -> BoxFuture<'_, StoreResult<Option<Vec<u8>>>> {
+        self.0.kv_get(key)
+    }
+    fn kv_set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        self.0.kv_set(key, value, ttl)
+    }
+    fn kv_set_nx(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, StoreResult<Vec<u8>>> {
+        self.0.kv_set_nx(key, value, ttl)
+    }
+    fn kv_delete(&self, key: String) -> BoxFuture<'_, StoreResult<()>> {
+        self.0.kv_delete(key)
+    }
+}
+
 impl StateStore for Delayed {
     fn kind(&self) -> &'static str {
         "delayed"

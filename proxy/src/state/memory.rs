@@ -29,6 +29,8 @@ struct Inner {
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Shared blobs ([`super::SharedKv`], implemented in `kv.rs`).
+    pub(super) kv: super::kv::MemoryKv,
     events: broadcast::Sender<StoreEvent>,
 }
 
@@ -36,6 +38,7 @@ impl Default for MemoryStore {
     fn default() -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            kv: Default::default(),
             events: broadcast::channel(256).0,
         }
     }

@@ -8,8 +8,10 @@
 //! store: policies act on local state, and the store is read and written by
 //! background tasks and admin calls.
 
+pub mod kv;
 mod memory;
 mod redis;
+mod redis_kv;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio::sync::broadcast;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use kv::SharedKv;
 
 /// Admin changes layered over the config's backends, keyed by backend key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,8 +159,8 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Where runtime state lives.
-pub trait StateStore: Send + Sync + 'static {
+/// Where runtime state lives (with [`SharedKv`] for small shared blobs).
+pub trait StateStore: SharedKv + Send + Sync + 'static {
     /// `memory` or `redis`.
     fn kind(&self) -> &'static str;
 

@@ -234,7 +234,7 @@ impl RedisStore {
         self.topology.kind()
     }
 
-    fn key(&self, suffix: &str) -> String {
+    pub(super) fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
 
@@ -403,7 +403,7 @@ impl RedisStore {
 
     /// Runs one command with the timeout; a failure makes the supervisor check the
     /// connection.
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    pub(super) async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         F: AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     {

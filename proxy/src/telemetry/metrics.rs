@@ -50,6 +50,15 @@ pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
 pub const SPANS_DROPPED_TOTAL: &str = "switchyard_telemetry_spans_dropped_total";
 pub const REFUSED_FRAMING_TOTAL: &str = "switchyard_requests_refused_framing_total";
 pub const REFUSED_MALFORMED_TOTAL: &str = "switchyard_requests_refused_malformed_total";
+// The HTTPS edge's (see `tls`): only while TLS is configured.
+pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_seconds";
+pub const TLS_HANDSHAKES_TOTAL: &str = "switchyard_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_tls_handshake_failures_total";
+pub const TLS_CERT_RELOADS_TOTAL: &str = "switchyard_tls_certificate_reloads_total";
+pub const TLS_TICKET_KEYS: &str = "switchyard_tls_session_ticket_keys";
+pub const ACME_ORDERS_TOTAL: &str = "switchyard_acme_orders_total";
+pub const ACME_FAILURES_TOTAL: &str = "switchyard_acme_order_failures_total";
+pub const ACME_CHALLENGES_TOTAL: &str = "switchyard_acme_challenges_answered_total";
 
 // === the table ===
 
@@ -91,6 +100,12 @@ pub struct Def {
 }
 
 impl Def {
+    /// A family of the HTTPS edge: shown only while TLS (or ACME) is configured,
+    /// not as an empty family on every proxy.
+    pub fn optional(&self) -> bool {
+        self.name.starts_with("switchyard_tls_") || self.name.starts_with("switchyard_acme_")
+    }
+
     /// The name over OTLP: a counter's without `_total`.
     pub fn otlp_name(&self) -> &'static str {
         match self.kind {
@@ -429,7 +444,143 @@ pub static TABLE: &[Def] = &[
             }
         },
     },
+    Def {
+        name: TLS_CERT_EXPIRY,
+        kind: Kind::Gauge,
+        unit: "s",
+        help: "Seconds until the certificate served for a name expires (0 once expired).",
+        labels: &["name", "source"],
+        read: |r, out| {
+            for (name, source, secs) in r.tls.iter().flat_map(|t| &t.certificates) {
+                int(out, vec![name.clone(), source.clone()], *secs);
+            }
+        },
+    },
+    Def {
+        name: TLS_HANDSHAKES_TOTAL,
+        kind: Kind::Counter,
+        unit: "{handshake}",
+        help: "Completed TLS handshakes, by kind.",
+        labels: &["kind"],
+        read: |r, out| {
+            if let Some(t) = &r.tls {
+                int(
+                    out,
+                    vec!["full".into()],
+                    t.handshakes.saturating_sub(t.resumed),
+                );
+                int(out, vec!["resumed".into()], t.resumed);
+            }
+        },
+    },
+    Def {
+        name: TLS_HANDSHAKE_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        unit: "{handshake}",
+        help: "TLS handshakes that failed or timed out (the connection was closed).",
+        labels: &["reason"],
+        read: |r, out| {
+            if let Some(t) = &r.tls {
+                int(out, vec!["error".into()], t.failures);
+                int(out, vec!["timeout".into()], t.timeouts);
+            }
+        },
+    },
+    Def {
+        name: TLS_CERT_RELOADS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{reload}",
+        help: "Certificate file reloads: applied, or refused (the last good one kept serving).",
+        labels: &["result"],
+        read: |r, out| {
+            if let Some(t) = &r.tls {
+                int(out, vec!["applied".into()], t.reloads);
+                int(out, vec!["refused".into()], t.reloads_refused);
+            }
+        },
+    },
+    Def {
+        name: TLS_TICKET_KEYS,
+        kind: Kind::Gauge,
+        unit: "{key}",
+        help: "Session-ticket keys accepted now.",
+        labels: &[],
+        read: |r, out| {
+            if let Some(t) = &r.tls {
+                int(out, Vec::new(), t.ticket_keys);
+            }
+        },
+    },
+    Def {
+        name: ACME_ORDERS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{order}",
+        help: "ACME orders this replica placed.",
+        labels: &[],
+        read: |r, out| {
+            if let Some(a) = r.tls.as_ref().and_then(|t| t.acme) {
+                int(out, Vec::new(), a.orders);
+            }
+        },
+    },
+    Def {
+        name: ACME_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        unit: "{order}",
+        help: "ACME orders that failed (then backed off).",
+        labels: &[],
+        read: |r, out| {
+            if let Some(a) = r.tls.as_ref().and_then(|t| t.acme) {
+                int(out, Vec::new(), a.failures);
+            }
+        },
+    },
+    Def {
+        name: ACME_CHALLENGES_TOTAL,
+        kind: Kind::Counter,
+        unit: "{challenge}",
+        help: "ACME challenges this replica answered (HTTP-01 and TLS-ALPN-01).",
+        labels: &[],
+        read: |r, out| {
+            if let Some(a) = r.tls.as_ref().and_then(|t| t.acme) {
+                int(out, Vec::new(), a.challenges);
+            }
+        },
+    },
 ];
+
+/// The HTTPS edge's figures, for a [`Reading`] (the `tls` module fills them in).
+#[derive(Clone, Debug, Default)]
+pub struct TlsReading {
+    /// Per served name: the name, the certificate's source, and seconds until it
+    /// expires (0 once expired).
+    pub certificates: Vec<(String, String, u64)>,
+    /// Completed handshakes, of them resumed.
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// Failed handshakes, and timed-out ones.
+    pub failures: u64,
+    pub timeouts: u64,
+    /// Certificate file reloads applied, and refused.
+    pub reloads: u64,
+    pub reloads_refused: u64,
+    pub ticket_keys: u64,
+    /// When ACME is on.
+    pub acme: Option<AcmeReading>,
+}
+
+/// ACME's figures, for a [`TlsReading`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcmeReading {
+    pub orders: u64,
+    pub failures: u64,
+    pub challenges: u64,
+}
+
+/// Where a reading's TLS figures come from (the HTTPS edge installs one).
+pub trait TlsSource: Send + Sync {
+    fn tls_reading(&self) -> TlsReading;
+}
 
 /// Everything the families show, read at one moment: the proxy-wide counters and
 /// what the replica knows of itself, its store and its backends.
@@ -444,6 +595,8 @@ pub struct Reading<'a> {
     pub replicas: u64,
     /// The running set, then the draining backends.
     pub backends: Vec<BackendReading<'a>>,
+    /// The HTTPS edge, when TLS is configured.
+    pub tls: Option<TlsReading>,
 }
 
 /// One backend's figures in a [`Reading`].
@@ -632,13 +785,16 @@ mod tests {
             assert!(!def.otlp_name().ends_with("_total"), "{}", def.name);
             if def.kind == Kind::Histogram {
                 assert!(def.name.ends_with("_seconds") && def.unit == "s");
+            } else if def.name.ends_with("_seconds") {
+                // A gauge in seconds (certificate expiry).
+                assert_eq!(def.unit, "s", "{}", def.name);
             } else {
                 // A count: an annotation, which a Prometheus exporter leaves out.
                 assert!(def.unit.starts_with('{') && def.unit.ends_with('}'));
             }
             assert!(!def.help.is_empty());
         }
-        assert_eq!(TABLE.len(), 29);
+        assert_eq!(TABLE.len(), 37);
     }
 
     #[test]
@@ -671,6 +827,14 @@ mod tests {
                 latency: &latency,
                 latency_ewma_ns: 0,
             }],
+            tls: Some(TlsReading {
+                certificates: vec![("api.example.com".into(), "file".into(), 86_400)],
+                handshakes: 3,
+                resumed: 1,
+                ticket_keys: 2,
+                acme: Some(AcmeReading::default()),
+                ..Default::default()
+            }),
         };
         for def in TABLE {
             let mut out = Vec::new();

@@ -44,15 +44,17 @@ impl Format {
     }
 }
 
-struct Out {
-    buf: String,
-    open: bool,
+/// A text exposition being written (also used for the TLS families, `tls::metrics`).
+pub(crate) struct Out {
+    pub(crate) buf: String,
+    /// OpenMetrics (else Prometheus text).
+    pub(crate) open: bool,
 }
 
 impl Out {
     /// Starts a family. For counters, `name` ends in `_total`; OpenMetrics names the
     /// family without it.
-    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+    pub(crate) fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let family = if self.open && kind == Kind::Counter {
             name.strip_suffix("_total").unwrap_or(name)
         } else {
@@ -62,7 +64,7 @@ impl Out {
         let _ = writeln!(self.buf, "# TYPE {family} {}", kind.as_str());
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.buf.push_str(name);
         if !labels.is_empty() {
             self.buf.push('{');
@@ -116,9 +118,12 @@ pub fn render(reading: &Reading<'_>, format: Format) -> String {
     };
     let mut samples: Vec<Sample> = Vec::new();
     for def in TABLE {
-        o.family(def.name, def.kind, def.help);
         samples.clear();
         (def.read)(reading, &mut samples);
+        if samples.is_empty() && def.optional() {
+            continue;
+        }
+        o.family(def.name, def.kind, def.help);
         for s in &samples {
             let labels: Vec<(&str, &str)> = def
                 .labels

@@ -2,6 +2,8 @@
 //! and proxies, and real `switchyard` processes where a test needs one (signals, RSS).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

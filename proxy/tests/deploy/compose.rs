@@ -54,6 +54,7 @@ struct Stack {
     /// Replica 1 and 2: proxy and admin listeners, as published on the host.
     proxy: [SocketAddr; 2],
     admin: [SocketAddr; 2],
+    https: [SocketAddr; 2],
     /// The demo upstreams' published ports (for `/_demo/control`).
     control: BTreeMap<&'static str, SocketAddr>,
     git: SocketAddr,
@@ -77,6 +78,7 @@ impl Stack {
             token: var("SWITCHYARD_ADMIN_TOKEN"),
             proxy: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
             admin: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
+            https: [SocketAddr::from(([0, 0, 0, 0], 0)); 2],
             control: BTreeMap::new(),
             git: SocketAddr::from(([0, 0, 0, 0], 0)),
             prometheus: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -85,6 +87,7 @@ impl Stack {
         for (i, svc) in ["switchyard-1", "switchyard-2"].into_iter().enumerate() {
             stack.proxy[i] = stack.port(svc, 8080);
             stack.admin[i] = stack.port(svc, 8081);
+            stack.https[i] = stack.port(svc, 8443);
         }
         for b in BACKENDS {
             let addr = stack.port(b, 9000);
@@ -378,6 +381,31 @@ async fn ready(stack: &Stack) {
     println!(
         "ready: both replicas serve backend1-3 from the config repository, 2 replicas in Redis"
     );
+}
+
+/// Both replicas serve HTTPS (ALPN h2 and http/1.1) with one self-signed
+/// certificate, made once for the cluster (`tls.self_signed`) and shared through Redis.
+async fn https_both(stack: &Stack) {
+    let mut serials = Vec::new();
+    for (replica, addr) in stack.https.iter().enumerate() {
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            let (config, rec) = crate::common::tls::recording_config(&[alpn]);
+            let s = crate::common::tls::connect(*addr, "localhost", config)
+                .await
+                .unwrap_or_else(|e| panic!("HTTPS of replica {}: {e}", replica + 1));
+            let (status, _, body) = crate::common::tls::get_over(s, "localhost", "/").await;
+            assert_eq!(status, 200, "HTTPS of replica {}: {body}", replica + 1);
+            let der = rec.seen.lock().clone().expect("a certificate");
+            serials.push(crate::common::tls::describe(&der).serial);
+        }
+    }
+    serials.dedup();
+    assert_eq!(
+        serials.len(),
+        1,
+        "one certificate for the cluster: {serials:?}"
+    );
+    println!("https: both replicas answer over h2 and http/1.1 with one shared certificate");
 }
 
 /// Prometheus finds both replicas by DNS and scrapes them with the token: `up == 1`.
@@ -711,6 +739,7 @@ async fn compose_stack_production_scenarios() {
     let stack = Stack::from_env();
     images(&stack);
     ready(&stack).await;
+    https_both(&stack).await;
     prometheus_scrapes_both(&stack).await;
     backend_crash(&stack).await;
     drain_and_readd(&stack).await;

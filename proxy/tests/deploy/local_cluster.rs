@@ -26,13 +26,16 @@ struct LocalCluster {
     out: Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
-/// `base..base+6` and `upstream..upstream+3` all free (outside 18080-18099, below
-/// the ephemeral range).
+/// `base..base+6`, `upstream..upstream+3` and the HTTPS ports `base+20..base+23` all
+/// free (outside 18080-18099, below the ephemeral range).
 fn free_ranges() -> (u16, u16) {
     for _ in 0..50 {
         let base = 20000 + 2 * fastrand::u16(0..4000);
         let upstream = base + 10;
-        let ports: Vec<u16> = (base..base + 6).chain(upstream..upstream + 3).collect();
+        let ports: Vec<u16> = (base..base + 6)
+            .chain(upstream..upstream + 3)
+            .chain(base + 20..base + 23)
+            .collect();
         let listeners: Vec<_> = ports
             .iter()
             .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).ok())
@@ -56,6 +59,7 @@ impl LocalCluster {
             .process_group(0)
             .env("SWITCHYARD_BASE_PORT", base.to_string())
             .env("SWITCHYARD_UPSTREAM_BASE_PORT", upstream_base.to_string())
+            .env("SWITCHYARD_TLS_BASE_PORT", (base + 20).to_string())
             .env("SWITCHYARD_CLUSTER_DIR", dir.path())
             .env("SWITCHYARD_BIN", SWITCHYARD)
             .env("DEMO_UPSTREAM_BIN", common::demo_upstream_bin())
@@ -268,6 +272,16 @@ async fn local_cluster_serves_follows_git_and_stops_everything_it_started() {
         .into();
     for r in 1..=3 {
         assert_eq!(served_by(cluster.proxy(r), 6).await, all, "replica {r}");
+    }
+    // HTTPS too, with the certificate the script made (verified against it).
+    let cert = std::fs::read_to_string(cluster.dir.path().join("tls/localhost.pem")).unwrap();
+    for r in 0..3u16 {
+        let addr: SocketAddr = ([127, 0, 0, 1], cluster.base + 20 + r).into();
+        let s = common::tls::connect(addr, "localhost", common::tls::verifying_config(&cert, &[]))
+            .await
+            .unwrap_or_else(|e| panic!("HTTPS on {addr}: {e}"));
+        let (status, _, body) = common::tls::get_over(s, "localhost", "/").await;
+        assert_eq!(status, 200, "HTTPS on {addr}: {body}");
     }
     // They are one cluster: each sees the three replicas through Redis.
     let admin2 = cluster.admin(2);
