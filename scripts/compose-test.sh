@@ -24,7 +24,12 @@
 #   --remove-orphans` (backend4, which the scale-out scenario starts, included), then
 #   checks nothing of the project is left; stops dockerd if it started it (by PID).
 #
-# Environment: SWITCHYARD_COMPOSE_TEST_DIR (logs and staging; default
+# Environment: SWITCHYARD_COMPOSE_BINARIES=<dir> takes the switchyard and
+# demo-upstream binaries from <dir> (e.g. target/debug after `cargo test`; stripped
+# into deploy/prebuilt/, the Dockerfile's BINARIES=prebuilt) instead of compiling
+# them in the builder image: scripts/test.sh does this, so CI does not build the
+# workspace a second time; without it the images are built exactly as a user's
+# `docker-compose build` does. SWITCHYARD_COMPOSE_TEST_DIR (logs and staging; default
 # target/compose-test), SWITCHYARD_COMPOSE_PROJECT (default switchyard-test),
 # SWITCHYARD_COMPOSE_CLI (default docker-compose; "docker compose" for v2),
 # DEBIAN_MIRROR (default http://deb.debian.org/debian).
@@ -89,6 +94,7 @@ down_all() {
 # === teardown, whatever happens ===
 dockerd_pid=
 up=0
+prebuilt=
 cleanup() {
   local rc=$?
   set +e
@@ -98,6 +104,7 @@ cleanup() {
     [ -z "$dockerd_pid" ] || say "and stop dockerd: kill $dockerd_pid"
     exit "$rc"
   fi
+  [ -z "$prebuilt" ] || rm -rf "$prebuilt"
   if [ "$up" = 1 ]; then
     "${compose[@]}" logs --no-color --timestamps > "$work/compose.log" 2>&1
     if [ "$rc" != 0 ]; then
@@ -290,7 +297,15 @@ ensure() {
 
 t0=$SECONDS
 ensure "$debian_image" standin_debian "$debian_image" "$release"
-ensure "$rust_image" standin_rust "$rust_image"
+binaries=${SWITCHYARD_COMPOSE_BINARIES:-}
+if [ -n "$binaries" ]; then
+  for b in switchyard demo-upstream; do
+    [ -x "$binaries/$b" ] || die "SWITCHYARD_COMPOSE_BINARIES=$binaries: no executable $b there"
+  done
+  say "binaries: prebuilt, from $binaries (no builder image)"
+else
+  ensure "$rust_image" standin_rust "$rust_image"
+fi
 profiles=telemetry
 left_out=()
 while read -r img img_profiles; do
@@ -319,7 +334,15 @@ say "building the images with deploy/Dockerfile (log: $work/build.log)"
 # checked for working, not for speed. SWITCHYARD_COMPOSE_RELEASE=1 builds them as
 # shipped (the sizes in the README are those).
 build_args=()
-if [ "${SWITCHYARD_COMPOSE_RELEASE:-0}" != 1 ]; then
+if [ -n "$binaries" ]; then
+  prebuilt=$root/deploy/prebuilt
+  rm -rf "$prebuilt"
+  mkdir -p "$prebuilt"
+  for b in switchyard demo-upstream; do
+    objcopy --strip-debug "$binaries/$b" "$prebuilt/$b" || die "objcopy $binaries/$b failed"
+  done
+  build_args+=(--build-arg BINARIES=prebuilt)
+elif [ "${SWITCHYARD_COMPOSE_RELEASE:-0}" != 1 ]; then
   for a in CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_WASM_RELEASE_LTO=false \
     CARGO_PROFILE_WASM_RELEASE_CODEGEN_UNITS=16; do

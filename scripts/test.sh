@@ -49,5 +49,9 @@ echo "==> cargo test"
 cargo test --workspace "$@"
 if [ "${SKIP_COMPOSE_TEST:-0}" != 1 ]; then
   echo "==> scripts/compose-test.sh"
-  scripts/compose-test.sh
+  # The images with the binaries cargo just built (the demo upstream's as the tests
+  # build it), not compiled a second time inside Docker; `scripts/compose-test.sh`
+  # alone builds them with deploy/Dockerfile's builder, as a user's compose build does.
+  cargo build -q -p switchyard --bin switchyard -p switchyard-demo --bin demo-upstream
+  SWITCHYARD_COMPOSE_BINARIES=target/debug scripts/compose-test.sh
 fi

@@ -310,7 +310,12 @@ const LIMITS: &str = "rate_limit:\n  requests_per_second: 10\n  burst: 10\n  key
 async fn bursts_are_admitted_in_full(replicas: usize) {
     let a = demo("a").await;
     let redis = RedisServer::start();
-    let yaml = cluster_yaml(&redis, LIMITS, &[(&a, 1)]);
+    // A cold key waits for one store round trip; on a loaded machine that can take
+    // longer than the suite's usual 300 ms store timeout, after which the fallback
+    // (each replica its share) would decide instead. Counting is what is tested.
+    let yaml = cluster_yaml(&redis, LIMITS, &[(&a, 1)])
+        .replace("timeout: 300ms", "timeout: 10s")
+        .replace("heartbeat_ttl: 1s", "heartbeat_ttl: 5s");
     let procs: Vec<Proc> = (0..replicas)
         .map(|_| Proc::start(&yaml, &[], &[]))
         .collect();

@@ -107,13 +107,16 @@ impl Load {
 /// backend. Records those acknowledged (200).
 struct Writes {
     stop: Arc<AtomicBool>,
+    /// Changes acknowledged so far.
+    acked: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<(Vec<String>, Vec<String>)>,
 }
 
 impl Writes {
     fn start(admins: Vec<SocketAddr>, backends: Vec<String>) -> Writes {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let acked_n = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), acked_n.clone());
         let task = tokio::spawn(async move {
             let (mut acked, mut refused) = (Vec::new(), Vec::new());
             for (i, b) in backends.into_iter().enumerate() {
@@ -129,7 +132,10 @@ impl Writes {
                 )
                 .await;
                 match r {
-                    Ok(r) if r.status == StatusCode::OK => acked.push(b),
+                    Ok(r) if r.status == StatusCode::OK => {
+                        acked.push(b);
+                        n.fetch_add(1, Relaxed);
+                    }
                     Ok(r) => refused.push(format!("{b}: {} {}", r.status, r.body)),
                     Err(e) => refused.push(format!("{b}: {e}")),
                 }
@@ -137,7 +143,22 @@ impl Writes {
             }
             (acked, refused)
         });
-        Writes { stop, task }
+        Writes {
+            stop,
+            acked: acked_n,
+            task,
+        }
+    }
+
+    /// Waits until `more` further changes are acknowledged.
+    async fn wait_acked(&self, more: u64, what: &str) {
+        let target = self.acked.load(Relaxed) + more;
+        let acked = self.acked.clone();
+        wait_until(Duration::from_secs(60), what, || {
+            let acked = acked.clone();
+            async move { acked.load(Relaxed) >= target }
+        })
+        .await;
     }
 
     async fn finish(self) -> (Vec<String>, Vec<String>) {
@@ -155,7 +176,8 @@ struct Scenario {
 async fn scenario(redis_url: &str) -> Scenario {
     let base = vec![demo("a").await, demo("b").await];
     let mut spare = Vec::new();
-    for i in 0..80 {
+    // Enough for a change every 40 ms through a slow failover on a loaded machine.
+    for i in 0..120 {
         spare.push(demo(&format!("s{i}")).await);
     }
     let y = yaml(redis_url, &[(&base[0], 1), (&base[1], 1)]);
@@ -188,7 +210,9 @@ impl Scenario {
         let load = Load::start(&self.proxies());
         let writes = Writes::start(admins.clone(), self.spare.iter().map(|d| d.url()).collect());
         // Some changes before the crash.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        writes
+            .wait_acked(3, "changes acknowledged before the kill")
+            .await;
         let t_kill = Instant::now();
         kill();
         let new = tokio::task::spawn_blocking(move || {
@@ -197,26 +221,33 @@ impl Scenario {
         .await
         .unwrap();
         let promoted_after = t_kill.elapsed();
-        // Every replica follows within 2 s of the promotion.
+        // Every replica follows the promotion (measured and printed: ~0.2 s on a
+        // quiet machine, docs/reliability.md; the bound here is generous because a
+        // loaded machine must not fail a test on timing).
         let t_switch = Instant::now();
         for admin in &admins {
             let (admin, new) = (*admin, new.clone());
-            let left = Duration::from_secs(2).saturating_sub(t_switch.elapsed());
-            wait_until(left, &format!("{admin} to follow {new}"), || {
-                let new = new.clone();
-                async move {
-                    let v = store_view(admin).await;
-                    v["store"]["connected"] == true && v["store"]["primary"] == new.as_str()
-                }
-            })
+            wait_until(
+                Duration::from_secs(30),
+                &format!("{admin} to follow {new}"),
+                || {
+                    let new = new.clone();
+                    async move {
+                        let v = store_view(admin).await;
+                        v["store"]["connected"] == true && v["store"]["primary"] == new.as_str()
+                    }
+                },
+            )
             .await;
         }
         eprintln!(
             "{topology}: promoted {new} {promoted_after:?} after the kill; every replica followed within {:?}",
             t_switch.elapsed()
         );
-        // Changes keep flowing on the new primary for a while.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Changes keep flowing on the new primary.
+        writes
+            .wait_acked(2, "changes acknowledged after the failover")
+            .await;
         let (acked, refused) = writes.finish().await;
         let (served, failures) = load.finish().await;
         assert!(
@@ -235,7 +266,7 @@ impl Scenario {
         // No acknowledged change is lost: every replica has every one.
         for admin in &admins {
             let (admin, acked) = (*admin, acked.clone());
-            wait_until(Duration::from_secs(5), "every acknowledged change", || {
+            wait_until(Duration::from_secs(30), "every acknowledged change", || {
                 let acked = acked.clone();
                 async move {
                     let v = get(&url(admin, "/admin/backends")).await.json();
