@@ -198,3 +198,24 @@ pub fn not_found() -> Response<Bytes> {
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_clients_get_trailers_only_statuses() {
+        let r = ProxyError::NoBackend.into_grpc_response();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "no backend available");
+        assert!(r.body().is_empty());
+        let timeout = ProxyError::Timeout {
+            backend: "http://b:1".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(timeout.into_grpc_response().headers()["grpc-status"], "4");
+        assert_eq!(ProxyError::BadRequest("x").grpc_code(), 13);
+    }
+}

@@ -297,6 +297,14 @@ async fn forward(
         let resp = match ended {
             Ended::Answered(resp, _) => resp,
             Ended::AnsweredH2(answer) => {
+                let status = answer.resp.status();
+                if retry_on_status(cfg, out, status, attempts, max_attempts)
+                    && another_available(snap, &excluded)
+                {
+                    debug!(backend = %backend.url, status = %status, "retrying on status");
+                    out.body = Some(ReqBody::Empty);
+                    continue;
+                }
                 inflight.hand_over();
                 let mut trace = trace.take();
                 if let Some(t) = trace.as_mut() {
@@ -361,13 +369,7 @@ async fn forward(
             Ended::NoBody => break,
         };
         let status = resp.status();
-        if out.replayable
-            && attempts < max_attempts
-            && cfg
-                .retries
-                .on_status
-                .iter()
-                .any(|s| s.get() == i64::from(status.as_u16()))
+        if retry_on_status(cfg, out, status, attempts, max_attempts)
             && another_available(snap, &excluded)
         {
             // Retried elsewhere: this answer (and its connection) is dropped.
@@ -458,6 +460,24 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
         host,
         https: peer.https,
     }
+}
+
+/// Whether an answer with `status` is dropped for another attempt
+/// (`retries.on_status`, for a request that can be sent again as it is).
+fn retry_on_status(
+    cfg: &Config,
+    out: &Outgoing<'_>,
+    status: StatusCode,
+    attempts: usize,
+    max_attempts: usize,
+) -> bool {
+    out.replayable
+        && attempts < max_attempts
+        && cfg
+            .retries
+            .on_status
+            .iter()
+            .any(|s| s.get() == i64::from(status.as_u16()))
 }
 
 fn is_idempotent(m: &Method) -> bool {
