@@ -332,9 +332,8 @@ pub(super) async fn attempt(
             None => {
                 let e = e.into_error();
                 if refused(&e) {
-                    // REFUSED_STREAM: the backend did not process it (RFC 9113
-                    // §8.7); a fresh connection may take it, if nothing of the
-                    // body is lost.
+                    // The backend did not process it; a fresh connection may
+                    // take it, if nothing of the body is lost.
                     lease.0.closed.store(true, Relaxed);
                     if out.replayable {
                         return Ended::Stale(ReqBody::Empty);
@@ -350,13 +349,19 @@ pub(super) async fn attempt(
     }
 }
 
-/// Whether the backend refused the stream unprocessed (REFUSED_STREAM, as a
-/// server going away does to streams past its last one).
+/// Whether the backend left the stream unprocessed (RFC 9113 §8.7): refused it
+/// (REFUSED_STREAM), or went away gracefully (GOAWAY, NO_ERROR) before it: a
+/// stream the GOAWAY covers finishes normally, so one ended by it was past the
+/// server's last.
 fn refused(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<::h2::Error>() {
-            return h2.reason() == Some(::h2::Reason::REFUSED_STREAM);
+            return match h2.reason() {
+                Some(::h2::Reason::REFUSED_STREAM) => true,
+                Some(::h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+                _ => false,
+            };
         }
         source = s.source();
     }
