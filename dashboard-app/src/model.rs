@@ -626,12 +626,28 @@ impl Dashboard {
         } else {
             Badge::new("not converged", Tone::Warn).detail("replicas run different config versions")
         };
+        // `redis sentinel`, `redis cluster`: the topology beside the kind.
+        let kind = match c.store.topology.as_str() {
+            "" | "single" => c.store.kind.clone(),
+            t => format!("{} {t}", c.store.kind),
+        };
+        // The primary taking writes, and how often it changed.
+        let mut about = Vec::new();
+        if let Some(p) = &c.store.primary {
+            about.push(format!("primary {p}"));
+        }
+        if c.store.failovers > 0 {
+            let s = if c.store.failovers == 1 { "" } else { "s" };
+            about.push(format!("{} failover{s}", c.store.failovers));
+        }
         let store = match (&c.store.last_error, c.store.connected) {
-            (_, true) => Badge::new(format!("{} connected", c.store.kind), Tone::Good),
-            (Some(e), false) => {
-                Badge::new(format!("{} unreachable", c.store.kind), Tone::Bad).detail(e.clone())
+            (_, true) => {
+                Badge::new(format!("{kind} connected"), Tone::Good).detail(about.join(" · "))
             }
-            (None, false) => Badge::new(format!("{} unreachable", c.store.kind), Tone::Bad),
+            (Some(e), false) => {
+                Badge::new(format!("{kind} unreachable"), Tone::Bad).detail(e.clone())
+            }
+            (None, false) => Badge::new(format!("{kind} unreachable"), Tone::Bad),
         };
         let own = c
             .replicas

@@ -305,6 +305,19 @@ fn cluster_standalone_and_diverged() {
     assert_eq!(c.replicas[1].commit, "bbbbbbbb");
     assert_eq!(c.replicas[1].heartbeat, "6 s ago");
     assert!(c.replicas[1].differs);
+
+    // Redis behind Sentinel: the topology, the primary and the failovers shown.
+    let mut s = snapshot(T0 + 2000, vec![]);
+    s.cluster.store.kind = "redis".into();
+    s.cluster.store.connected = true;
+    s.cluster.store.topology = "sentinel".into();
+    s.cluster.store.primary = Some("10.0.0.7:6379".into());
+    s.cluster.store.failovers = 2;
+    d.apply_snapshot(s);
+    let c = d.cluster().unwrap();
+    assert_eq!(c.store.text, "redis sentinel connected");
+    assert_eq!(c.store.detail, "primary 10.0.0.7:6379 · 2 failovers");
+    assert_eq!(c.store.tone, Tone::Good);
 }
 
 #[test]

@@ -128,12 +128,16 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo fo
 pub type ClientUpgrade = oneshot::Receiver<Upgraded>;
 
 /// Serves one client connection until it closes.
-pub async fn serve<H: Handler>(
+///
+/// Not an `async fn`: the future returned is the connection loop's alone, holding
+/// the connection once (an `async fn` would keep its arguments and the connection
+/// built from them beside the loop's own copy, in every idle connection's task).
+pub fn serve<H: Handler>(
     stream: TcpStream,
     handler: H,
     limits: Arc<Limits>,
     stop: watch::Receiver<bool>,
-) {
+) -> impl Future<Output = ()> + Send {
     let conn = Connection {
         io: Arc::new(stream),
         handler,
@@ -144,7 +148,7 @@ pub async fn serve<H: Handler>(
         pending: None,
         timer: None,
     };
-    conn.run().await;
+    conn.run()
 }
 
 struct Connection<H> {
