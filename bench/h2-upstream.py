@@ -131,7 +131,7 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_concurrent_streams
             with open(cfg, "w") as f:
                 f.write(f"""global
   nbthread 1
-  maxconn 20000
+  maxconn 4000
 defaults
   mode http
   timeout connect 2s
