@@ -418,6 +418,7 @@ impl App {
                 weight: 0,
                 source: switchyard_shared::BackendSource::Admin,
                 health_path: None,
+                protocol: Default::default(),
             };
             out.push(view(&m, now, &snap.config));
         }

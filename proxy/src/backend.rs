@@ -3,8 +3,9 @@
 //! in the running set, across config reloads, so its state is kept when the config
 //! changes.
 
-use std::sync::Arc;
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
@@ -14,7 +15,7 @@ use switchyard_shared::validate::BackendUrl;
 use switchyard_shared::{BackendSource, HealthStatus};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::resilience::{Circuit, Outlier, Transition};
 use crate::telemetry::metrics::Histogram;
 
@@ -30,6 +31,9 @@ pub struct Backend {
     pub stats: Stats,
     pub latency: PeakEwma,
     pub pool: Pool,
+    /// The HTTP/2 client's connections to it, for `h2c`/`h2` (the type is
+    /// `forward::h2`'s; held here so they live and go with the backend).
+    pub h2: OnceLock<Box<dyn Any + Send + Sync>>,
     pub draining: AtomicBool,
     pub health: HealthCell,
     pub circuit: Circuit,
@@ -51,6 +55,7 @@ impl Backend {
             stats: Stats::default(),
             latency: PeakEwma::default(),
             pool: Pool::default(),
+            h2: OnceLock::new(),
             draining: AtomicBool::new(false),
             health: HealthCell::default(),
             circuit: Circuit::default(),
@@ -91,15 +96,56 @@ pub enum Outcome {
     TimedOut,
     /// The connection broke before the response.
     Lost,
+    /// A gRPC call that ended with `grpc-status: code` (in the trailers, or in
+    /// the head of a trailers-only answer); `status` is the HTTP one (200).
+    Grpc {
+        status: StatusCode,
+        code: u32,
+        ttfb: Duration,
+    },
 }
 
 impl Outcome {
     pub fn failed(&self) -> bool {
         match self {
             Outcome::Response { status, .. } => status.is_server_error(),
+            Outcome::Grpc { status, code, .. } => {
+                status.is_server_error() || grpc_code_failed(*code)
+            }
             _ => true,
         }
     }
+}
+
+/// gRPC codes that say the server failed (what Envoy maps to a 5xx: UNKNOWN,
+/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS); the others
+/// are the caller's (NOT_FOUND, INVALID_ARGUMENT, ...) or OK.
+pub fn grpc_code_failed(code: u32) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+/// The name of a gRPC status code, for reasons and logs.
+pub fn grpc_code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
 }
 
 impl Outcome {
@@ -107,6 +153,9 @@ impl Outcome {
     pub fn describe(&self) -> std::borrow::Cow<'static, str> {
         match self {
             Outcome::Response { status, .. } => format!("HTTP {}", status.as_u16()).into(),
+            Outcome::Grpc { code, .. } => {
+                format!("grpc-status {code} ({})", grpc_code_name(*code)).into()
+            }
             Outcome::ConnectFailed => "connect failed".into(),
             Outcome::TimedOut => "timed out".into(),
             Outcome::Lost => "connection lost".into(),
@@ -138,7 +187,7 @@ impl Backend {
     ) -> Recorded {
         let failed = outcome.failed();
         let mut slow = false;
-        if let Outcome::Response { status, ttfb } = outcome {
+        if let Outcome::Response { status, ttfb } | Outcome::Grpc { status, ttfb, .. } = outcome {
             self.stats.requests.fetch_add(1, Relaxed);
             let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
             self.stats.status[class].fetch_add(1, Relaxed);
@@ -230,6 +279,8 @@ pub struct Member {
     pub source: BackendSource,
     /// Health-check path for this backend (config override or the default).
     pub health_path: Option<Arc<str>>,
+    /// How the proxy speaks to it (`http1`, `h2c`, `h2`).
+    pub protocol: Protocol,
 }
 
 // === impl HealthCell ===

@@ -250,6 +250,7 @@ pub fn apply_overrides(cli: &Cli, mut config: Config) -> Result<Config, String> 
                     },
                     weight: Weight(1),
                     health_check_path: None,
+                    protocol: Default::default(),
                     tls: None,
                 })
             })

@@ -115,6 +115,56 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The gRPC status code a gRPC client gets for this error: 14 UNAVAILABLE (no
+    /// backend, circuit open, backend unreachable), 4 DEADLINE_EXCEEDED, 8
+    /// RESOURCE_EXHAUSTED (rate limited), 13 INTERNAL (a request that could not
+    /// be passed on).
+    pub fn grpc_code(&self) -> u32 {
+        match self {
+            ProxyError::NoBackend
+            | ProxyError::TooManyConnections
+            | ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. } => 14,
+            ProxyError::Timeout { .. } => 4,
+            ProxyError::RateLimited(_) => 8,
+            ProxyError::BadRequest(_) | ProxyError::Refused(_) => 13,
+        }
+    }
+
+    /// The answer to a gRPC client (`content-type: application/grpc*`): a
+    /// trailers-only response, `200` with `grpc-status` and `grpc-message` in the
+    /// head and no body, which every gRPC client reads as the call's status.
+    pub fn into_grpc_response(self) -> Response<Bytes> {
+        let code = self.grpc_code();
+        let message: &'static str = match &self {
+            ProxyError::NoBackend => "no backend available",
+            ProxyError::RateLimited(_) => "rate limited",
+            ProxyError::Connect { .. } => "backend unreachable",
+            ProxyError::Upstream { .. } => "backend connection failed",
+            ProxyError::Timeout { .. } => "deadline exceeded at the proxy",
+            ProxyError::BadRequest(_) | ProxyError::Refused(_) => "request refused by the proxy",
+            ProxyError::TooManyConnections => "too many connections",
+        };
+        let mut resp = Response::new(Bytes::new());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(code));
+        // Plain ASCII without `%`: no percent-encoding needed.
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        if let ProxyError::RateLimited(rl) = &self {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(rl.retry_after.max(1)),
+            );
+        }
+        resp
+    }
+}
+
 // === answers for the TLS edge (see `tls`) ===
 
 /// `308 Permanent Redirect` to `location` (the plain listener's redirect to HTTPS;
@@ -147,4 +197,25 @@ pub fn not_found() -> Response<Bytes> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_clients_get_trailers_only_statuses() {
+        let r = ProxyError::NoBackend.into_grpc_response();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "no backend available");
+        assert!(r.body().is_empty());
+        let timeout = ProxyError::Timeout {
+            backend: "http://b:1".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(timeout.into_grpc_response().headers()["grpc-status"], "4");
+        assert_eq!(ProxyError::BadRequest("x").grpc_code(), 13);
+    }
 }

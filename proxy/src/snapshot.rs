@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, Member, Outcome, Recorded};
 use crate::balance::{self, Balance};
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::ratelimit::RateLimiter;
 use crate::state::{Overlay, OverlayOp};
 
@@ -42,6 +42,7 @@ pub struct Desired {
     pub weight: u32,
     pub source: BackendSource,
     pub health_path: Option<String>,
+    pub protocol: Protocol,
 }
 
 /// Config backends with the overlay applied, in config order then admin order.
@@ -56,6 +57,7 @@ pub fn desired(config: &Config, overlay: &Overlay) -> Vec<Desired> {
             weight: b.weight.0,
             source: BackendSource::Config,
             health_path: b.health_check_path.clone(),
+            protocol: b.protocol,
         })
         .collect();
     let mut admin: Vec<_> = overlay.entries.iter().collect();
@@ -84,6 +86,7 @@ pub fn desired(config: &Config, overlay: &Overlay) -> Vec<Desired> {
                         weight: entry.weight,
                         source: BackendSource::Admin,
                         health_path: None,
+                        protocol: Protocol::Http1,
                     }),
                 }
             }
@@ -119,6 +122,7 @@ pub fn diff(old: &[Member], new: &[Desired]) -> Diff {
                 if m.weight != n.weight
                     || m.source != n.source
                     || m.health_path.as_deref() != n.health_path.as_deref()
+                    || m.protocol != n.protocol
                 {
                     d.changed.push(n.key.clone());
                 } else {
@@ -167,6 +171,7 @@ impl Snapshot {
                     weight: d.weight,
                     source: d.source,
                     health_path: d.health_path.map(Into::into),
+                    protocol: d.protocol,
                 }
             })
             .collect();

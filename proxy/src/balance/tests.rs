@@ -20,6 +20,7 @@ fn members(weights: &[u32]) -> Vec<Member> {
                 weight: w,
                 source: BackendSource::Config,
                 health_path: None,
+                protocol: Default::default(),
             }
         })
         .collect()

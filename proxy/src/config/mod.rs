@@ -17,9 +17,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use switchyard_shared::validate::Scheme;
 
 pub use locate::LineIndex;
-pub use types::{Cidr, Count, Dur, Int, Percent, Positive, Ratio, Strategy, Url, Weight};
+pub use types::{
+    Cidr, Count, Dur, HealthKind, Int, Percent, Positive, Protocol, Ratio, Strategy, Url, Weight,
+};
 
 /// The whole, validated configuration. Immutable once built; a reload builds a new one.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -67,6 +70,10 @@ pub struct Config {
     /// The HTTPS listener (off unless configured); see [`tls::TlsConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<tls::TlsConfig>,
+}
+
+fn is_http1(p: &Protocol) -> bool {
+    *p == Protocol::Http1
 }
 
 fn default_panic_threshold() -> Percent {
@@ -135,6 +142,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Dur,
     /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
     pub http2: bool,
+    /// Streams one HTTP/2 client connection may have open at once (more are
+    /// refused by the protocol's own SETTINGS limit).
+    pub http2_max_concurrent_streams: Int<1, 100_000>,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub grace_period: Dur,
     /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are believed and extended;
@@ -156,6 +166,7 @@ impl Default for ServerConfig {
             max_headers: Int(100),
             header_read_timeout: Dur::secs(10),
             http2: true,
+            http2_max_concurrent_streams: Int(256),
             grace_period: Dur::secs(30),
             trusted_proxies: Vec::new(),
         }
@@ -174,6 +185,10 @@ pub struct BackendConfig {
     /// Overrides `health_check.path` for this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_path: Option<String>,
+    /// `http1` (default), `h2c` (HTTP/2 without TLS, `http://` URLs) or `h2`
+    /// (HTTP/2 over TLS by ALPN, `https://` URLs, with the `tls:` settings below).
+    #[serde(default, skip_serializing_if = "is_http1")]
+    pub protocol: Protocol,
     /// TLS settings for an `https` backend (verification, CA, SNI name, client
     /// certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +253,8 @@ pub struct UpstreamConfig {
     /// built-in Mozilla roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// The HTTP/2 client for `h2c`/`h2` backends.
+    pub http2: UpstreamHttp2,
 }
 
 impl Default for UpstreamConfig {
@@ -246,6 +263,49 @@ impl Default for UpstreamConfig {
             max_idle_per_backend: Int(256),
             preserve_host: true,
             ca_file: None,
+            http2: UpstreamHttp2::default(),
+        }
+    }
+}
+
+/// The HTTP/2 client to `h2c`/`h2` backends: streams share connections, and a
+/// connection is added when every open one carries `max_concurrent_streams`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamHttp2 {
+    /// Streams the proxy puts on one backend connection at once (the backend's own
+    /// SETTINGS limit, if lower, is respected too: the rest wait for a stream).
+    pub max_concurrent_streams: Int<1, 10_000>,
+    /// Connections kept per backend at most; past them, streams wait on the least
+    /// loaded one.
+    pub max_connections_per_backend: Int<1, 1000>,
+    /// PING sent after this long without frames; no answer within
+    /// `keepalive_timeout` closes the connection.
+    pub keepalive_interval: Dur,
+    pub keepalive_timeout: Dur,
+    /// A backend connection with no stream for this long is closed.
+    pub idle_timeout: Dur,
+    /// A response stream with no frame from the backend for this long is reset
+    /// (long streams are fine while they move; abandoned ones are not kept).
+    pub stream_idle_timeout: Dur,
+    /// Largest response header list accepted from a backend, bytes.
+    pub max_header_list_size: Int<1024, 16_777_216>,
+    /// Flow-control window per stream, bytes: what a backend may send ahead of
+    /// the client reading it (the bound on buffering per stream).
+    pub stream_window: Int<65_535, 16_777_215>,
+}
+
+impl Default for UpstreamHttp2 {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: Int(100),
+            max_connections_per_backend: Int(16),
+            keepalive_interval: Dur::secs(30),
+            keepalive_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            stream_idle_timeout: Dur::secs(300),
+            max_header_list_size: Int(64 * 1024),
+            stream_window: Int(1024 * 1024),
         }
     }
 }
@@ -280,6 +340,11 @@ impl Default for AdaptiveConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
+    /// `http` (GET `path`) or `grpc` (`grpc.health.v1.Health/Check` for `service`,
+    /// over HTTP/2: h2c for `http://` backends, h2 for `https://` ones).
+    pub kind: HealthKind,
+    /// The gRPC service asked about (`""`: the server as a whole).
+    pub service: String,
     /// GET this path on each backend.
     pub path: String,
     pub interval: Dur,
@@ -297,6 +362,8 @@ pub struct HealthCheckConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         Self {
+            kind: HealthKind::Http,
+            service: String::new(),
             path: "/health".into(),
             interval: Dur::secs(5),
             timeout: Dur::secs(1),
@@ -773,6 +840,17 @@ fn validate(c: &Config) -> Vec<(String, String)> {
         } else {
             seen.insert(key, i);
         }
+        match (b.protocol, b.url.parsed.scheme) {
+            (Protocol::H2c, Scheme::Https) => errs.push((
+                format!("backends[{i}].protocol"),
+                "h2c is HTTP/2 without TLS: use an http:// url, or protocol h2 for TLS".into(),
+            )),
+            (Protocol::H2, Scheme::Http) => errs.push((
+                format!("backends[{i}].protocol"),
+                "h2 is HTTP/2 over TLS: use an https:// url, or protocol h2c without TLS".into(),
+            )),
+            _ => {}
+        }
         if let Some(p) = &b.health_check_path
             && !p.starts_with('/')
         {
@@ -794,10 +872,15 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             "must be greater than 0".into(),
         ));
     }
+    let h2 = &c.upstream.http2;
     for (name, d) in [
         ("timeouts.connect", c.timeouts.connect),
         ("timeouts.request", c.timeouts.request),
         ("timeouts.idle", c.timeouts.idle),
+        ("upstream.http2.keepalive_interval", h2.keepalive_interval),
+        ("upstream.http2.keepalive_timeout", h2.keepalive_timeout),
+        ("upstream.http2.idle_timeout", h2.idle_timeout),
+        ("upstream.http2.stream_idle_timeout", h2.stream_idle_timeout),
     ] {
         if d.get().is_zero() {
             errs.push((name.into(), "must be greater than 0".into()));

@@ -245,3 +245,38 @@ fn tls_mistakes_are_named() {
     let e = err("tls:\n  self_signed: [a.test]\n  hsts: \"1 year\"\n");
     assert_eq!(e.field.as_deref(), Some("tls.hsts"));
 }
+
+#[test]
+fn protocols_and_grpc_health_checks_load_and_mismatches_are_refused() {
+    let c = parse(
+        "backends:\n  - url: \"http://a:50051\"\n    protocol: h2c\n  - url: \"https://b:443\"\n    protocol: h2\n  - url: \"http://c:80\"\nhealth_check:\n  kind: grpc\n  service: \"\"\n",
+        "c.yaml",
+    )
+    .unwrap();
+    let protocols: Vec<_> = c.backends.iter().map(|b| b.protocol).collect();
+    assert_eq!(protocols, [Protocol::H2c, Protocol::H2, Protocol::Http1]);
+    let hc = c.health_check.as_ref().unwrap();
+    assert_eq!((hc.kind, hc.service.as_str()), (HealthKind::Grpc, ""));
+    // Written back, it loads the same (http1 is left out as the default).
+    let again = parse(&yaml_serde::to_string(&c).unwrap(), "c.yaml").unwrap();
+    assert_eq!(again.backends[1].protocol, Protocol::H2);
+
+    let e = err("backends:\n  - url: \"https://a:443\"\n    protocol: h2c\n");
+    assert_eq!(e.field.as_deref(), Some("backends[0].protocol"));
+    assert_eq!(e.line, Some(3));
+    assert!(e.reason.contains("without TLS"), "{}", e.reason);
+    let e = err("backends:\n  - url: \"http://a:80\"\n    protocol: h2\n");
+    assert!(e.reason.contains("over TLS"), "{}", e.reason);
+    let e = err("backends:\n  - url: \"http://a:80\"\n    protocol: http3\n");
+    assert!(
+        e.reason.contains("unknown protocol `http3`"),
+        "{}",
+        e.reason
+    );
+    let e = err("health_check:\n  kind: tcp\n");
+    assert!(
+        e.reason.contains("unknown health check kind"),
+        "{}",
+        e.reason
+    );
+}

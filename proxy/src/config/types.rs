@@ -345,6 +345,104 @@ impl Serialize for Strategy {
     }
 }
 
+// === impl Protocol ===
+
+/// How the proxy speaks to a backend (names are a contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (the tuned, pooled path).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (`http://` URLs).
+    H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN (`https://` URLs).
+    H2,
+}
+
+impl Protocol {
+    pub const NAMES: [&'static str; 3] = ["http1", "h2c", "h2"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+        }
+    }
+
+    /// HTTP/2 in either form.
+    pub fn is_h2(self) -> bool {
+        self != Protocol::Http1
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            "h2" => Ok(Protocol::H2),
+            other => Err(format!(
+                "unknown protocol `{other}` (expected one of: {})",
+                Protocol::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+// === impl HealthKind ===
+
+/// What an active health check asks (names are a contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HealthKind {
+    /// `GET path`, passing on `expected_status`.
+    #[default]
+    Http,
+    /// `grpc.health.v1.Health/Check` over HTTP/2, passing on `SERVING`.
+    Grpc,
+}
+
+impl HealthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthKind::Http => "http",
+            HealthKind::Grpc => "grpc",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HealthKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "http" => Ok(HealthKind::Http),
+            "grpc" => Ok(HealthKind::Grpc),
+            other => Err(de::Error::custom(format!(
+                "unknown health check kind `{other}` (expected http or grpc)"
+            ))),
+        }
+    }
+}
+
+impl Serialize for HealthKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 // === impl Cidr ===
 
 /// An IP network such as `10.0.0.0/8` or a single address.

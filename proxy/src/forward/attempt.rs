@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +24,8 @@ use tokio::time::Instant;
 use tracing::Span;
 
 use super::body::{ReqBody, UpstreamBody};
+use super::grpc::{self, Pending};
+use super::h2::H2Answer;
 use super::headers::Forwarded;
 use super::pool::{self, ConnectError};
 use super::trace::Trace;
@@ -50,6 +53,8 @@ pub(super) struct Outgoing<'a> {
 pub(super) enum Ended {
     /// The backend answered; the head arrived at this instant.
     Answered(Response<UpstreamBody>, Instant),
+    /// An HTTP/2 backend answered (boxed: the rare, larger case).
+    AnsweredH2(Box<H2Answer>),
     /// 101 to a request that did not ask to switch protocols.
     Unexpected101,
     ConnectFailed(ConnectError),
@@ -186,16 +191,18 @@ impl Future for Answer {
 
 /// The end-of-attempt bookkeeping, for every way an attempt ends: the client
 /// span's outcome, then the backend's record under `snap`'s policies and the
-/// transitions it caused, and for an answer its latency.
+/// transitions it caused, and for an answer its latency. A gRPC answer whose
+/// status comes in its trailers is recorded then: its record comes back
+/// [`Pending`].
 pub(super) fn settle(
-    plane: &DataPlane,
+    plane: &Arc<DataPlane>,
     snap: &Snapshot,
-    backend: &Backend,
+    backend: &Arc<Backend>,
     span: Span,
     started: Instant,
     probe: Probe<'_>,
     ended: &Ended,
-) {
+) -> Option<Pending> {
     let (status, error, outcome, at) = match ended {
         Ended::Answered(resp, at) => {
             let status = resp.status();
@@ -203,26 +210,49 @@ pub(super) fn settle(
             let outcome = Outcome::Response { status, ttfb };
             (Some(status), None, outcome, Some(*at))
         }
+        Ended::AnsweredH2(a) => {
+            let status = a.resp.status();
+            let ttfb = a.at.saturating_duration_since(started);
+            let headers = a.resp.headers();
+            let outcome = match grpc::status(headers) {
+                Some(code) if grpc::is_grpc(headers) => Outcome::Grpc { status, code, ttfb },
+                None if status.is_success() && grpc::is_grpc(headers) => {
+                    Trace::attempt_done(&span, Some(status), None);
+                    plane.metrics.record_backend_latency(&backend.key, ttfb);
+                    let probe = probe.consume();
+                    return Some(Pending::new(
+                        plane.clone(),
+                        backend.clone(),
+                        started,
+                        ttfb,
+                        probe,
+                    ));
+                }
+                _ => Outcome::Response { status, ttfb },
+            };
+            (Some(status), None, outcome, Some(a.at))
+        }
         Ended::Unexpected101 => (None, Some("unexpected 101"), Outcome::Lost, None),
         Ended::ConnectFailed(_) => (None, Some("connect"), Outcome::ConnectFailed, None),
         Ended::Lost(_) => (None, Some("connection lost"), Outcome::Lost, None),
         Ended::TimedOut(_) => (None, Some("timeout"), Outcome::TimedOut, None),
         Ended::ClientAborted(_) => {
             Trace::attempt_done(&span, None, Some("client aborted"));
-            return;
+            return None;
         }
         // Nothing happened that says anything about the backend (the probe slot,
         // if any, goes back as the guard drops).
-        Ended::Stale(_) | Ended::NotSendable(_) | Ended::NoBody => return,
+        Ended::Stale(_) | Ended::NotSendable(_) | Ended::NoBody => return None,
     };
     Trace::attempt_done(&span, status, error);
     drop(span);
     let at = at.unwrap_or_else(Instant::now);
     let recorded = backend.record_at(outcome, started, at, probe.consume(), snap);
     plane.noted(backend, recorded);
-    if let Outcome::Response { ttfb, .. } = outcome {
+    if let Outcome::Response { ttfb, .. } | Outcome::Grpc { ttfb, .. } = outcome {
         plane.metrics.record_backend_latency(&backend.key, ttfb);
     }
+    None
 }
 
 /// A half-open circuit's probe slot, held by an attempt. Recording the attempt's
@@ -244,7 +274,7 @@ impl<'a> Probe<'a> {
     }
 
     /// Whether the attempt was a probe, for the breaker that now takes the slot.
-    fn consume(mut self) -> bool {
+    pub(super) fn consume(mut self) -> bool {
         std::mem::take(&mut self.held)
     }
 }

@@ -28,6 +28,8 @@ pub enum ReqBody {
     Incoming(Incoming),
     /// An HTTP/1.1 client's body (our server), streamed.
     Client(ClientBody),
+    /// A body the proxy made (a gRPC health check's request).
+    Full(Option<Bytes>),
 }
 
 impl ReqBody {
@@ -68,6 +70,7 @@ impl Body for ReqBody {
             ReqBody::Client(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(ClientBodyError::Client))),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -76,6 +79,7 @@ impl Body for ReqBody {
             ReqBody::Empty => true,
             ReqBody::Incoming(b) => b.is_end_stream(),
             ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Full(b) => b.is_none(),
         }
     }
 
@@ -84,6 +88,7 @@ impl Body for ReqBody {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Incoming(b) => b.size_hint(),
             ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }
@@ -98,6 +103,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// The backend's body, with the bookkeeping that ends with it.
     Upstream(UpstreamBody, ResponseGuard),
+    /// An HTTP/2 backend's body (boxed: the HTTP/1.1 variant stays the size).
+    H2(Box<super::h2::H2Body>),
 }
 
 impl ProxyBody {
@@ -107,6 +114,12 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         ProxyBody::Full(None)
+    }
+
+    /// `b`, or no body at all when it is empty (a gRPC trailers-only answer ends
+    /// with its head).
+    pub fn full_or_empty(b: Bytes) -> Self {
+        ProxyBody::Full((!b.is_empty()).then_some(b))
     }
 
     pub fn upstream(mut body: UpstreamBody, mut guard: ResponseGuard) -> Self {
@@ -141,6 +154,7 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+            ProxyBody::H2(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -148,6 +162,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Upstream(body, _) => body.is_end_stream(),
+            ProxyBody::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -156,6 +171,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Upstream(body, _) => body.size_hint(),
+            ProxyBody::H2(body) => body.size_hint(),
         }
     }
 }

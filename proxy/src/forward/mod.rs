@@ -13,6 +13,8 @@
 
 mod attempt;
 pub mod body;
+pub mod grpc;
+pub mod h2;
 pub mod pool;
 pub mod tls;
 pub mod trace;
@@ -133,14 +135,20 @@ pub async fn handle(
     if let (Some(t), true) = (trace.as_ref(), snap.limiter.is_some()) {
         t.rate_limit(admitted.is_ok());
     }
-    let result = match admitted.map_err(ProxyError::RateLimited) {
-        Err(e) => Err(e),
+    // Whether a failure is answered as gRPC: looked at only on failure.
+    let (result, grpc) = match admitted.map_err(ProxyError::RateLimited) {
+        Err(e) => {
+            let grpc = grpc::is_grpc(req.headers());
+            (Err(e), grpc)
+        }
         Ok(()) => {
             let upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
             let mut out = Outgoing::new(req, &peer, &snap.config, upgrade.is_some());
             // The request goes in by reference: the attempts' future stays small (it
             // is moved into this one, and this one into the connection's).
-            forward(&plane, &snap, &mut out, upgrade, started, &mut trace).await
+            let r = forward(&plane, &snap, &mut out, upgrade, started, &mut trace).await;
+            let grpc = r.is_err() && grpc::is_grpc(&out.parts.headers);
+            (r, grpc)
         }
     };
     std::mem::forget(counted);
@@ -157,6 +165,9 @@ pub async fn handle(
             if let Some(mut t) = trace {
                 t.respond(e.status(), None);
                 t.finish(elapsed);
+            }
+            if grpc {
+                return e.into_grpc_response().map(ProxyBody::full_or_empty);
             }
             e.into_response().map(ProxyBody::full)
         }
@@ -246,7 +257,8 @@ async fn forward(
             break;
         };
         excluded.push(idx);
-        let backend = &snap.members[idx].backend;
+        let member = &snap.members[idx];
+        let backend = &member.backend;
         let admission = {
             let (admission, half_open) = backend
                 .circuit
@@ -275,10 +287,32 @@ async fn forward(
             ),
             None => tracing::Span::none(),
         };
-        let ended = attempt::run!(plane, cfg, backend, out, &span, now, stale);
-        attempt::settle(plane, snap, backend, span, now, probe, &ended);
+        let ended = if member.protocol.is_h2() {
+            // Boxed: the HTTP/1.1 path's future does not grow by the HTTP/2 one.
+            Box::pin(h2::attempt(plane, cfg, backend, out, &span, now, stale)).await
+        } else {
+            attempt::run!(plane, cfg, backend, out, &span, now, stale)
+        };
+        let pending = attempt::settle(plane, snap, backend, span, now, probe, &ended);
         let resp = match ended {
             Ended::Answered(resp, _) => resp,
+            Ended::AnsweredH2(answer) => {
+                let status = answer.resp.status();
+                if retry_on_status(cfg, out, status, attempts, max_attempts)
+                    && another_available(snap, &excluded)
+                {
+                    debug!(backend = %backend.url, status = %status, "retrying on status");
+                    out.body = Some(ReqBody::Empty);
+                    continue;
+                }
+                inflight.hand_over();
+                let mut trace = trace.take();
+                if let Some(t) = trace.as_mut() {
+                    t.respond(answer.resp.status(), Some(&backend.url));
+                }
+                let guard = ResponseGuard::new(plane.clone(), backend.clone(), 0, started, trace);
+                return Ok(h2::respond(*answer, guard, pending, cfg));
+            }
             Ended::Stale(b) => {
                 // The pooled connection had been closed by the backend; nothing was
                 // answered, so this attempt does not count. Its other idle
@@ -335,13 +369,7 @@ async fn forward(
             Ended::NoBody => break,
         };
         let status = resp.status();
-        if out.replayable
-            && attempts < max_attempts
-            && cfg
-                .retries
-                .on_status
-                .iter()
-                .any(|s| s.get() == i64::from(status.as_u16()))
+        if retry_on_status(cfg, out, status, attempts, max_attempts)
             && another_available(snap, &excluded)
         {
             // Retried elsewhere: this answer (and its connection) is dropped.
@@ -432,6 +460,24 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
         host,
         https: peer.https,
     }
+}
+
+/// Whether an answer with `status` is dropped for another attempt
+/// (`retries.on_status`, for a request that can be sent again as it is).
+fn retry_on_status(
+    cfg: &Config,
+    out: &Outgoing<'_>,
+    status: StatusCode,
+    attempts: usize,
+    max_attempts: usize,
+) -> bool {
+    out.replayable
+        && attempts < max_attempts
+        && cfg
+            .retries
+            .on_status
+            .iter()
+            .any(|s| s.get() == i64::from(status.as_u16()))
 }
 
 fn is_idempotent(m: &Method) -> bool {

@@ -18,7 +18,7 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Box<Conn>, 
     let tls = match target.scheme {
         Scheme::Http => None,
         Scheme::Https => {
-            Some(tls::connector_for(&backend.key, &target.host).map_err(ConnectError::Tls)?)
+            Some(tls::connector_for(&backend.key, &target.host, false).map_err(ConnectError::Tls)?)
         }
     };
     switchyard_http1::pool::connect(&target.host, target.port, tls, timeout).await

@@ -34,15 +34,42 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// One backend's TLS: a connector and the name it sends.
+/// One setting's connectors: HTTP/1.1 (no ALPN, as before) and HTTP/2 (ALPN `h2`,
+/// for `protocol: h2` backends).
+#[derive(Clone)]
+struct Connectors {
+    http1: TlsConnector,
+    h2: TlsConnector,
+}
+
+impl Connectors {
+    fn new(config: rustls::ClientConfig) -> Self {
+        let mut h2 = config.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+        Self {
+            http1: TlsConnector::from(Arc::new(config)),
+            h2: TlsConnector::from(Arc::new(h2)),
+        }
+    }
+
+    fn pick(&self, h2: bool) -> TlsConnector {
+        if h2 {
+            self.h2.clone()
+        } else {
+            self.http1.clone()
+        }
+    }
+}
+
+/// One backend's TLS: its connectors and the name it sends.
 struct Client {
-    connector: TlsConnector,
+    connector: Connectors,
     server_name: Option<ServerName<'static>>,
 }
 
 /// The client TLS settings in force.
 struct Current {
-    default: TlsConnector,
+    default: Connectors,
     /// By backend key (`https://host:port`), for backends with a `tls:` block.
     backends: HashMap<String, Arc<Client>>,
 }
@@ -65,7 +92,7 @@ fn read_cas(path: &str, roots: &mut RootCertStore) -> Result<(), String> {
     Ok(())
 }
 
-fn build(ca_file: Option<&str>, backend: Option<&UpstreamTls>) -> Result<TlsConnector, String> {
+fn build(ca_file: Option<&str>, backend: Option<&UpstreamTls>) -> Result<Connectors, String> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -102,7 +129,7 @@ fn build(ca_file: Option<&str>, backend: Option<&UpstreamTls>) -> Result<TlsConn
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Connectors::new(config))
 }
 
 /// Builds the upstream TLS settings of `config` and puts them in force for new
@@ -151,8 +178,13 @@ pub fn configure(config: &Config) -> Result<(), String> {
 }
 
 /// The connector and server name for a new TLS connection to the backend `key`
-/// at `host` (Mozilla's roots alone until a config says otherwise).
-pub fn connector_for(key: &str, host: &str) -> Result<(TlsConnector, ServerName<'static>), String> {
+/// at `host` (Mozilla's roots alone until a config says otherwise); with `h2`,
+/// one that offers ALPN `h2`.
+pub fn connector_for(
+    key: &str,
+    host: &str,
+    h2: bool,
+) -> Result<(TlsConnector, ServerName<'static>), String> {
     let current = match CURRENT.load_full() {
         Some(c) => c,
         None => {
@@ -163,8 +195,8 @@ pub fn connector_for(key: &str, host: &str) -> Result<(TlsConnector, ServerName<
         }
     };
     let (connector, name) = match current.backends.get(key) {
-        Some(c) => (c.connector.clone(), c.server_name.clone()),
-        None => (current.default.clone(), None),
+        Some(c) => (c.connector.pick(h2), c.server_name.clone()),
+        None => (current.default.pick(h2), None),
     };
     let name = match name {
         Some(n) => n,

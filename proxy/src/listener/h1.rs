@@ -80,12 +80,7 @@ impl Handler for Proxy {
                 Ok::<_, std::convert::Infallible>(forward::handle(plane, req, peer, None).await)
             }
         });
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(self.max_head).unwrap_or(u32::MAX))
-            .keep_alive_interval(Duration::from_secs(30));
-        let h2 = b.serve_connection(TokioIo::new(io), svc);
+        let h2 = http2_server(&self.plane, self.max_head).serve_connection(TokioIo::new(io), svc);
         let mut h2 = std::pin::pin!(h2);
         if !*stop.borrow() {
             tokio::select! {
@@ -96,6 +91,27 @@ impl Handler for Proxy {
         h2.as_mut().graceful_shutdown();
         let _ = h2.await;
     }
+}
+
+/// hyper's HTTP/2 server as every client connection gets it (h2c here, h2 on
+/// the HTTPS listener): `server.http2_max_concurrent_streams` streams at once,
+/// header lists up to `max_head` bytes, PING every 30 s.
+pub fn http2_server(
+    plane: &DataPlane,
+    max_head: usize,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let streams = plane
+        .snapshot()
+        .config
+        .server
+        .http2_max_concurrent_streams
+        .as_u32();
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(streams)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30));
+    b
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::{Request, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -39,7 +39,7 @@ use crate::dataplane::DataPlane;
 use crate::forward::body::ReqBody;
 use crate::forward::{self, Peer, headers};
 use crate::listener::ConnGuard;
-use crate::listener::h1::{ClientUpgrade, Limits, Upgraded};
+use crate::listener::h1::{ClientUpgrade, Limits, Upgraded, http2_server};
 
 /// Accepts until `stop` fires, then lets open connections finish within the grace
 /// period.
@@ -166,6 +166,7 @@ async fn connection(
         tls.stats.resumed.fetch_add(1, Relaxed);
     }
     let peer = Peer::https(addr);
+    let plane_for_h2 = plane.clone();
     let svc = {
         let tls = tls.clone();
         service_fn(move |mut req: Request<Incoming>| {
@@ -187,12 +188,7 @@ async fn connection(
     let io = TokioIo::new(stream);
     let mut stop = stop;
     if h2 {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
-            .keep_alive_interval(Duration::from_secs(30));
-        let conn = b.serve_connection(io, svc);
+        let conn = http2_server(&plane_for_h2, limits.max_head).serve_connection(io, svc);
         let mut conn = std::pin::pin!(conn);
         if !*stop.borrow() {
             tokio::select! {
