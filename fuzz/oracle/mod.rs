@@ -1,8 +1,10 @@
 //! What the HTTP/1.1 codec must hold on any input, shared by the fuzz targets
-//! (`fuzz/fuzz_targets/h1_*.rs`) and the replay of their corpus in the normal
+//! (`fuzz/http1/fuzz_targets/h1_*.rs`) and the replay of their corpus in the normal
 //! test suite (`proxy/http1/tests/fuzz_corpus.rs`): never a panic; the same answer
 //! whether the bytes arrive whole, byte by byte or in random splits; and for
 //! request heads, the same reading as `httparse` plus the RFC 9112 framing rules.
+
+#![allow(dead_code)] // each target uses one part
 
 use bytes::BytesMut;
 use switchyard_http1::body::{Step, chunk_step};

@@ -587,3 +587,53 @@ async fn resets_right_after_acceptance_end_the_connection() {
     );
     p.shutdown().await;
 }
+
+/// A backend that stops reading an upload (and never answers) is given up on
+/// after `send_timeout`, not held until `timeouts.request`.
+#[tokio::test]
+async fn a_backend_that_stops_reading_an_upload_is_given_up_on() {
+    // Reads the head, then nothing, and never answers.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut head = [0u8; 256];
+        let _ = s.read(&mut head).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(s);
+    });
+    let p = proxy(&format!(
+        "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  send_timeout: 2s\ntimeouts:\n  request: 120s\nbackends:\n  - url: \"http://{backend}\"\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.proxy_addr).await.unwrap();
+    let size: u64 = 200_000_000;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < size {
+            if tx.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+    });
+    // The answer comes well before `timeouts.request` (120 s).
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(60), rx.read(&mut buf))
+        .await
+        .expect("answered before the request timeout")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
+    writer.abort();
+    p.shutdown().await;
+}

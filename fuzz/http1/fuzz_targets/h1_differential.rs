@@ -1,7 +1,7 @@
 //! Request heads against httparse plus the RFC 9112 framing rules: what Switchyard accepts reads the same, what it refuses the rules refuse.
 #![no_main]
 
-#[path = "../oracle/mod.rs"]
+#[path = "../../oracle/mod.rs"]
 mod oracle;
 
 use libfuzzer_sys::fuzz_target;
