@@ -307,10 +307,24 @@ async fn an_unfinished_h2_headers_block_is_closed_after_the_header_timeout() {
     ))
     .await;
     let mut s = h2c(p.proxy_addr, &[]).await;
+    // The server's SETTINGS acknowledged first: nothing may come between a
+    // HEADERS frame and its CONTINUATION.
+    let settings = until(&mut s, |f| f.kind == 0x4 && f.flags & 0x1 == 0)
+        .await
+        .unwrap();
+    answer(&mut s, &settings).await;
     let block = request_block("/", "a.example", &[("x-pad", "1")]);
     s.write_all(&frame(0x1, 0x1, 1, &block)).await.unwrap();
-    // Answered PINGs keep nothing alive: the connection ends.
-    tokio::time::timeout(Duration::from_secs(25), until(&mut s, |_| false))
+    // No CONTINUATION, ever (and so no PING answer either): the connection ends.
+    let closed = tokio::time::timeout(Duration::from_secs(25), async {
+        while let Some(f) = read_frame(&mut s).await {
+            assert!(
+                !(f.kind == 0x7 && f.payload[4..8] == 1u32.to_be_bytes()),
+                "refused as a protocol error instead"
+            );
+        }
+    });
+    closed
         .await
         .expect("closed well before h2's own keep-alive would (30 s + 20 s)");
     assert_eq!(a.control.requests.load(Relaxed), 0);
