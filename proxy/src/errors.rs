@@ -1,5 +1,5 @@
 //! Data-path errors and the one place every answer the proxy makes up comes from:
-//! 400/408/431 for heads the HTTP/1.1 server refuses, 429 for the rate limiter,
+//! 400/408/431/501 for heads the HTTP/1.1 server refuses, 429 for the rate limiter,
 //! 502/503/504 for the upstream side, 503 for a connection over the limit (as
 //! linkerd's `errors/respond.rs`). Clients get a status and a short plain body;
 //! the detail goes to the log and metrics.
@@ -61,6 +61,7 @@ impl ProxyError {
                 Refusal::Malformed(_) | Refusal::Ambiguous(_) => StatusCode::BAD_REQUEST,
                 Refusal::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
+                Refusal::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
             },
         }
     }
@@ -79,6 +80,7 @@ impl ProxyError {
                 Refusal::Ambiguous(_) => "ambiguous request framing\n",
                 Refusal::TooLarge => "request header fields too large\n",
                 Refusal::Timeout => "request head not received in time\n",
+                Refusal::UnknownCoding => "transfer coding not implemented\n",
             },
             ProxyError::TooManyConnections => "too many connections\n",
         };

@@ -82,7 +82,7 @@ async fn smuggling_shaped_requests_get_400_and_never_reach_a_backend() {
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc",
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc",
     ];
@@ -119,8 +119,8 @@ async fn smuggling_shaped_requests_get_400_and_never_reach_a_backend() {
     let text = String::from_utf8_lossy(&all);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
     // Cases 0-3 are smuggling-shaped framing (length with chunked, repeated
-    // lengths); 4-6 malformed heads (a coding other than chunked, chunked on
-    // HTTP/1.0, a space before the colon). Each kind has its counter.
+    // lengths); 4-6 malformed heads (a list of codings, chunked on HTTP/1.0, a
+    // space before the colon). Each kind has its counter.
     let prom = prometheus_text(p.admin_addr).await;
     assert!(
         prom.contains("switchyard_requests_refused_framing_total 4"),

@@ -694,3 +694,53 @@ async fn websockets_pass_through_over_tls() {
     ws.close(None).await.unwrap();
     p.shutdown().await;
 }
+
+/// HTTP/2 over TLS gets the same idle rule as h2c (issue #22): a connection that
+/// only answers PINGs, with no stream open, is closed after `header_read_timeout`.
+#[tokio::test]
+async fn an_idle_h2_connection_over_tls_is_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let leaf = t::write_pair(dir.path(), "leaf", &ca.leaf(&["api.example.com"]));
+    let backend = demo("b1").await;
+    let yaml = format!(
+        "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  header_read_timeout: 2s\n{}{}",
+        backends_yaml(&[(&backend, 1)]),
+        tls_yaml(&[(&leaf.0, &leaf.1)], "")
+    );
+    let p = proxy(&yaml).await;
+    let mut s = t::connect(
+        p.tls_addr.unwrap(),
+        "api.example.com",
+        t::verifying_config(&ca.pem, &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(25), async {
+        let mut h = [0u8; 9];
+        loop {
+            if s.read_exact(&mut h).await.is_err() {
+                return;
+            }
+            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let reply: Vec<u8> = match (h[3], h[4] & 1) {
+                (0x4, 0) => b"\x00\x00\x00\x04\x01\x00\x00\x00\x00".to_vec(),
+                (0x6, 0) => [&b"\x00\x00\x08\x06\x01\x00\x00\x00\x00"[..], &payload].concat(),
+                _ => continue,
+            };
+            if s.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle h2 over TLS still open after 25 s");
+    p.shutdown().await;
+}

@@ -15,6 +15,11 @@ use crate::codec::{Chunk, Framing, MAX_HEAD, hop_by_hop};
 
 /// Longest chunk-size line (with its extensions) waited for.
 const MAX_SIZE_LINE: usize = 4096;
+/// Largest chunk accepted: 2^60 − 1 bytes (an exabyte: no real body), so a size
+/// like `ffffffffffffffff` is refused at once instead of swallowing the rest of
+/// the stream as data. nginx and HAProxy stop near the same place (their parsers
+/// refuse sizes that would overflow a signed 64-bit offset once shifted).
+pub const MAX_CHUNK: u64 = (1 << 60) - 1;
 
 /// Why a body could not be read whole.
 #[derive(Debug)]
@@ -119,6 +124,9 @@ pub enum Step {
 pub fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, &'static str> {
     match state {
         Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((_, size))) if size > MAX_CHUNK => {
+                Err("chunk size too large")
+            }
             Ok(httparse::Status::Complete((used, size))) => {
                 let _ = buf.split_to(used);
                 Ok(Step::Next(if size == 0 {

@@ -20,6 +20,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue};
@@ -257,6 +258,11 @@ struct Writer<B> {
     deferred: Option<flush::Pending>,
     /// The request was offered to the flusher once already.
     offered: bool,
+    /// Longest wait for the backend to take more of the request (`None`: no bound
+    /// here), and its timer, armed only once a write has to wait.
+    send_timeout: Option<Duration>,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
 }
 
 impl<B> Writer<B>
@@ -306,7 +312,29 @@ where
 
     fn consume(&mut self, n: usize) {
         self.written = true;
+        self.moved = true;
         crate::sockio::consume(&mut self.queue, n);
+    }
+
+    /// A write has to wait: pending, or an error once the backend took nothing
+    /// for the send timeout (it stopped reading the upload).
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        let Some(limit) = self.send_timeout else {
+            return Poll::Pending;
+        };
+        match &mut self.stall {
+            None => self.stall = Some(Box::pin(tokio::time::sleep(limit))),
+            Some(t) if self.moved => t.as_mut().reset(tokio::time::Instant::now() + limit),
+            Some(_) => {}
+        }
+        self.moved = false;
+        match self.stall.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(UpstreamError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the backend took no request bytes for the send timeout",
+            )))),
+            _ => Poll::Pending,
+        }
     }
 
     /// Sends the request, through the flusher when it can.
@@ -322,12 +350,16 @@ where
     fn poll_send(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
         loop {
             while !self.queue.is_empty() {
-                let n = if self.queue.len() == 1 {
-                    ready!(Pin::new(&mut *io).poll_write(cx, &self.queue[0]))?
+                let polled = if self.queue.len() == 1 {
+                    Pin::new(&mut *io).poll_write(cx, &self.queue[0])
                 } else {
                     let slices: SmallVec<[IoSlice<'_>; 4]> =
                         self.queue.iter().map(|b| IoSlice::new(b)).collect();
-                    ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+                    Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+                };
+                let n = match polled {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return self.stalled(cx),
                 };
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
@@ -481,6 +513,9 @@ where
                 written: false,
                 deferred: None,
                 offered: false,
+                send_timeout: None,
+                stall: None,
+                moved: false,
             }),
             head_request: parts.method == Method::HEAD,
             replayable,
@@ -491,6 +526,15 @@ where
             ended: None,
             write_error: None,
         })
+    }
+
+    /// Bounds how long the backend may take no bytes of the request (an upload it
+    /// stopped reading): past it the exchange fails and its connection is closed.
+    pub fn send_timeout(mut self, limit: Duration) -> Self {
+        if let Some(w) = self.writer.as_mut() {
+            w.send_timeout = Some(limit);
+        }
+        self
     }
 
     /// Whether a close without an answer may be retried on a fresh connection.
@@ -561,7 +605,9 @@ where
             match sent {
                 Poll::Ready(Ok(())) => this.retire_writer(),
                 Poll::Ready(Err(e)) => {
-                    if e.is_client() {
+                    let stalled =
+                        matches!(&e, UpstreamError::Io(io) if io.kind() == io::ErrorKind::TimedOut);
+                    if e.is_client() || stalled {
                         return Poll::Ready(Err(SendError::Failed(e)));
                     }
                     if let UpstreamError::Io(io) = &e

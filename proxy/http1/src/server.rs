@@ -80,6 +80,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Serves a connection that opened with the HTTP/2 preface (the preface is
     /// still to be read from `io`) until it ends or `stop` fires.
     fn serve_h2(&self, io: Rewind, stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send;
+
+    /// The client took no response bytes for `send_timeout`: the connection is
+    /// being closed (and the response body, with its backend exchange, dropped).
+    fn send_timed_out(&self) {}
 }
 
 /// The connection-level limits, read once at start.
@@ -91,6 +95,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Time to send a request head; also bounds an idle keep-alive connection.
     pub header_timeout: Duration,
+    /// Longest wait for the client to take more response bytes.
+    pub send_timeout: Duration,
     /// Hand connections that open with the HTTP/2 preface to the handler.
     pub http2: bool,
 }
@@ -260,21 +266,31 @@ impl<H: Handler> Connection<H> {
 
     async fn write_rest(&mut self, rest: Vec<Bytes>) -> bool {
         let mut rest: flush::Bufs = rest.into_iter().collect();
-        poll_fn(|cx| {
+        let mut stall = Stall::new(self.limits.send_timeout);
+        let done = poll_fn(|cx| {
             while !rest.is_empty() {
-                if ready!(self.io.poll_write_ready(cx)).is_err() {
-                    return Poll::Ready(false);
+                match self.io.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(WriteError::Io)),
+                    Poll::Pending => return stall.poll(cx),
                 }
                 match sockio::try_write_bufs(&self.io, &rest) {
-                    Ok(0) => return Poll::Ready(false),
-                    Ok(n) => sockio::consume(&mut rest, n),
+                    Ok(0) => return Poll::Ready(Err(WriteError::Io)),
+                    Ok(n) => {
+                        sockio::consume(&mut rest, n);
+                        stall.progressed();
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Poll::Ready(false),
+                    Err(_) => return Poll::Ready(Err(WriteError::Io)),
                 }
             }
-            Poll::Ready(true)
+            Poll::Ready(Ok(()))
         })
-        .await
+        .await;
+        if let Err(WriteError::Stalled) = done {
+            self.handler.send_timed_out();
+        }
+        done.is_ok()
     }
 
     /// Reads until a complete request head is buffered.
@@ -413,11 +429,17 @@ impl<H: Handler> Connection<H> {
         // A whole response on a connection that goes on can wait for the end of
         // this turn; the connection then waits for the next request.
         let defer = keep && !upgrading;
-        let written = write_response(&self.io, out, &mut body, defer).await;
+        let written =
+            write_response(&self.io, out, &mut body, defer, self.limits.send_timeout).await;
         drop(body);
         match written {
             Ok(p) => self.pending = p,
-            Err(_) => return Next::Close { linger: false },
+            Err(e) => {
+                if matches!(e, WriteError::Stalled) {
+                    self.handler.send_timed_out();
+                }
+                return Next::Close { linger: false };
+            }
         }
         // Whatever the body left unread decides whether the connection can go on.
         let mut body_complete = true;
@@ -495,7 +517,8 @@ impl<H: Handler> Connection<H> {
             false,
             &mut keep,
         );
-        let written = write_response(&self.io, out, &mut body, false).await;
+        let written =
+            write_response(&self.io, out, &mut body, false, self.limits.send_timeout).await;
         drop(body);
         if written.is_ok() {
             self.close(true).await;
@@ -729,6 +752,8 @@ impl Queue {
 #[derive(Debug)]
 enum WriteError {
     Io,
+    /// The client took nothing for the send timeout.
+    Stalled,
     /// The backend's body failed or did not match its length; the client's copy is
     /// cut short (only closing the connection can tell it).
     Body,
@@ -741,7 +766,9 @@ async fn write_response<B: Body<Data = Bytes> + Unpin>(
     out: Encoded,
     body: &mut B,
     defer: bool,
+    send_timeout: Duration,
 ) -> Result<Option<flush::Pending>, WriteError> {
+    let mut stall = Stall::new(send_timeout);
     let mut queue = Queue {
         parts: SmallVec::new(),
         len: out.head.len(),
@@ -821,19 +848,62 @@ async fn write_response<B: Body<Data = Bytes> + Unpin>(
                     queue.parts.extend(bufs);
                 }
             }
-            if ready!(io.poll_write_ready(cx)).is_err() {
-                return Poll::Ready(Err(WriteError::Io));
+            match io.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(WriteError::Io)),
+                Poll::Pending => return stall.poll(cx).map(|r| r.map(|()| None)),
             }
             queue.seal();
             match sockio::try_write_bufs(io, &queue.parts) {
                 Ok(0) => return Poll::Ready(Err(WriteError::Io)),
-                Ok(n) => queue.consume(n),
+                Ok(n) => {
+                    queue.consume(n);
+                    stall.progressed();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(Err(WriteError::Io)),
             }
         }
     })
     .await
+}
+
+/// The send timeout of one response: a timer armed only when the socket will not
+/// take more (a response that goes out at once sets up nothing), moved on when the
+/// client takes some again.
+struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            timer: None,
+            moved: false,
+        }
+    }
+
+    /// The client took bytes.
+    fn progressed(&mut self) {
+        self.moved = true;
+    }
+
+    /// Waiting for the socket: pending until the timeout passes with no progress.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        match &mut self.timer {
+            None => self.timer = Some(Box::pin(tokio::time::sleep(self.limit))),
+            Some(t) if self.moved => t.as_mut().reset(Instant::now() + self.limit),
+            Some(_) => {}
+        }
+        self.moved = false;
+        match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(WriteError::Stalled)),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 /// Resolves when the flusher is done with the last response and could not send

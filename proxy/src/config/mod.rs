@@ -140,6 +140,11 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head; also bounds how long an
     /// idle keep-alive connection is kept.
     pub header_read_timeout: Dur,
+    /// Longest wait for a client to take more response bytes (an HTTP/1.1 socket
+    /// write, an HTTP/2 flow-control window), and for a backend to take more of an
+    /// upload; past it the client's connection or stream and the backend exchange
+    /// are closed.
+    pub send_timeout: Dur,
     /// Accept HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
     pub http2: bool,
     /// Streams one HTTP/2 client connection may have open at once (more are
@@ -165,6 +170,7 @@ impl Default for ServerConfig {
             max_header_bytes: Int(64 * 1024),
             max_headers: Int(100),
             header_read_timeout: Dur::secs(10),
+            send_timeout: Dur::secs(30),
             http2: true,
             http2_max_concurrent_streams: Int(256),
             grace_period: Dur::secs(30),
@@ -866,11 +872,13 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             format!("must differ from server.port ({})", c.server.port),
         ));
     }
-    if c.server.header_read_timeout.get().is_zero() {
-        errs.push((
-            "server.header_read_timeout".into(),
-            "must be greater than 0".into(),
-        ));
+    for (name, d) in [
+        ("server.header_read_timeout", c.server.header_read_timeout),
+        ("server.send_timeout", c.server.send_timeout),
+    ] {
+        if d.get().is_zero() {
+            errs.push((name.into(), "must be greater than 0".into()));
+        }
     }
     let h2 = &c.upstream.http2;
     for (name, d) in [

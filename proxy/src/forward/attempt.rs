@@ -144,7 +144,8 @@ pub(super) fn send(
         body,
         req.replayable,
     )
-    .map_err(Unsent::Framing)?;
+    .map_err(Unsent::Framing)?
+    .send_timeout(cfg.server.send_timeout.get());
     let timeout = cfg.timeouts.request.get();
     Ok(Answer {
         exchange,

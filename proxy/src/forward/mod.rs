@@ -111,10 +111,11 @@ pub trait PlainIntercept: Send + Sync {
 /// request that asked to switch protocols.
 pub async fn handle(
     plane: Arc<DataPlane>,
-    req: Request<ReqBody>,
+    mut req: Request<ReqBody>,
     peer: Peer,
     upgrade: Option<ClientUpgrade>,
 ) -> Response<ProxyBody> {
+    authority_wins(&mut req);
     if let Some(hook) = &peer.intercept
         && let Some(answer) = hook.intercept(&req)
     {
@@ -171,6 +172,31 @@ pub async fn handle(
             }
             e.into_response().map(ProxyBody::full)
         }
+    }
+}
+
+/// A target with an authority (HTTP/1.1 absolute form, HTTP/2's `:authority`)
+/// replaces any `Host` line (RFC 9112 §3.2.2, RFC 9113 §8.3.1), so routing, the
+/// backend and `X-Forwarded-Host` all see the one the request was sent to.
+fn authority_wins<B>(req: &mut Request<B>) {
+    if let Some(a) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str().rsplit('@').next().unwrap_or_default())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
+/// RFC 9112 §3.2 for an HTTP/1.1 request served by hyper (the HTTPS listener; the
+/// plain listener's wire crate refuses these itself): exactly one `Host`.
+pub fn host_refusal<B>(req: &Request<B>) -> Option<Refusal> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => None,
+        (None, _) => Some(Refusal::Malformed("missing host\n")),
+        (Some(_), Some(_)) => Some(Refusal::Malformed("more than one host\n")),
     }
 }
 

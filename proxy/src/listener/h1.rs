@@ -4,11 +4,11 @@
 //! opens with the HTTP/2 preface (h2c) goes to hyper's HTTP/2 server.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
 
 use http::{Request, Response};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use switchyard_http1::server::{ClientBody, Handler, Rewind};
 use tokio::sync::watch;
 use tracing::debug;
@@ -16,6 +16,7 @@ use tracing::debug;
 pub use switchyard_http1::server::{ClientIo, ClientUpgrade, Limits, Upgraded};
 pub use switchyard_http1::{Ambiguity, Refusal};
 
+use super::guard::{self, Timeouts, Watched};
 use crate::config::ServerConfig;
 use crate::dataplane::DataPlane;
 use crate::forward::body::{ProxyBody, ReqBody};
@@ -27,6 +28,7 @@ pub fn limits(cfg: &ServerConfig) -> Limits {
         max_head: cfg.max_header_bytes.as_usize(),
         max_headers: cfg.max_headers.as_usize(),
         header_timeout: cfg.header_read_timeout.get(),
+        send_timeout: cfg.send_timeout.get(),
         http2: cfg.http2,
     }
 }
@@ -37,6 +39,8 @@ pub struct Proxy {
     peer: Peer,
     /// For HTTP/2's header list limit.
     max_head: usize,
+    /// For HTTP/2's idle, head and send timeouts.
+    timeouts: Timeouts,
 }
 
 impl Proxy {
@@ -45,6 +49,10 @@ impl Proxy {
             plane,
             peer,
             max_head: limits.max_head,
+            timeouts: Timeouts {
+                header: limits.header_timeout,
+                send: limits.send_timeout,
+            },
         }
     }
 }
@@ -69,49 +77,40 @@ impl Handler for Proxy {
         forward::refuse(&self.plane, refusal, self.peer.addr)
     }
 
-    async fn serve_h2(&self, io: Rewind, mut stop: watch::Receiver<bool>) {
+    fn send_timed_out(&self) {
+        self.plane.metrics.send_timeouts.fetch_add(1, Relaxed);
+        debug!(client = %self.peer.addr, "client took no response bytes for send_timeout");
+    }
+
+    async fn serve_h2(&self, io: Rewind, stop: watch::Receiver<bool>) {
+        let shared = guard::Shared::new();
         let plane = self.plane.clone();
         let peer = self.peer.clone();
+        let streams = shared.clone();
         let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
             let plane = plane.clone();
             let peer = peer.clone();
+            let slot = streams.open_stream();
             async move {
                 let req = req.map(ReqBody::from_incoming);
-                Ok::<_, std::convert::Infallible>(forward::handle(plane, req, peer, None).await)
+                let resp = forward::handle(plane, req, peer, None).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Watched::new(slot, b)))
             }
         });
-        let h2 = http2_server(&self.plane, self.max_head).serve_connection(TokioIo::new(io), svc);
-        let mut h2 = std::pin::pin!(h2);
-        if !*stop.borrow() {
-            tokio::select! {
-                _ = h2.as_mut() => return,
-                _ = stop.changed() => {}
-            }
-        }
-        h2.as_mut().graceful_shutdown();
-        let _ = h2.await;
+        let io = guard::Frames::new(io, shared.clone());
+        let h2 = guard::h2_builder(&self.plane, self.max_head).serve_connection(TokioIo::new(io), svc);
+        let h2 = std::pin::pin!(h2);
+        guard::run(
+            h2,
+            |c| c.graceful_shutdown(),
+            &shared,
+            self.timeouts,
+            true,
+            &self.plane.metrics,
+            stop,
+        )
+        .await;
     }
-}
-
-/// hyper's HTTP/2 server as every client connection gets it (h2c here, h2 on
-/// the HTTPS listener): `server.http2_max_concurrent_streams` streams at once,
-/// header lists up to `max_head` bytes, PING every 30 s.
-pub fn http2_server(
-    plane: &DataPlane,
-    max_head: usize,
-) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let streams = plane
-        .snapshot()
-        .config
-        .server
-        .http2_max_concurrent_streams
-        .as_u32();
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .max_concurrent_streams(streams)
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30));
-    b
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! connection-level limits (the HTTP/1.1 server is the wire crate's; [`h1`] is what it
 //! calls) and drains gracefully on shutdown.
 
+pub mod guard;
 pub mod h1;
 
 use std::net::SocketAddr;

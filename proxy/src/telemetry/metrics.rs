@@ -50,6 +50,9 @@ pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
 pub const SPANS_DROPPED_TOTAL: &str = "switchyard_telemetry_spans_dropped_total";
 pub const REFUSED_FRAMING_TOTAL: &str = "switchyard_requests_refused_framing_total";
 pub const REFUSED_MALFORMED_TOTAL: &str = "switchyard_requests_refused_malformed_total";
+pub const SEND_TIMEOUTS_TOTAL: &str = "switchyard_send_timeouts_total";
+pub const H2_TIMEOUTS_TOTAL: &str = "switchyard_http2_timeouts_total";
+pub const H2_RESET_FLOODS_TOTAL: &str = "switchyard_http2_reset_floods_total";
 // The HTTPS edge's (see `tls`): only while TLS is configured.
 pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_seconds";
 pub const TLS_HANDSHAKES_TOTAL: &str = "switchyard_tls_handshakes_total";
@@ -272,8 +275,26 @@ pub static TABLE: &[Def] = &[
     proxy_counter!(
         REFUSED_MALFORMED_TOTAL,
         "{request}",
-        "Request heads refused before forwarding: malformed (400), too large (431) or not received within header_read_timeout (408).",
+        "Request heads refused before forwarding: malformed (400), too large (431), not received within header_read_timeout (408) or with an unknown transfer coding (501).",
         refused_malformed
+    ),
+    proxy_counter!(
+        SEND_TIMEOUTS_TOTAL,
+        "{response}",
+        "Responses cut off because the client took no bytes for server.send_timeout (HTTP/1.1 write or HTTP/2 window); their backend exchange is closed too.",
+        send_timeouts
+    ),
+    proxy_counter!(
+        H2_TIMEOUTS_TOTAL,
+        "{connection}",
+        "HTTP/2 client connections closed for header_read_timeout: idle (no open stream) or a HEADERS block left unfinished.",
+        h2_timeouts
+    ),
+    proxy_counter!(
+        H2_RESET_FLOODS_TOTAL,
+        "{connection}",
+        "HTTP/2 client connections ended with ENHANCE_YOUR_CALM for resetting too many streams right after opening them.",
+        h2_reset_floods
     ),
     Def {
         name: SPANS_DROPPED_TOTAL,
@@ -659,6 +680,12 @@ pub struct Metrics {
     pub refused_framing: AtomicU64,
     /// Request heads refused as malformed, too large or too slow (400/431/408).
     pub refused_malformed: AtomicU64,
+    /// Responses cut off by `server.send_timeout`.
+    pub send_timeouts: AtomicU64,
+    /// HTTP/2 connections closed idle or with an unfinished HEADERS block.
+    pub h2_timeouts: AtomicU64,
+    /// HTTP/2 connections ended for a reset flood.
+    pub h2_reset_floods: AtomicU64,
     /// The same histograms as OpenTelemetry instruments, while OTLP metrics are on.
     pub otel: std::sync::OnceLock<OtelHistograms>,
 }

@@ -39,7 +39,8 @@ use crate::dataplane::DataPlane;
 use crate::forward::body::ReqBody;
 use crate::forward::{self, Peer, headers};
 use crate::listener::ConnGuard;
-use crate::listener::h1::{ClientUpgrade, Limits, Upgraded, http2_server};
+use crate::listener::guard::{self, Timeouts, Watched};
+use crate::listener::h1::{ClientUpgrade, Limits, Upgraded};
 
 /// Accepts until `stop` fires, then lets open connections finish within the grace
 /// period.
@@ -166,54 +167,70 @@ async fn connection(
         tls.stats.resumed.fetch_add(1, Relaxed);
     }
     let peer = Peer::https(addr);
-    let plane_for_h2 = plane.clone();
+    let shared = guard::Shared::new();
     let svc = {
         let tls = tls.clone();
+        let plane = plane.clone();
+        let streams = shared.clone();
         service_fn(move |mut req: Request<Incoming>| {
             let plane = plane.clone();
             let peer = peer.clone();
             let tls = tls.clone();
+            let slot = streams.open_stream();
             let upgrade = (!h2).then(|| client_upgrade(&mut req)).flatten();
             async move {
                 let req = req.map(ReqBody::from_incoming);
-                let mut resp = forward::handle(plane, req, peer, upgrade).await;
+                let mut resp = match forward::host_refusal(&req) {
+                    Some(r) => forward::refuse(&plane, r, peer.addr),
+                    None => forward::handle(plane, req, peer, upgrade).await,
+                };
                 if let Some(h) = &tls.settings().hsts {
                     resp.headers_mut()
                         .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
                 }
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(resp.map(|b| Watched::new(slot, b)))
             }
         })
     };
-    let io = TokioIo::new(stream);
-    let mut stop = stop;
+    let timeouts = Timeouts {
+        header: limits.header_timeout,
+        send: limits.send_timeout,
+    };
+    let metrics = &plane.metrics;
     if h2 {
-        let conn = http2_server(&plane_for_h2, limits.max_head).serve_connection(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        if !*stop.borrow() {
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = stop.changed() => {}
-            }
-        }
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        let io = TokioIo::new(guard::Frames::new(stream, shared.clone()));
+        let conn = guard::h2_builder(&plane, limits.max_head).serve_connection(io, svc);
+        let conn = std::pin::pin!(conn);
+        guard::run(
+            conn,
+            |c| c.graceful_shutdown(),
+            &shared,
+            timeouts,
+            true,
+            metrics,
+            stop,
+        )
+        .await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_head.max(8192))
             .max_headers(limits.max_headers);
-        let conn = b.serve_connection(io, svc).with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        if !*stop.borrow() {
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = stop.changed() => {}
-            }
-        }
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        let conn = b
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        let conn = std::pin::pin!(conn);
+        guard::run(
+            conn,
+            |c| c.graceful_shutdown(),
+            &shared,
+            timeouts,
+            false,
+            metrics,
+            stop,
+        )
+        .await;
     }
 }
 

@@ -2254,6 +2254,9 @@ fn writer(framing: Out, queue: SmallVec<[Bytes; 4]>) -> Writer<ReqBody> {
         written: false,
         deferred: None,
         offered: false,
+        send_timeout: None,
+        stall: None,
+        moved: false,
     }
 }
 
@@ -2374,12 +2377,20 @@ fn chunked_decoding_is_independent_of_how_input_is_split() {
         assert_eq!(data, b"a");
         assert!(trailers.is_none());
     }
-    // The largest size httparse takes (16 hex digits) parses; a 17th fails.
-    let mut buf = BytesMut::from(&b"ffffffffffffffff\r\n"[..]);
+    // Sizes up to `MAX_CHUNK` parse; a larger one (no real body is that long)
+    // fails at once, as does a 17th hex digit.
+    let mut buf = BytesMut::from(&b"0fffffffffffffff\r\n"[..]);
     assert!(matches!(
         chunk_step(&mut buf, Chunk::Size),
-        Ok(Step::Next(Chunk::Data(u64::MAX)))
+        Ok(Step::Next(Chunk::Data(crate::body::MAX_CHUNK)))
     ));
+    for too_big in [&b"ffffffffffffffff\r\n"[..], b"1000000000000000\r\n"] {
+        let mut buf = BytesMut::from(too_big);
+        assert_eq!(
+            chunk_step(&mut buf, Chunk::Size).err(),
+            Some("chunk size too large")
+        );
+    }
     let mut buf = BytesMut::from(&b"1ffffffffffffffff\r\n"[..]);
     assert!(chunk_step(&mut buf, Chunk::Size).is_err());
     // After data: CR alone waits, anything else is an error.

@@ -84,7 +84,7 @@ pub fn hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
     match role(name) {
         Role::Upgrade => !upgrade,
         Role::Connection | Role::TransferEncoding | Role::Te | Role::HopByHop => true,
-        Role::ContentLength | Role::Expect | Role::Other => false,
+        Role::ContentLength | Role::Expect | Role::Host | Role::Other => false,
     }
 }
 
@@ -166,6 +166,7 @@ pub(crate) enum Role {
     Upgrade,
     Expect,
     Te,
+    Host,
     /// Another hop-by-hop header (`Keep-Alive`, `Proxy-*`, `Trailer`).
     HopByHop,
     Other,
@@ -181,6 +182,7 @@ pub(crate) fn role(name: &HeaderName) -> Role {
         "upgrade" => Role::Upgrade,
         "expect" => Role::Expect,
         "te" => Role::Te,
+        "host" => Role::Host,
         "keep-alive"
         | "proxy-connection"
         | "proxy-authenticate"
@@ -205,6 +207,12 @@ pub(crate) struct Facts {
     pub lengths: SmallVec<[(u32, u32); 2]>,
     /// `Transfer-Encoding` present: whether its last coding is chunked.
     pub chunked: Option<bool>,
+    /// `Transfer-Encoding` lines, and whether one of them is not a single coding
+    /// (a list, or empty).
+    pub te_lines: u8,
+    pub te_list: bool,
+    /// `Host` lines.
+    pub hosts: u8,
     /// `Connection` tokens.
     pub close: bool,
     pub keep_alive: bool,
@@ -224,7 +232,12 @@ impl Facts {
     fn note(&mut self, role: Role, v: &[u8], at: (u32, u32)) {
         match role {
             Role::ContentLength => self.lengths.push(at),
-            Role::TransferEncoding => self.chunked = Some(last_coding_is_chunked(v)),
+            Role::TransferEncoding => {
+                self.chunked = Some(last_coding_is_chunked(v));
+                self.te_lines = self.te_lines.saturating_add(1);
+                self.te_list |= v.contains(&b',') || v.trim_ascii().is_empty();
+            }
+            Role::Host => self.hosts = self.hosts.saturating_add(1),
             Role::Connection => {
                 for t in v.split(|&b| b == b',') {
                     let t = t.trim_ascii();

@@ -40,6 +40,8 @@ pub enum Refusal {
     Ambiguous(Ambiguity),
     /// 408: not received within the header timeout.
     Timeout,
+    /// 501: a transfer coding we do not implement (RFC 9112 §6.1).
+    UnknownCoding,
 }
 
 /// A parsed request head.
@@ -59,8 +61,10 @@ pub struct RequestHead {
 ///
 /// Refused: over `max_head` bytes or `max_headers` lines (431); malformed (400);
 /// ambiguous framing — `Content-Length` with `Transfer-Encoding`, repeated
-/// `Content-Length` — a `Transfer-Encoding` other than chunked, or one on an
-/// HTTP/1.0 request (400: a backend might frame such a request differently).
+/// `Content-Length` — a `Transfer-Encoding` that is not one `chunked` (a list,
+/// a repeated line), or one on an HTTP/1.0 request (400: a backend might frame
+/// such a request differently); a single unknown coding (501); more than one
+/// `Host`, or none on HTTP/1.1 (400, RFC 9112 §3.2).
 pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
@@ -121,10 +125,22 @@ pub fn parse_request(
                 "transfer-encoding on an HTTP/1.0 request\n",
             ));
         }
-        (Some(false), _) => return Err(Refusal::Malformed("unsupported transfer-encoding\n")),
+        // RFC 9112 §6.1, §7.1: only `chunked`, once (HAProxy and nginx refuse the rest).
+        (Some(_), _) if lines.te_lines > 1 || lines.te_list => {
+            return Err(Refusal::Malformed(
+                "transfer-encoding must be a single chunked\n",
+            ));
+        }
+        (Some(false), _) => return Err(Refusal::UnknownCoding),
         (Some(true), _) => Framing::Chunked(Chunk::Size),
         (None, _) => Framing::Length(length.unwrap_or(0)),
     };
+    match lines.hosts {
+        1 => {}
+        0 if minor == 0 => {}
+        0 => return Err(Refusal::Malformed("missing host\n")),
+        _ => return Err(Refusal::Malformed("more than one host\n")),
+    }
     let keep_alive = !lines.close && (minor == 1 || lines.keep_alive);
     let expect_continue = lines.expect_continue && minor == 1 && framing != Framing::Length(0);
     let upgrade = lines.upgrade && lines.upgrade_token;

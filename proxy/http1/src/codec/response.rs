@@ -70,7 +70,7 @@ pub fn parse_response(
         // Hop-by-hop lines are left out as they are read; `Upgrade` stays on a 101.
         let mut lines = Facts::default();
         let mut headers = read_lines(&head, &spans, 0, &mut lines, |role| match role {
-            Role::Other | Role::ContentLength | Role::Expect => true,
+            Role::Other | Role::ContentLength | Role::Expect | Role::Host => true,
             Role::Upgrade => upgrade,
             Role::Connection | Role::TransferEncoding | Role::Te | Role::HopByHop => false,
         })

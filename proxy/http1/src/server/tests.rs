@@ -28,6 +28,7 @@ fn limits() -> Limits {
         max_head: 1024,
         max_headers: 8,
         header_timeout: Duration::from_secs(5),
+        send_timeout: Duration::from_secs(5),
         http2: true,
     }
 }
@@ -80,8 +81,8 @@ fn an_incomplete_head_waits_for_more() {
 
 #[test]
 fn keep_alive_follows_the_version_and_connection_tokens() {
-    assert!(!head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
-    assert!(!head(b"GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n").keep_alive);
+    assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
+    assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x, Close\r\n\r\n").keep_alive);
     assert!(!head(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
     assert!(head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
     assert!(!head(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
@@ -90,33 +91,78 @@ fn keep_alive_follows_the_version_and_connection_tokens() {
 #[test]
 fn body_framing_is_read_from_the_head() {
     assert_eq!(
-        head(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").framing,
+        head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n").framing,
         Framing::Length(12)
     );
     assert_eq!(
-        head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").framing,
+        head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\n\r\n").framing,
         Framing::Chunked(Chunk::Size)
     );
-    assert_eq!(
-        head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .framing,
-        Framing::Chunked(Chunk::Size)
-    );
+}
+
+/// RFC 9112 §6.1/§7.1: `Transfer-Encoding` is one `chunked` or refused — a list
+/// or a repeated line is 400, a single coding we do not know 501.
+#[test]
+fn transfer_encoding_is_a_single_chunked_or_refused() {
+    for bad in [
+        &b"Transfer-Encoding: gzip, chunked\r\n"[..],
+        b"Transfer-Encoding: identity, chunked\r\n",
+        b"Transfer-Encoding: chunked, chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: \r\n",
+    ] {
+        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        req.extend_from_slice(bad);
+        req.extend_from_slice(b"\r\n");
+        assert!(
+            matches!(refusal(&req), Refusal::Malformed(_)),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    for unknown in ["gzip", "identity", "xchunked"] {
+        let req = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {unknown}\r\n\r\n");
+        assert_eq!(refusal(req.as_bytes()), Refusal::UnknownCoding, "{unknown}");
+    }
+}
+
+/// RFC 9112 §3.2: exactly one `Host` on HTTP/1.1 (none is fine on HTTP/1.0).
+#[test]
+fn host_is_required_once_on_http_1_1() {
+    assert!(matches!(
+        refusal(b"GET / HTTP/1.1\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(b"GET http://a.example/ HTTP/1.1\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n"),
+        Refusal::Malformed(_)
+    ));
+    head(b"GET / HTTP/1.0\r\n\r\n");
+    head(b"GET / HTTP/1.1\r\nhOsT: a\r\n\r\n");
 }
 
 #[test]
 fn smuggling_shaped_framing_is_refused() {
     use Refusal::{Ambiguous, Malformed};
     assert!(matches!(
-        refusal(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        refusal(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
         Ambiguous(Ambiguity::LengthAndChunked)
     ));
     assert!(matches!(
-        refusal(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+        refusal(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
         Ambiguous(Ambiguity::DuplicateLength)
     ));
     assert!(matches!(
-        refusal(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+        refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
         Malformed(_)
     ));
     assert!(matches!(
@@ -131,7 +177,7 @@ fn smuggling_shaped_framing_is_refused() {
         b"0x10",
         b"99999999999999999999",
     ] {
-        let mut req = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
+        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ".to_vec();
         req.extend_from_slice(bad);
         req.extend_from_slice(b"\r\n\r\n");
         assert!(matches!(refusal(&req), Malformed(_)), "{bad:?}");
@@ -142,45 +188,45 @@ fn smuggling_shaped_framing_is_refused() {
 fn malformed_and_oversized_heads_are_refused() {
     assert!(matches!(refusal(b"GARBAGE\r\n\r\n"), Refusal::Malformed(_)));
     assert!(matches!(
-        refusal(b"GET / HTTP/1.1\r\nno colon\r\n\r\n"),
+        refusal(b"GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n"),
         Refusal::Malformed(_)
     ));
     assert!(matches!(
-        refusal(b"GET / HTTP/1.1\r\nName : v\r\n\r\n"),
+        refusal(b"GET / HTTP/1.1\r\nHost: x\r\nName : v\r\n\r\n"),
         Refusal::Malformed(_)
     ));
     assert!(matches!(
         refusal(b"GET / HTTP/2.0\r\n\r\n"),
         Refusal::Malformed(_)
     ));
-    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..9 {
         many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
     }
     many.extend_from_slice(b"\r\n");
     assert!(matches!(refusal(&many), Refusal::TooLarge));
-    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2000));
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
     assert!(matches!(refusal(long.as_bytes()), Refusal::TooLarge));
 }
 
 #[test]
 fn upgrade_continue_and_trailers_are_noticed() {
     let h =
-        head(b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        head(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(h.upgrade);
     // An Upgrade header that Connection does not name is not a request to switch.
-    assert!(!head(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+    assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").upgrade);
     assert!(
-        head(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+        head(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
             .expect_continue
     );
     // Nothing to continue to without a body, nor for an HTTP/1.0 client.
-    assert!(!head(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    assert!(!head(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n").expect_continue);
     assert!(
         !head(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
             .expect_continue
     );
-    assert!(head(b"GET / HTTP/1.1\r\nTE: gzip, trailers\r\n\r\n").trailers);
+    assert!(head(b"GET / HTTP/1.1\r\nHost: x\r\nTE: gzip, trailers\r\n\r\n").trailers);
 }
 
 fn encode(
