@@ -66,11 +66,13 @@ impl Action {
                 serde_json::to_string(&AddBackendRequest {
                     url: url.clone(),
                     weight: Some(i64::from(*weight)),
+                    service: None,
                 })
             }
-            Action::Drain { url } => {
-                serde_json::to_string(&RemoveBackendRequest { url: url.clone() })
-            }
+            Action::Drain { url } => serde_json::to_string(&RemoveBackendRequest {
+                url: url.clone(),
+                service: None,
+            }),
         };
         // Serialising two plain fields cannot fail; an empty body would get a clear
         // 400 from the server anyway.

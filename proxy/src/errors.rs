@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// Every backend is down, ejected, draining or has an open circuit.
     #[error("no backend available")]
     NoBackend,
+    /// No route matched and the service `default` has no backends.
+    #[error("no route matches")]
+    NoRoute,
     #[error("rate limited")]
     RateLimited(RateLimited),
     #[error("connect to {backend}: {source}")]
@@ -53,6 +56,7 @@ impl ProxyError {
             ProxyError::NoBackend | ProxyError::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -70,6 +74,7 @@ impl ProxyError {
         let status = self.status();
         let body: &'static str = match &self {
             ProxyError::NoBackend => "no backend available\n",
+            ProxyError::NoRoute => "no route matches this request\n",
             ProxyError::RateLimited(_) => "too many requests\n",
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "bad gateway\n",
             ProxyError::Timeout { .. } => "gateway timeout\n",

@@ -10,6 +10,7 @@ fn backend(url: &str, requests: u64, errors: u64) -> BackendView {
     buckets[4] = requests;
     BackendView {
         url: url.into(),
+        service: "default".into(),
         weight: 1,
         source: BackendSource::Config,
         healthy: true,

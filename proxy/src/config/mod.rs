@@ -6,6 +6,7 @@
 //! prints for pre-merge CI of a config repository.
 
 mod locate;
+pub mod routes;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -19,6 +20,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use locate::LineIndex;
+pub use routes::{DEFAULT_SERVICE, RouteConfig, ServiceConfig};
 pub use types::{Cidr, Count, Dur, Int, Percent, Positive, Ratio, Strategy, Url, Weight};
 
 /// The whole, validated configuration. Immutable once built; a reload builds a new one.
@@ -67,6 +69,12 @@ pub struct Config {
     /// The HTTPS listener (off unless configured); see [`tls::TlsConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<tls::TlsConfig>,
+    /// Named pools beside `default` (see [`routes`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub services: std::collections::BTreeMap<String, ServiceConfig>,
+    /// Evaluated in order, first match wins; unmatched requests go to `default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 fn default_panic_threshold() -> Percent {
@@ -94,6 +102,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             gitops: None,
             tls: None,
+            services: Default::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -762,6 +772,90 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             ),
         ));
     }
+    errs.extend(validate_pool(c));
+    errs.extend(routes::validate(c));
+    if c.server.port != 0 && c.server.port == c.server.admin_port {
+        errs.push((
+            "server.admin_port".into(),
+            format!("must differ from server.port ({})", c.server.port),
+        ));
+    }
+    if c.server.header_read_timeout.get().is_zero() {
+        errs.push((
+            "server.header_read_timeout".into(),
+            "must be greater than 0".into(),
+        ));
+    }
+    if let Some(cl) = &c.cluster {
+        if let Some(url) = &cl.redis_url
+            && ![
+                "redis://",
+                "rediss://",
+                "redis+unix://",
+                "unix://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+                "redis+cluster://",
+                "rediss+cluster://",
+            ]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            errs.push((
+                "cluster.redis_url".into(),
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+                    .into(),
+            ));
+        }
+        if cl.name.is_empty()
+            || !cl
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errs.push((
+                "cluster.name".into(),
+                format!("`{}`: use letters, digits, `-`, `_` or `.`", cl.name),
+            ));
+        }
+        if cl.heartbeat_ttl <= cl.heartbeat_interval {
+            errs.push((
+                "cluster.heartbeat_ttl".into(),
+                "must be longer than heartbeat_interval".into(),
+            ));
+        }
+        if cl.timeout.get().is_zero() {
+            errs.push(("cluster.timeout".into(), "must be greater than 0".into()));
+        }
+    }
+    if !matches!(c.telemetry.protocol.as_str(), "grpc" | "http/protobuf") {
+        errs.push((
+            "telemetry.protocol".into(),
+            format!("`{}`: expected grpc or http/protobuf", c.telemetry.protocol),
+        ));
+    }
+    if !matches!(c.logging.format.as_str(), "text" | "json") {
+        errs.push((
+            "logging.format".into(),
+            format!("`{}`: expected text or json", c.logging.format),
+        ));
+    }
+    errs.extend(tls::validate(c));
+    if let Some(g) = &c.gitops
+        && g.poll_interval.get().is_zero()
+    {
+        errs.push((
+            "gitops.poll_interval".into(),
+            "must be greater than 0".into(),
+        ));
+    }
+    errs
+}
+
+/// The rules of one pool's blocks (the top level's, or a service's as
+/// [`Config::service_config`] gives it): `(field path, reason)` each.
+fn validate_pool(c: &Config) -> Vec<(String, String)> {
+    let mut errs = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, b) in c.backends.iter().enumerate() {
         let key = b.url.parsed.key();
@@ -781,18 +875,6 @@ fn validate(c: &Config) -> Vec<(String, String)> {
                 format!("must start with `/`, got `{p}`"),
             ));
         }
-    }
-    if c.server.port != 0 && c.server.port == c.server.admin_port {
-        errs.push((
-            "server.admin_port".into(),
-            format!("must differ from server.port ({})", c.server.port),
-        ));
-    }
-    if c.server.header_read_timeout.get().is_zero() {
-        errs.push((
-            "server.header_read_timeout".into(),
-            "must be greater than 0".into(),
-        ));
     }
     for (name, d) in [
         ("timeouts.connect", c.timeouts.connect),
@@ -880,69 +962,6 @@ fn validate(c: &Config) -> Vec<(String, String)> {
                 ));
             }
         }
-    }
-    if let Some(cl) = &c.cluster {
-        if let Some(url) = &cl.redis_url
-            && ![
-                "redis://",
-                "rediss://",
-                "redis+unix://",
-                "unix://",
-                "redis+sentinel://",
-                "rediss+sentinel://",
-                "redis+cluster://",
-                "rediss+cluster://",
-            ]
-            .iter()
-            .any(|p| url.starts_with(p))
-        {
-            errs.push((
-                "cluster.redis_url".into(),
-                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
-                    .into(),
-            ));
-        }
-        if cl.name.is_empty()
-            || !cl
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            errs.push((
-                "cluster.name".into(),
-                format!("`{}`: use letters, digits, `-`, `_` or `.`", cl.name),
-            ));
-        }
-        if cl.heartbeat_ttl <= cl.heartbeat_interval {
-            errs.push((
-                "cluster.heartbeat_ttl".into(),
-                "must be longer than heartbeat_interval".into(),
-            ));
-        }
-        if cl.timeout.get().is_zero() {
-            errs.push(("cluster.timeout".into(), "must be greater than 0".into()));
-        }
-    }
-    if !matches!(c.telemetry.protocol.as_str(), "grpc" | "http/protobuf") {
-        errs.push((
-            "telemetry.protocol".into(),
-            format!("`{}`: expected grpc or http/protobuf", c.telemetry.protocol),
-        ));
-    }
-    if !matches!(c.logging.format.as_str(), "text" | "json") {
-        errs.push((
-            "logging.format".into(),
-            format!("`{}`: expected text or json", c.logging.format),
-        ));
-    }
-    errs.extend(tls::validate(c));
-    if let Some(g) = &c.gitops
-        && g.poll_interval.get().is_zero()
-    {
-        errs.push((
-            "gitops.poll_interval".into(),
-            "must be greater than 0".into(),
-        ));
     }
     errs
 }

@@ -14,6 +14,7 @@
 mod attempt;
 pub mod body;
 pub mod pool;
+mod routed;
 pub mod tls;
 pub mod trace;
 
@@ -43,7 +44,7 @@ use crate::dataplane::DataPlane;
 use crate::errors::ProxyError;
 use crate::ratelimit::Checked;
 use crate::resilience::Admission;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Service, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
 /// The client end of a connection: its address, and that address as a header
@@ -124,27 +125,45 @@ pub async fn handle(
     // future (client gone, HTTP/2 stream reset) must still end the count.
     let counted = Counted(&plane.metrics);
     let snap = plane.snapshot();
-    let mut trace = Some(Trace::start(&plane, &req, peer.addr, &snap));
-    let admitted = match admit(&plane, &snap, &req, &peer) {
+    let (route, svc) = match routed::select(&snap, &req, &peer) {
+        routed::Selected::Forward(route, svc) => (route, svc),
+        routed::Selected::Answer(route) => {
+            std::mem::forget(counted);
+            return answer_here(&plane, &snap, &req, &peer, Some(route), started);
+        }
+        routed::Selected::NoRoute => {
+            std::mem::forget(counted);
+            return answer_here(&plane, &snap, &req, &peer, None, started);
+        }
+    };
+    let mut trace = Some(Trace::start(&plane, &req, peer.addr, svc, route));
+    let admitted = match admit(&plane, &snap, svc, route, &req, &peer) {
         Checked::Done(r) => r,
         // A cold key in a cluster: one store round trip (a boxed future: small here).
         Checked::Wait(w) => w.await,
     };
-    if let (Some(t), true) = (trace.as_ref(), snap.limiter.is_some()) {
+    if let Some(t) = trace.as_ref()
+        && (snap.limiter.is_some()
+            || svc.limiter.is_some()
+            || route.is_some_and(|r| matches!(snap.route_limiters.get(r.index), Some(Some(_)))))
+    {
         t.rate_limit(admitted.is_ok());
     }
     let result = match admitted.map_err(ProxyError::RateLimited) {
         Err(e) => Err(e),
         Ok(()) => {
             let upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
-            let mut out = Outgoing::new(req, &peer, &snap.config, upgrade.is_some());
+            let mut out = Outgoing::new(req, &peer, &svc.config, upgrade.is_some());
+            if let Some(r) = route {
+                routed::rewrite(r, &mut out.parts);
+            }
             // The request goes in by reference: the attempts' future stays small (it
             // is moved into this one, and this one into the connection's).
-            forward(&plane, &snap, &mut out, upgrade, started, &mut trace).await
+            forward(&plane, svc, route, &mut out, upgrade, started, &mut trace).await
         }
     };
     std::mem::forget(counted);
-    match result {
+    let mut resp = match result {
         Ok(resp) => {
             plane.metrics.count_status(resp.status());
             resp
@@ -160,7 +179,37 @@ pub async fn handle(
             }
             e.into_response().map(ProxyBody::full)
         }
+    };
+    if let Some(r) = route {
+        r.stats.count(&svc.name, resp.status());
+        if !r.response_headers.is_empty() {
+            r.response_headers.apply(resp.headers_mut());
+        }
     }
+    resp
+}
+
+/// A request answered without a backend: a route's redirect or fixed response,
+/// or the 404 of no route. Counted and logged like any other.
+fn answer_here(
+    plane: &DataPlane,
+    snap: &Snapshot,
+    req: &Request<ReqBody>,
+    peer: &Peer,
+    route: Option<&crate::route::Route>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let resp = routed::answer(req, route, peer);
+    let mut trace = Trace::start(plane, req, peer.addr, snap.default_service(), route);
+    plane.metrics.count_status(resp.status());
+    if let Some(r) = route {
+        r.stats.count("-", resp.status());
+    }
+    let elapsed = started.elapsed();
+    plane.metrics.finish_request(elapsed);
+    trace.respond(resp.status(), None);
+    trace.finish(elapsed);
+    resp
 }
 
 /// Ends a request's in-flight count if its future is dropped before it answers.
@@ -189,17 +238,31 @@ pub fn refuse(plane: &DataPlane, refusal: Refusal, peer: SocketAddr) -> Response
     e.into_response().map(ProxyBody::full)
 }
 
-/// The rate limiter's verdict on `req` (before anything else happens to it).
+/// The rate limiters' verdict on `req` (before anything else happens to it): the
+/// proxy-wide limit, then the service's, then the route's.
 fn admit<'a>(
     plane: &'a DataPlane,
     snap: &'a Snapshot,
+    svc: &'a Service,
+    route: Option<&crate::route::Route>,
     req: &Request<ReqBody>,
     peer: &Peer,
 ) -> Checked<'a> {
-    match &snap.limiter {
-        None => Checked::Done(Ok(())),
-        Some(limiter) => limiter.check(req, peer.addr, &plane.metrics),
+    let route_limiter = route.and_then(|r| snap.route_limiters.get(r.index)?.as_ref());
+    let mut limiters = snap.limiter.iter().chain(&svc.limiter).chain(route_limiter);
+    let Some(first) = limiters.next() else {
+        return Checked::Done(Ok(()));
+    };
+    let mut verdict = first.check(req, peer.addr, &plane.metrics);
+    for next in limiters {
+        match verdict {
+            Checked::Done(Ok(())) => verdict = next.check(req, peer.addr, &plane.metrics),
+            // Refused already, or waiting on the store: the first verdict stands
+            // (a cold key's wait is rare; the next limits apply from its next request).
+            other => return other,
+        }
     }
+    verdict
 }
 
 impl<'a> Outgoing<'a> {
@@ -224,14 +287,17 @@ impl<'a> Outgoing<'a> {
 /// retried); the first answer that is not retried goes to the client.
 async fn forward(
     plane: &Arc<DataPlane>,
-    snap: &Snapshot,
+    snap: &Service,
+    route: Option<&crate::route::Route>,
     out: &mut Outgoing<'_>,
     client_upgrade: Option<ClientUpgrade>,
     started: Instant,
     trace: &mut Option<Trace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
-    let max_attempts = 1 + cfg.retries.attempts.as_usize();
+    // A route's retries override the service's (looked up where used: the future
+    // holds no more across its awaits).
+    let max_attempts = 1 + retries_of(route, cfg).attempts.as_usize();
     let mut attempts = 0usize;
     // Indexes not to pick again: tried, or refused by their circuit.
     let mut excluded: SmallVec<[usize; 4]> = SmallVec::new();
@@ -275,7 +341,16 @@ async fn forward(
             ),
             None => tracing::Span::none(),
         };
-        let ended = attempt::run!(plane, cfg, backend, out, &span, now, stale);
+        let ended = attempt::run!(
+            plane,
+            cfg,
+            backend,
+            out,
+            &span,
+            now,
+            stale,
+            route.and_then(|r| r.timeout)
+        );
         attempt::settle(plane, snap, backend, span, now, probe, &ended);
         let resp = match ended {
             Ended::Answered(resp, _) => resp,
@@ -337,8 +412,7 @@ async fn forward(
         let status = resp.status();
         if out.replayable
             && attempts < max_attempts
-            && cfg
-                .retries
+            && retries_of(route, cfg)
                 .on_status
                 .iter()
                 .any(|s| s.get() == i64::from(status.as_u16()))
@@ -434,6 +508,16 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
     }
 }
 
+/// The retries in force: the route's, else the service's.
+fn retries_of<'a>(
+    route: Option<&'a crate::route::Route>,
+    cfg: &'a Config,
+) -> &'a crate::config::Retries {
+    route
+        .and_then(|r| r.retries.as_ref())
+        .unwrap_or(&cfg.retries)
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -443,7 +527,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// Whether a backend not tried yet could take a retry (so a retryable answer is
 /// only dropped when there is somewhere else to go).
-fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
+fn another_available(snap: &Service, excluded: &[usize]) -> bool {
     let now = Instant::now();
     snap.members
         .iter()
