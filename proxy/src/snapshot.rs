@@ -470,8 +470,10 @@ mod tests {
         let c = cfg(
             "backends:\n  - url: http://a:80\ntimeouts:\n  request: 5s\nservices:\n  api:\n    strategy: least-connections\n    backends:\n      - url: http://a:80\n      - url: http://b:80\n    timeouts:\n      request: 1s\n",
         );
-        let mut o = Overlay::default();
-        o.version = 1;
+        let mut o = Overlay {
+            version: 1,
+            ..Overlay::default()
+        };
         o.entries.insert(
             scoped_key("api", "http://c:80"),
             crate::state::OverlayEntry {
