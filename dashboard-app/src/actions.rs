@@ -62,14 +62,21 @@ impl Action {
     /// JSON request body.
     pub fn body(&self) -> String {
         let json = match self {
+            // A backend of a service other than `default` is named `<service>|<url>`.
             Action::Add { url, weight } | Action::ReAdd { url, weight } => {
+                let (service, url) = crate::model::split_id(url);
                 serde_json::to_string(&AddBackendRequest {
-                    url: url.clone(),
+                    url: url.to_string(),
                     weight: Some(i64::from(*weight)),
+                    service: service.map(String::from),
                 })
             }
             Action::Drain { url } => {
-                serde_json::to_string(&RemoveBackendRequest { url: url.clone() })
+                let (service, url) = crate::model::split_id(url);
+                serde_json::to_string(&RemoveBackendRequest {
+                    url: url.to_string(),
+                    service: service.map(String::from),
+                })
             }
         };
         // Serialising two plain fields cannot fail; an empty body would get a clear

@@ -76,7 +76,11 @@ impl Badge {
 /// One backend, ready to show.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendRow {
+    /// Unique over services: the URL in `default`, `<service>|<url>` elsewhere (what
+    /// the page keys cards, history and actions by).
+    pub id: String,
     pub url: String,
+    pub service: String,
     pub source: &'static str,
     pub weight: String,
     /// Whether it gets new requests, and if not why.
@@ -241,12 +245,31 @@ fn cluster_line(c: &ClusterBackendView, replicas: usize) -> Badge {
     Badge::new(format!("cluster: {}", parts.join(" · ")), tone)
 }
 
+/// A backend's identity on the page (see [`BackendRow::id`]).
+pub fn backend_id(b: &BackendView) -> String {
+    if b.service == "default" {
+        b.url.clone()
+    } else {
+        format!("{}|{}", b.service, b.url)
+    }
+}
+
+/// The service and URL of an id (see [`BackendRow::id`]).
+pub fn split_id(id: &str) -> (Option<&str>, &str) {
+    match id.split_once('|') {
+        Some((service, url)) => (Some(service), url),
+        None => (None, id),
+    }
+}
+
 fn backend_row(b: &BackendView, track: Option<&Track>, cluster: Option<Badge>) -> BackendRow {
     let window: Option<WindowStats> = track.and_then(|t| t.history.window(WINDOW_MS));
     let measured = window.is_some();
     let w = window.unwrap_or_default();
     BackendRow {
+        id: backend_id(b),
         url: b.url.clone(),
+        service: b.service.clone(),
         source: match b.source {
             BackendSource::Config => "config",
             BackendSource::Admin => "admin",
@@ -490,12 +513,12 @@ impl Dashboard {
         let at = snap.at_ms;
         for b in &snap.backends {
             self.tracks
-                .entry(b.url.clone())
+                .entry(backend_id(b))
                 .or_insert_with(Track::new)
                 .add(at, b);
             let entry = self
                 .known
-                .entry(b.url.clone())
+                .entry(backend_id(b))
                 .or_insert((b.weight.max(1), at));
             if b.weight > 0 {
                 entry.0 = b.weight;
@@ -503,7 +526,7 @@ impl Dashboard {
             entry.1 = at;
         }
         self.tracks
-            .retain(|url, _| snap.backends.iter().any(|b| &b.url == url));
+            .retain(|id, _| snap.backends.iter().any(|b| backend_id(b) == *id));
         self.totals.push(Sample {
             at_ms: at,
             requests: snap.totals.requests,
@@ -547,18 +570,56 @@ impl Dashboard {
         };
         let clustered = s.cluster.mode == "clustered";
         let replicas = s.cluster.replicas.len();
-        s.backends
+        let mut rows: Vec<BackendRow> = s
+            .backends
             .iter()
             .map(|b| {
                 let cluster = s
                     .cluster
                     .backends
                     .iter()
-                    .find(|c| clustered && c.url == b.url)
+                    .find(|c| clustered && c.url == backend_id(b))
                     .map(|c| cluster_line(c, replicas));
-                backend_row(b, self.tracks.get(&b.url), cluster)
+                backend_row(b, self.tracks.get(&backend_id(b)), cluster)
             })
-            .collect()
+            .collect();
+        // Grouped by service, in the proxy's service order (`default` first).
+        let order = |svc: &str| s.services.iter().position(|x| x.name == svc);
+        rows.sort_by_key(|r| order(&r.service).unwrap_or(usize::MAX));
+        rows
+    }
+
+    /// The backends' ids by service, in service order (services without backends
+    /// included, so an empty pool shows).
+    pub fn service_groups(&self) -> Vec<(String, Vec<String>)> {
+        let Some(s) = &self.latest else {
+            return Vec::new();
+        };
+        let rows = self.backends();
+        let mut out: Vec<(String, Vec<String>)> = s
+            .services
+            .iter()
+            .map(|svc| (svc.name.clone(), Vec::new()))
+            .collect();
+        for r in rows {
+            match out.iter_mut().find(|(n, _)| *n == r.service) {
+                Some((_, ids)) => ids.push(r.id),
+                None => out.push((r.service, vec![r.id])),
+            }
+        }
+        // Before services existed (an older proxy): one unnamed group.
+        if s.services.is_empty() && out.len() == 1 {
+            out[0].0 = "default".into();
+        }
+        out
+    }
+
+    /// The route table, in evaluation order.
+    pub fn routes(&self) -> Vec<switchyard_shared::RouteView> {
+        self.latest
+            .as_ref()
+            .map(|s| s.routes.clone())
+            .unwrap_or_default()
     }
 
     /// Backends seen earlier that the running set no longer has (removed, or drained
@@ -570,7 +631,7 @@ impl Dashboard {
         let mut out: Vec<GoneRow> = self
             .known
             .iter()
-            .filter(|(url, _)| !s.backends.iter().any(|b| &b.url == *url))
+            .filter(|(id, _)| !s.backends.iter().any(|b| backend_id(b) == **id))
             .map(|(url, (weight, seen))| GoneRow {
                 url: url.clone(),
                 weight: *weight,

@@ -218,6 +218,7 @@ pub fn App() -> impl IntoView {
         <main id="main" class:stale=stale aria-busy=move || (!ctx.dash.with(|d| d.has_data())).to_string()>
             <Summary ctx=ctx />
             <Backends ctx=ctx />
+            <RoutesPanel ctx=ctx />
             <div class="panels">
                 <ClusterPanel ctx=ctx />
                 <ConfigPanel ctx=ctx />
@@ -321,6 +322,7 @@ fn Summary(ctx: Ctx) -> impl IntoView {
 fn Backends(ctx: Ctx) -> impl IntoView {
     let rows = Memo::new(move |_| ctx.dash.with(|d| d.backends()));
     let gone = Memo::new(move |_| ctx.dash.with(|d| d.gone()));
+    let groups = Memo::new(move |_| ctx.dash.with(|d| d.service_groups()));
     let has_data = move || ctx.dash.with(|d| d.has_data());
     view! {
         <section class="backends" aria-labelledby="backends-title">
@@ -336,11 +338,20 @@ fn Backends(ctx: Ctx) -> impl IntoView {
                 <Show when=move || rows.with(Vec::is_empty)>
                     <p class="placeholder">"No backends in the running set."</p>
                 </Show>
-                <div class="cards" data-testid="backend-list">
+                <div data-testid="backend-list">
                     <For
-                        each=move || rows.get()
-                        key=|r| r.url.clone()
-                        children=move |r| view! { <BackendCard ctx=ctx url=r.url rows=rows /> }
+                        each=move || groups.get()
+                        key=|g| g.clone()
+                        children=move |(service, ids)| view! {
+                            <div class="service-group" data-testid="service-group" data-service=service.clone()>
+                                <h3 class="service-name">{format!("service {service}")}
+                                    <span class="count">{format!(" · {} backends", ids.len())}</span>
+                                </h3>
+                                <div class="cards">
+                                    {ids.into_iter().map(|id| view! { <BackendCard ctx=ctx url=id rows=rows /> }).collect_view()}
+                                </div>
+                            </div>
+                        }
                     />
                 </div>
             </Show>
@@ -378,7 +389,7 @@ fn gone_row(ctx: Ctx, g: GoneRow) -> impl IntoView {
 #[component]
 fn BackendCard(ctx: Ctx, url: String, rows: Memo<Vec<BackendRow>>) -> impl IntoView {
     let key = url.clone();
-    let row = Memo::new(move |_| rows.with(|rs| rs.iter().find(|r| r.url == key).cloned()));
+    let row = Memo::new(move |_| rows.with(|rs| rs.iter().find(|r| r.id == key).cloned()));
     let text = move |f: fn(&BackendRow) -> String| {
         move || row.with(|r| r.as_ref().map(f).unwrap_or_default())
     };
@@ -426,7 +437,7 @@ fn BackendCard(ctx: Ctx, url: String, rows: Memo<Vec<BackendRow>>) -> impl IntoV
             data-state=move || row.with(|r| r.as_ref().map(|r| r.status.tone.class()).unwrap_or("neutral"))
         >
             <header>
-                <h3 class="url"><code>{url.clone()}</code></h3>
+                <h3 class="url"><code>{text(|r| r.url.clone())}</code></h3>
                 {badge(|r| r.status.clone(), "status")}
             </header>
             <p class="sub">
@@ -556,6 +567,44 @@ fn ActionResult(ctx: Ctx) -> impl IntoView {
                 }
             })}
         </div>
+    }
+}
+
+#[component]
+fn RoutesPanel(ctx: Ctx) -> impl IntoView {
+    let routes = Memo::new(move |_| ctx.dash.with(|d| d.routes()));
+    view! {
+        <Show when=move || routes.with(|r| !r.is_empty())>
+            <section class="card routes" aria-labelledby="routes-title" data-testid="routes">
+                <h2 id="routes-title">"Routes"</h2>
+                <table>
+                    <thead><tr><th>"#"</th><th>"name"</th><th>"match"</th><th>"action"</th><th>"to"</th></tr></thead>
+                    <tbody>
+                        <For
+                            each=move || routes.get()
+                            key=|r| (r.index, r.name.clone(), r.matches.clone(), r.action.clone(), r.detail.clone())
+                            children=move |r| {
+                                let to = if r.services.len() > 1 {
+                                    r.services.iter().map(|(s, w)| format!("{s} ({w})")).collect::<Vec<_>>().join(", ")
+                                } else {
+                                    r.services.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>().join(", ")
+                                };
+                                let to = if r.detail.is_empty() { to } else if to.is_empty() { r.detail.clone() } else { format!("{to} · {}", r.detail) };
+                                view! {
+                                    <tr data-testid="route-row">
+                                        <td>{r.index}</td>
+                                        <td>{r.name.clone()}</td>
+                                        <td><code>{r.matches.clone()}</code></td>
+                                        <td>{r.action.clone()}</td>
+                                        <td>{to}</td>
+                                    </tr>
+                                }
+                            }
+                        />
+                    </tbody>
+                </table>
+            </section>
+        </Show>
     }
 }
 

@@ -32,7 +32,8 @@ use switchyard::config::types::in_any;
 use switchyard::config::{self, Cidr, Config, OnStoreError};
 use switchyard::forward::{Peer, headers};
 use switchyard::ratelimit::{Checked, ClusterLink, RateLimiter};
-use switchyard::snapshot::Snapshot;
+use switchyard::route::Router;
+use switchyard::snapshot::{Limiters, Service, Snapshot};
 use switchyard::state::{MemoryStore, Overlay, StateStore, TokenRequest};
 use switchyard::telemetry::metrics::Metrics;
 use switchyard_http1::codec::Extra as _;
@@ -61,10 +62,12 @@ fn balance_config(strategy: &str, n: usize) -> Config {
 
 /// A snapshot whose backends look like they have been serving for a while: a few
 /// requests in flight and a latency estimate each (the adaptive cost reads both).
-fn warm_snapshot(strategy: &str, n: usize, now: Instant) -> Snapshot {
+fn warm_snapshot(strategy: &str, n: usize, now: Instant) -> Service {
     let cfg = Arc::new(balance_config(strategy, n));
     let tau = cfg.adaptive.decay.get().as_nanos() as f64;
-    let snap = Snapshot::build(1, cfg, &Overlay::default(), None, &|_| None);
+    let snap = Snapshot::build(1, cfg, &Overlay::default(), Limiters::default(), &|_| None)
+        .services
+        .remove(0);
     for (i, m) in snap.members.iter().enumerate() {
         let b = &m.backend;
         b.stats.active.store((i % 4) as u64, Relaxed);
@@ -455,6 +458,48 @@ fn bench_ratelimit(c: &mut Criterion) {
     g.finish();
 }
 
+/// Route lookup with 1,000 host routes and 1,000 path-prefix routes (issue #19:
+/// at most 200 ns a match), for a request matching a host route, one matching a
+/// prefix route, and one matching nothing.
+fn bench_routes(c: &mut Criterion) {
+    let mut yaml =
+        String::from("services:\n  api:\n    backends: [{url: 'http://127.0.0.1:1'}]\nroutes:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - {{match: {{host: h{i}.example.com}}, service: api}}\n"
+        ));
+    }
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - {{match: {{path_segment_prefix: /svc{i}/v1}}, service: api}}\n"
+        ));
+    }
+    let cfg = parse(&yaml);
+    let names = cfg.service_names();
+    let router = Router::build(&cfg.routes, &|n| names.iter().position(|x| *x == n), None);
+    let req = |host: &str, path: &str| {
+        Request::builder()
+            .uri(path)
+            .header(header::HOST, host)
+            .body(())
+            .expect("request")
+    };
+    let mut g = c.benchmark_group("routes");
+    for (name, r) in [
+        ("host_match", req("h777.example.com", "/users/42")),
+        (
+            "prefix_match",
+            req("other.example.org", "/svc777/v1/users/42"),
+        ),
+        ("no_match", req("other.example.org", "/none/users/42")),
+    ] {
+        g.bench_function(format!("find_2000/{name}"), |b| {
+            b.iter(|| router.find(black_box(&r)).map(|x| x.index))
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -465,6 +510,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_balance, bench_headers, bench_ratelimit
+    targets = bench_balance, bench_headers, bench_ratelimit, bench_routes
 }
 criterion_main!(benches);

@@ -20,13 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Member};
-use crate::config::{Config, OnStoreError};
+use crate::config::{Config, OnStoreError, RateLimitConfig};
 use crate::dataplane::DataPlane;
 use crate::events::now_ms;
 use crate::ratelimit::{ClusterLink, RateLimiter};
-use crate::snapshot::{self, Diff, Snapshot};
+use crate::snapshot::{self, Diff, Limiters, Snapshot};
 use crate::state::{Overlay, OverlayOp, StateStore};
-use crate::telemetry::metrics::{BackendReading, Reading, Source, TlsSource};
+use crate::telemetry::metrics::{BackendReading, Reading, RouteReading, Source, TlsSource};
 use crate::telemetry::otel::Telemetry;
 
 /// Who this replica is.
@@ -241,9 +241,8 @@ impl App {
     pub fn all_backends(&self) -> Vec<Arc<Backend>> {
         let mut v: Vec<_> = self
             .snapshot()
-            .members
-            .iter()
-            .map(|m| m.backend.clone())
+            .all_members()
+            .map(|(_, m)| m.backend.clone())
             .collect();
         v.extend(self.draining());
         v
@@ -324,29 +323,22 @@ impl App {
 
     fn rebuild(&self, inner: &mut Inner) -> Diff {
         let old = self.snapshot();
-        let desired = snapshot::desired(&inner.config, &inner.overlay);
-        let diff = snapshot::diff(&old.members, &desired);
-        let limiter = match (&inner.config.rate_limit, &old.limiter) {
-            (Some(cfg), Some(l)) if l.config == *cfg => Some(l.clone()),
-            (Some(cfg), _) => Some(Arc::new(RateLimiter::new(
-                cfg,
-                &inner.config.server.trusted_proxies,
-                self.cluster.clustered.then(|| self.cluster.link.clone()),
-            ))),
-            (None, _) => None,
-        };
+        let desired = snapshot::desired_all(&inner.config, &inner.overlay);
+        let diff = snapshot::diff(old.all_members().map(|(_, m)| m), &desired);
+        let limiters = self.limiters(&inner.config, &old);
         let draining = &inner.draining;
         let reuse = |key: &str| {
             old.find(key)
-                .map(|m| m.backend.clone())
+                .map(|(_, m)| m.backend.clone())
                 .or_else(|| draining.iter().find(|b| &*b.key == key).cloned())
         };
-        let next = Snapshot::build(
+        let next = Snapshot::build_after(
             old.generation + 1,
             inner.config.clone(),
             &inner.overlay,
-            limiter,
+            limiters,
             &reuse,
+            Some(&old),
         );
         // Backends coming back from draining keep their state and stop draining.
         inner.draining.retain(|b| {
@@ -357,7 +349,7 @@ impl App {
             !back
         });
         for key in &diff.removed {
-            if let Some(m) = old.find(key) {
+            if let Some((_, m)) = old.find(key) {
                 m.backend.draining.store(true, Relaxed);
                 inner.draining.push(m.backend.clone());
             }
@@ -378,6 +370,46 @@ impl App {
             );
         }
         diff
+    }
+
+    /// The rate limiters `config` asks for, the old snapshot's kept where their
+    /// settings did not change (their buckets stay).
+    fn limiters(&self, config: &Config, old: &Snapshot) -> Limiters {
+        let link = || self.cluster.clustered.then(|| self.cluster.link.clone());
+        let trusted = &config.server.trusted_proxies;
+        let keep = |cfg: &RateLimitConfig, was: Option<&Arc<RateLimiter>>, scope: &str| match was {
+            Some(l) if l.config == *cfg => l.clone(),
+            _ => {
+                let l = RateLimiter::new(cfg, trusted, link());
+                Arc::new(if scope.is_empty() { l } else { l.scoped(scope) })
+            }
+        };
+        let mut out = Limiters {
+            proxy: config
+                .rate_limit
+                .as_ref()
+                .map(|c| keep(c, old.limiter.as_ref(), "")),
+            ..Limiters::default()
+        };
+        for (name, s) in &config.services {
+            if let Some(rl) = &s.rate_limit {
+                let was = old.service(name).and_then(|s| s.limiter.as_ref());
+                let l = keep(rl, was, &format!("service:{name}"));
+                out.services.insert(name.clone(), l);
+            }
+        }
+        for (i, r) in config.routes.iter().enumerate() {
+            if let Some(rl) = &r.rate_limit {
+                let label = r.label(i);
+                let was = old.router.as_ref().and_then(|t| {
+                    let at = t.routes().iter().position(|x| *x.name == *label)?;
+                    old.route_limiters.get(at)?.as_ref()
+                });
+                let l = keep(rl, was, &format!("route:{label}"));
+                out.routes.insert(label, l);
+            }
+        }
+        out
     }
 
     /// Forgets drained backends whose last request has finished.
@@ -408,11 +440,13 @@ impl App {
         let snap = self.snapshot();
         let now = Instant::now();
         let mut out: Vec<BackendView> = snap
-            .members
-            .iter()
-            .map(|m| view(m, now, &snap.config))
+            .all_members()
+            .map(|(s, m)| view(m, now, &s.config))
             .collect();
         for b in self.draining() {
+            let cfg = snap
+                .service(&b.service)
+                .map_or(&snap.default_service().config, |s| &s.config);
             let m = Member {
                 backend: b,
                 weight: 0,
@@ -420,7 +454,7 @@ impl App {
                 health_path: None,
                 protocol: Default::default(),
             };
-            out.push(view(&m, now, &snap.config));
+            out.push(view(&m, now, cfg));
         }
         out
     }
@@ -464,7 +498,7 @@ impl App {
     pub fn expire_ejections(&self) {
         let snap = self.snapshot();
         let now = Instant::now();
-        for m in &snap.members {
+        for (_, m) in snap.all_members() {
             if let Some(t) = m.backend.outlier.expire(m.backend.nanos(now)) {
                 self.note(&m.backend, t);
             }
@@ -479,16 +513,20 @@ impl Source for App {
         let snap = self.snapshot();
         let draining = self.draining();
         let now = Instant::now();
-        let cfg = &snap.config;
+        let default = &snap.default_service().config;
         let backends = snap
-            .members
-            .iter()
-            .map(|m| &m.backend)
+            .all_members()
+            .map(|(_, m)| &m.backend)
             .chain(&draining)
             .map(|b| {
+                let cfg = snap.service(&b.service).map_or(default, |s| &s.config);
                 let ns = b.nanos(now);
                 BackendReading {
-                    key: b.key.clone(),
+                    key: match crate::config::routes::split_key(&b.key) {
+                        (_, plain) if plain.len() < b.key.len() => plain.into(),
+                        _ => b.key.clone(),
+                    },
+                    service: b.service.clone(),
                     url: b.url.clone(),
                     status: b.stats.status_classes(),
                     errors: b.stats.errors.load(Relaxed),
@@ -519,8 +557,27 @@ impl Source for App {
             replicas: self.cluster.link.live() as u64,
             backends,
             tls: self.tls_source.get().map(|t| t.tls_reading()),
+            routes: route_readings(&snap),
         });
     }
+}
+
+/// Every route's answers per service.
+fn route_readings(snap: &Snapshot) -> Vec<RouteReading> {
+    let Some(router) = &snap.router else {
+        return Vec::new();
+    };
+    router
+        .routes()
+        .iter()
+        .flat_map(|r| {
+            r.stats.by_service.iter().map(|(service, c)| RouteReading {
+                route: r.name.clone(),
+                service: service.clone(),
+                status: std::array::from_fn(|i| c[i].load(Relaxed)),
+            })
+        })
+        .collect()
 }
 
 /// A short, stable digest of a config (same config, same digest, on any replica).
@@ -561,6 +618,7 @@ fn view(m: &Member, now: Instant, cfg: &Config) -> BackendView {
         });
     BackendView {
         url: b.url.to_string(),
+        service: b.service.to_string(),
         weight: m.weight,
         source: m.source,
         healthy: b.health.is_healthy(),
@@ -588,7 +646,13 @@ fn view(m: &Member, now: Instant, cfg: &Config) -> BackendView {
 fn drift(config: &Config, overlay: &Overlay) -> DriftView {
     let mut d = DriftView::default();
     for (key, e) in &overlay.entries {
-        let in_config = config.backends.iter().find(|b| &b.url.parsed.key() == key);
+        let (service, url_key) = crate::config::routes::split_key(key);
+        let backends = match config.services.get(service) {
+            Some(s) => &s.backends[..],
+            None if service == crate::config::DEFAULT_SERVICE => &config.backends[..],
+            None => &[],
+        };
+        let in_config = backends.iter().find(|b| b.url.parsed.key() == url_key);
         match (e.op, in_config) {
             (OverlayOp::Add, None) => d.only_runtime.push(key.clone()),
             (OverlayOp::Add, Some(b)) if b.weight.0 != e.weight => {

@@ -23,8 +23,11 @@ use crate::telemetry::metrics::Histogram;
 pub struct Backend {
     /// As written in the config or the admin call (`http://backend1:80`).
     pub url: Arc<str>,
-    /// Canonical identity (`http://backend1:80`, port explicit).
+    /// Canonical identity (`http://backend1:80`, port explicit), scoped by service
+    /// outside `default` (`api|http://backend1:80`; see `config::routes::scoped_key`).
     pub key: Arc<str>,
+    /// The service it serves.
+    pub service: Arc<str>,
     pub target: BackendUrl,
     /// `host:port`, sent as `Host` when the client's is not preserved.
     pub authority: HeaderValue,
@@ -43,13 +46,20 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A backend of the service `default`.
     pub fn new(url: &str, target: BackendUrl) -> Arc<Self> {
+        Self::in_service(url, target, crate::config::DEFAULT_SERVICE)
+    }
+
+    /// A backend of `service`.
+    pub fn in_service(url: &str, target: BackendUrl, service: &str) -> Arc<Self> {
         let epoch = Instant::now();
         let authority = HeaderValue::from_str(&target.authority())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Arc::new(Self {
             url: url.into(),
-            key: target.key().into(),
+            key: crate::config::routes::scoped_key(service, &target.key()).into(),
+            service: service.into(),
             target,
             authority,
             stats: Stats::default(),

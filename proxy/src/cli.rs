@@ -177,12 +177,23 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
         match config::load(f) {
-            Ok(c) => println!(
-                "{}: ok ({} backends, strategy {})",
-                f.display(),
-                c.backends.len(),
-                c.strategy().as_str()
-            ),
+            Ok(c) => {
+                let routed = if c.services.is_empty() && c.routes.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} more services, {} routes",
+                        c.services.len(),
+                        c.routes.len()
+                    )
+                };
+                println!(
+                    "{}: ok ({} backends, strategy {}{routed})",
+                    f.display(),
+                    c.backends.len(),
+                    c.strategy().as_str()
+                )
+            }
             Err(errs) => {
                 ok = false;
                 eprintln!("{errs}");

@@ -111,7 +111,13 @@ pub fn publish_transition(app: &Arc<App>, backend: &Backend, t: &Transition) {
         }
         Transition::CircuitHalfOpen => Decision::Circuit {
             state: CircuitState::HalfOpen,
-            remaining_ms: probe_hold(&app.snapshot().config).as_millis() as u64,
+            remaining_ms: {
+                let snap = app.snapshot();
+                let cfg = snap
+                    .find(&backend.key)
+                    .map_or(&snap.config, |(s, _)| &s.config);
+                probe_hold(cfg).as_millis() as u64
+            },
             reason: "probing".into(),
         },
         Transition::CircuitClosed => {
@@ -167,7 +173,9 @@ fn apply(app: &App, r: &Record) {
         return;
     }
     let snap = app.snapshot();
-    let Some(m) = snap.find(&r.key) else { return };
+    let Some((_, m)) = snap.find(&r.key) else {
+        return;
+    };
     let b = &m.backend;
     let now_ns = b.nanos(Instant::now());
     let by = &r.by;
@@ -265,7 +273,7 @@ fn local_decisions(app: &App) -> Vec<(String, Decision)> {
     let snap = app.snapshot();
     let now = Instant::now();
     let mut out = Vec::new();
-    for m in &snap.members {
+    for (_, m) in snap.all_members() {
         let b = &m.backend;
         let ns = b.nanos(now);
         if let Some(left) = b.circuit.remaining(ns)
@@ -403,7 +411,7 @@ impl StatsWindow {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut next = HashMap::new();
-        for m in &snap.members {
+        for (svc, m) in snap.all_members() {
             let b = &m.backend;
             let requests = b.stats.requests.load(Relaxed);
             let errors = b.stats.errors.load(Relaxed);
@@ -427,12 +435,12 @@ impl StatsWindow {
                 rps,
                 eps,
                 window_buckets,
-                circuit: if snap.config.circuit_breaker.is_some() {
+                circuit: if svc.config.circuit_breaker.is_some() {
                     b.circuit.state(b.nanos(now))
                 } else {
                     CircuitState::Closed
                 },
-                available: b.available(now, &snap.config),
+                available: b.available(now, &svc.config),
             });
             next.insert(b.key.clone(), (now, requests, errors, buckets));
         }
@@ -513,8 +521,8 @@ async fn probe_leases(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         let snap = app.snapshot();
         let connected = app.store.is_connected();
-        let hold = probe_hold(&snap.config);
-        for m in &snap.members {
+        for (svc, m) in snap.all_members() {
+            let hold = probe_hold(&svc.config);
             let b = &m.backend;
             let ns = b.nanos(Instant::now());
             let Some(left) = b.circuit.remaining(ns) else {
@@ -563,11 +571,11 @@ fn release_probe(app: &Arc<App>, key: &Arc<str>) {
     }
 }
 
-/// Rate-limit leases for the limiter in force (see [`ratelimit::lease_loop`]).
+/// Rate-limit leases for the limiters in force (see [`ratelimit::lease_loop`]).
 async fn token_sync(app: Arc<App>, stop: watch::Receiver<bool>) {
     let link = app.cluster.link.clone();
     let store = app.store.clone();
-    crate::ratelimit::lease_loop(&link, || app.snapshot().limiter.clone(), store, stop).await
+    crate::ratelimit::lease_loop(&link, || app.snapshot().limiters(), store, stop).await
 }
 
 // === the cluster view ===

@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// Every backend is down, ejected, draining or has an open circuit.
     #[error("no backend available")]
     NoBackend,
+    /// No route matched and the service `default` has no backends.
+    #[error("no route matches")]
+    NoRoute,
     #[error("rate limited")]
     RateLimited(RateLimited),
     #[error("connect to {backend}: {source}")]
@@ -53,6 +56,7 @@ impl ProxyError {
             ProxyError::NoBackend | ProxyError::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -71,6 +75,7 @@ impl ProxyError {
         let status = self.status();
         let body: &'static str = match &self {
             ProxyError::NoBackend => "no backend available\n",
+            ProxyError::NoRoute => "no route matches this request\n",
             ProxyError::RateLimited(_) => "too many requests\n",
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "bad gateway\n",
             ProxyError::Timeout { .. } => "gateway timeout\n",
@@ -120,8 +125,9 @@ impl ProxyError {
 impl ProxyError {
     /// The gRPC status code a gRPC client gets for this error: 14 UNAVAILABLE (no
     /// backend, circuit open, backend unreachable), 4 DEADLINE_EXCEEDED, 8
-    /// RESOURCE_EXHAUSTED (rate limited), 13 INTERNAL (a request that could not
-    /// be passed on).
+    /// RESOURCE_EXHAUSTED (rate limited), 12 UNIMPLEMENTED (no route: what a gRPC
+    /// client makes of an HTTP 404), 13 INTERNAL (a request that could not be
+    /// passed on).
     pub fn grpc_code(&self) -> u32 {
         match self {
             ProxyError::NoBackend
@@ -130,6 +136,7 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => 14,
             ProxyError::Timeout { .. } => 4,
             ProxyError::RateLimited(_) => 8,
+            ProxyError::NoRoute => 12,
             ProxyError::BadRequest(_) | ProxyError::Refused(_) => 13,
         }
     }
@@ -141,6 +148,7 @@ impl ProxyError {
         let code = self.grpc_code();
         let message: &'static str = match &self {
             ProxyError::NoBackend => "no backend available",
+            ProxyError::NoRoute => "no route matches",
             ProxyError::RateLimited(_) => "rate limited",
             ProxyError::Connect { .. } => "backend unreachable",
             ProxyError::Upstream { .. } => "backend connection failed",

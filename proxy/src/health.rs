@@ -42,23 +42,24 @@ pub async fn supervise(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
         let snap = app.snapshot();
-        if snap.config.health_check.is_none() {
-            for (_, (b, h)) in loops.drain() {
-                h.abort();
-                b.health.set(HealthStatus::Unchecked, None);
-            }
-            continue;
-        }
+        // Per service: a backend is probed while its service has health checks.
         loops.retain(|key, (b, h)| {
-            let keep =
-                snap.find(key).is_some_and(|m| Arc::ptr_eq(&m.backend, b)) && !h.is_finished();
+            let keep = snap.find(key).is_some_and(|(s, m)| {
+                Arc::ptr_eq(&m.backend, b) && s.config.health_check.is_some()
+            }) && !h.is_finished();
             if !keep {
                 h.abort();
+                if snap
+                    .find(key)
+                    .is_some_and(|(s, _)| s.config.health_check.is_none())
+                {
+                    b.health.set(HealthStatus::Unchecked, None);
+                }
             }
             keep
         });
-        for m in &snap.members {
-            if !loops.contains_key(&m.backend.key) {
+        for (s, m) in snap.all_members() {
+            if s.config.health_check.is_some() && !loops.contains_key(&m.backend.key) {
                 let h = tokio::spawn(probe_loop(app.clone(), m.backend.clone()));
                 loops.insert(m.backend.key.clone(), (m.backend.clone(), h));
             }
@@ -73,10 +74,10 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
     let mut first = true;
     loop {
         let snap = app.snapshot();
-        let Some(cfg) = snap.config.health_check.clone() else {
+        let Some((service, member)) = snap.find(&backend.key) else {
             return;
         };
-        let Some(member) = snap.find(&backend.key) else {
+        let Some(cfg) = service.config.health_check.clone() else {
             return;
         };
         let path = member

@@ -26,6 +26,7 @@ pub mod health;
 pub mod listener;
 pub mod ratelimit;
 pub mod resilience;
+pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -179,6 +179,9 @@ pub struct RateLimiter {
     pub config: RateLimitConfig,
     pub admitted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Seeds the bucket keys of a service's or route's limiter, so its buckets
+    /// (local and shared) are its own; 0 for the proxy-wide one.
+    scope: u64,
 }
 
 impl RateLimiter {
@@ -213,7 +216,18 @@ impl RateLimiter {
             config: config.clone(),
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            scope: 0,
         }
+    }
+
+    /// The same limiter with buckets of its own, named by `scope` (a service's or
+    /// a route's name, the same on every replica).
+    pub fn scoped(mut self, scope: &str) -> Self {
+        use std::hash::Hash;
+        let mut h = std::hash::DefaultHasher::new();
+        scope.hash(&mut h);
+        self.scope = h.finish() | 1;
+        self
     }
 
     /// Takes a token for `req` or says why not; a cold key in a cluster may have
@@ -315,6 +329,9 @@ impl RateLimiter {
             None => Box::new(self.buckets.hasher.build_hasher()),
         };
         h.write_usize(rule);
+        if self.scope != 0 {
+            h.write_u64(self.scope);
+        }
         match &self.key {
             RateLimitKey::Global => {}
             RateLimitKey::ClientIp => {
@@ -402,7 +419,7 @@ impl RateLimiter {
 /// limiter in force (a reload may replace it).
 pub async fn lease_loop(
     link: &ClusterLink,
-    current: impl Fn() -> Option<Arc<RateLimiter>>,
+    current: impl Fn() -> Vec<Arc<RateLimiter>>,
     store: Arc<dyn StateStore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -415,25 +432,28 @@ pub async fn lease_loop(
             _ = link.wake.notified() => true,
             _ = stop.changed() => return,
         };
-        let Some(limiter) = current() else {
-            continue;
-        };
-        if !link.store_ok.load(Relaxed) {
+        let limiters = current();
+        if limiters.is_empty() || !link.store_ok.load(Relaxed) {
             continue;
         }
-        if urgent || limiter.has_waiting() {
-            let (store, limiter) = (store.clone(), limiter.clone());
-            tokio::spawn(async move {
-                if let Err(e) = limiter.fetch(&*store).await {
-                    tracing::debug!(error = %e, "token fetch failed");
-                }
-            });
+        for limiter in &limiters {
+            if urgent || limiter.has_waiting() {
+                let (store, limiter) = (store.clone(), limiter.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = limiter.fetch(&*store).await {
+                        tracing::debug!(error = %e, "token fetch failed");
+                    }
+                });
+            }
         }
         if !urgent && !syncing.swap(true, Relaxed) {
             let (store, syncing) = (store.clone(), syncing.clone());
             tokio::spawn(async move {
-                if let Err(e) = limiter.sync(&*store).await {
-                    tracing::debug!(error = %e, "token lease failed");
+                // Every limiter (the proxy-wide one, services', routes') in turn.
+                for limiter in limiters {
+                    if let Err(e) = limiter.sync(&*store).await {
+                        tracing::debug!(error = %e, "token lease failed");
+                    }
                 }
                 syncing.store(false, Relaxed);
             });

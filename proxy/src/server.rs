@@ -313,9 +313,8 @@ async fn housekeeping(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         if now.duration_since(last_evict) >= Duration::from_secs(1) {
             last_evict = now;
             let snap = app.snapshot();
-            let idle = snap.config.timeouts.idle.get();
-            for m in &snap.members {
-                m.backend.pool.evict(idle, now);
+            for (svc, m) in snap.all_members() {
+                m.backend.pool.evict(svc.config.timeouts.idle.get(), now);
             }
         }
     }

@@ -1,8 +1,9 @@
-//! The immutable view every request reads: config, members and balancer, built
-//! together and swapped whole (one `ArcSwap` store), so no request ever sees the
-//! backends of one version with the settings of another.
+//! The immutable view every request reads: config, route table, and per service
+//! its settings, members and balancer, built together and swapped whole (one
+//! `ArcSwap` store), so no request ever sees the backends of one version with the
+//! settings of another, nor a route naming a service of another version.
 //!
-//! The running set is the config's backends with the admin overlay on top:
+//! A service's running set is its config's backends with the admin overlay on top:
 //! an overlay `add` puts a backend in (or changes its weight) whatever the config
 //! says, an overlay `remove` takes it out whatever the config says. Backends are
 //! matched by key across rebuilds, so a kept backend keeps its live state.
@@ -18,24 +19,54 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, Member, Outcome, Recorded};
 use crate::balance::{self, Balance};
-use crate::config::{Config, Protocol};
+use crate::config::routes::{scoped_key, split_key};
+use crate::config::{Config, DEFAULT_SERVICE, Protocol};
 use crate::ratelimit::RateLimiter;
+use crate::route::Router;
 use crate::state::{Overlay, OverlayOp};
 
 pub struct Snapshot {
     /// Increases with every rebuild (config change or membership change).
     pub generation: u64,
+    /// The whole config in force.
     pub config: Arc<Config>,
-    pub members: Vec<Member>,
-    pub balancer: Box<dyn Balance>,
+    /// `default` first, then the `services:` map in name order.
+    pub services: Vec<Service>,
+    /// The compiled routes; `None` without routes (every request goes to `default`).
+    pub router: Option<Router>,
+    /// Each route's own rate limit, by route index.
+    pub route_limiters: Vec<Option<Arc<RateLimiter>>>,
+    /// The proxy-wide rate limit (the top-level `rate_limit`).
     pub limiter: Option<Arc<RateLimiter>>,
     /// Overlay version this snapshot reflects.
     pub overlay_version: u64,
 }
 
+/// One service: its settings, members and balancer.
+pub struct Service {
+    pub name: Arc<str>,
+    /// The service's settings as a config whose top-level blocks are the
+    /// service's (see [`Config::service_config`]).
+    pub config: Arc<Config>,
+    pub members: Vec<Member>,
+    pub balancer: Box<dyn Balance>,
+    /// The service's own rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// Rate limiters a rebuild keeps or makes: the proxy-wide one, per service name,
+/// per route name.
+#[derive(Default)]
+pub struct Limiters {
+    pub proxy: Option<Arc<RateLimiter>>,
+    pub services: HashMap<String, Arc<RateLimiter>>,
+    pub routes: HashMap<String, Arc<RateLimiter>>,
+}
+
 /// A backend the running set should contain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
+    /// Scoped by service (see [`scoped_key`]).
     pub key: String,
     pub url: String,
     pub target: BackendUrl,
@@ -45,13 +76,14 @@ pub struct Desired {
     pub protocol: Protocol,
 }
 
-/// Config backends with the overlay applied, in config order then admin order.
-pub fn desired(config: &Config, overlay: &Overlay) -> Vec<Desired> {
-    let mut out: Vec<Desired> = config
+/// Service `name`'s config backends (`service` is its settings) with the overlay
+/// entries of that service applied, in config order then admin order.
+pub fn desired(name: &str, service: &Config, overlay: &Overlay) -> Vec<Desired> {
+    let mut out: Vec<Desired> = service
         .backends
         .iter()
         .map(|b| Desired {
-            key: b.url.parsed.key(),
+            key: scoped_key(name, &b.url.parsed.key()),
             url: b.url.raw.clone(),
             target: b.url.parsed.clone(),
             weight: b.weight.0,
@@ -60,7 +92,11 @@ pub fn desired(config: &Config, overlay: &Overlay) -> Vec<Desired> {
             protocol: b.protocol,
         })
         .collect();
-    let mut admin: Vec<_> = overlay.entries.iter().collect();
+    let mut admin: Vec<_> = overlay
+        .entries
+        .iter()
+        .filter(|(k, _)| split_key(k).0 == name)
+        .collect();
     admin.sort_by_key(|(_, e)| e.seq);
     for (key, entry) in admin {
         let pos = out.iter().position(|d| &d.key == key);
@@ -95,6 +131,16 @@ pub fn desired(config: &Config, overlay: &Overlay) -> Vec<Desired> {
     out
 }
 
+/// Every service's desired set, `default` first.
+pub fn desired_all(config: &Config, overlay: &Overlay) -> Vec<Desired> {
+    config
+        .service_names()
+        .into_iter()
+        .filter_map(|n| Some(desired(n, &config.service_config(n)?, overlay)))
+        .flatten()
+        .collect()
+}
+
 /// What a rebuild changes, by backend key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
@@ -112,8 +158,10 @@ impl Diff {
 }
 
 /// Compares the current members with a desired set.
-pub fn diff(old: &[Member], new: &[Desired]) -> Diff {
-    let old_by_key: HashMap<&str, &Member> = old.iter().map(|m| (&*m.backend.key, m)).collect();
+pub fn diff<'a>(old: impl Iterator<Item = &'a Member>, new: &[Desired]) -> Diff {
+    let old: Vec<&Member> = old.collect();
+    let old_by_key: HashMap<&str, &Member> = old.iter().map(|m| (&*m.backend.key, *m)).collect();
+    let new_keys: std::collections::HashSet<&str> = new.iter().map(|n| n.key.as_str()).collect();
     let mut d = Diff::default();
     for n in new {
         match old_by_key.get(n.key.as_str()) {
@@ -132,7 +180,7 @@ pub fn diff(old: &[Member], new: &[Desired]) -> Diff {
         }
     }
     for m in old {
-        if !new.iter().any(|n| *n.key == *m.backend.key) {
+        if !new_keys.contains(&*m.backend.key) {
             d.removed.push(m.backend.key.to_string());
         }
     }
@@ -142,49 +190,132 @@ pub fn diff(old: &[Member], new: &[Desired]) -> Diff {
 impl Snapshot {
     /// An empty snapshot (before the first config is applied).
     pub fn empty(config: Arc<Config>) -> Self {
+        let service = Service {
+            name: DEFAULT_SERVICE.into(),
+            balancer: balance::build(&config, &[]),
+            config: config.clone(),
+            members: Vec::new(),
+            limiter: None,
+        };
         Self {
             generation: 0,
-            balancer: balance::build(&config, &[]),
             config,
-            members: Vec::new(),
+            services: vec![service],
+            router: None,
+            route_limiters: Vec::new(),
             limiter: None,
             overlay_version: 0,
         }
     }
 
     /// Builds the snapshot for `config` + `overlay`, taking live backends from
-    /// `reuse` when it has them.
+    /// `reuse` (by scoped key) when it has them, and rate limiters from `limiters`.
     pub fn build(
         generation: u64,
         config: Arc<Config>,
         overlay: &Overlay,
-        limiter: Option<Arc<RateLimiter>>,
+        limiters: Limiters,
         reuse: &dyn Fn(&str) -> Option<Arc<Backend>>,
     ) -> Self {
-        let members: Vec<Member> = desired(&config, overlay)
-            .into_iter()
-            .map(|d| {
-                let backend =
-                    reuse(&d.key).unwrap_or_else(|| Backend::new(&d.url, d.target.clone()));
-                Member {
-                    backend,
-                    weight: d.weight,
-                    source: d.source,
-                    health_path: d.health_path.map(Into::into),
-                    protocol: d.protocol,
+        Self::build_after(generation, config, overlay, limiters, reuse, None)
+    }
+
+    /// [`Snapshot::build`] after `old`, whose route counters carry over.
+    pub fn build_after(
+        generation: u64,
+        config: Arc<Config>,
+        overlay: &Overlay,
+        limiters: Limiters,
+        reuse: &dyn Fn(&str) -> Option<Arc<Backend>>,
+        old: Option<&Snapshot>,
+    ) -> Self {
+        let mut limiters = limiters;
+        let names = config.service_names();
+        let services: Vec<Service> = names
+            .iter()
+            .map(|&name| {
+                let sc = Arc::new(config.service_config(name).unwrap_or_default());
+                let members: Vec<Member> = desired(name, &sc, overlay)
+                    .into_iter()
+                    .map(|d| {
+                        let backend = reuse(&d.key)
+                            .unwrap_or_else(|| Backend::in_service(&d.url, d.target.clone(), name));
+                        Member {
+                            backend,
+                            weight: d.weight,
+                            source: d.source,
+                            health_path: d.health_path.map(Into::into),
+                            protocol: d.protocol,
+                        }
+                    })
+                    .collect();
+                Service {
+                    name: name.into(),
+                    balancer: balance::build(&sc, &members),
+                    limiter: limiters.services.remove(name),
+                    config: sc,
+                    members,
                 }
             })
             .collect();
+        let router = (!config.routes.is_empty()).then(|| {
+            Router::build(
+                &config.routes,
+                &|n| names.iter().position(|x| *x == n),
+                old.and_then(|o| o.router.as_ref()),
+            )
+        });
+        let route_limiters = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| limiters.routes.remove(&r.label(i)))
+            .collect();
         Self {
             generation,
-            balancer: balance::build(&config, &members),
             config,
-            members,
-            limiter,
+            services,
+            router,
+            route_limiters,
+            limiter: limiters.proxy,
             overlay_version: overlay.version,
         }
     }
 
+    /// The service unmatched requests go to (always present).
+    pub fn default_service(&self) -> &Service {
+        &self.services[0]
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+
+    /// Every member of every service, with its service.
+    pub fn all_members(&self) -> impl Iterator<Item = (&Service, &Member)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.members.iter().map(move |m| (s, m)))
+    }
+
+    /// A member by scoped key, with its service.
+    pub fn find(&self, key: &str) -> Option<(&Service, &Member)> {
+        let svc = self.service(split_key(key).0)?;
+        Some((svc, svc.find(key)?))
+    }
+
+    /// Every rate limiter in force.
+    pub fn limiters(&self) -> Vec<Arc<RateLimiter>> {
+        self.limiter
+            .iter()
+            .chain(self.services.iter().filter_map(|s| s.limiter.as_ref()))
+            .chain(self.route_limiters.iter().flatten())
+            .cloned()
+            .collect()
+    }
+}
+
+impl Service {
     pub fn find(&self, key: &str) -> Option<&Member> {
         self.members.iter().find(|m| &*m.backend.key == key)
     }
@@ -228,7 +359,7 @@ impl Backend {
         outcome: Outcome,
         started: Instant,
         probe: bool,
-        snap: &Snapshot,
+        snap: &Service,
     ) -> Recorded {
         self.record_at(outcome, started, Instant::now(), probe, snap)
     }
@@ -241,7 +372,7 @@ impl Backend {
         started: Instant,
         now: Instant,
         probe: bool,
-        snap: &Snapshot,
+        snap: &Service,
     ) -> Recorded {
         self.account(outcome, started, now, probe, &snap.config, &snap.members)
     }
@@ -288,7 +419,7 @@ mod tests {
             ("http://a:80", OverlayOp::Remove, 1),
             ("http://b", OverlayOp::Add, 5),
         ]);
-        let d = desired(&c, &o);
+        let d = desired(DEFAULT_SERVICE, &c, &o);
         let keys: Vec<_> = d
             .iter()
             .map(|d| (d.key.as_str(), d.weight, d.source))
@@ -303,8 +434,14 @@ mod tests {
     }
 
     fn members_of(c: &Config) -> Vec<Member> {
-        let snap = Snapshot::build(1, Arc::new(c.clone()), &Overlay::default(), None, &|_| None);
-        snap.members
+        let snap = Snapshot::build(
+            1,
+            Arc::new(c.clone()),
+            &Overlay::default(),
+            Limiters::default(),
+            &|_| None,
+        );
+        snap.services.into_iter().next().unwrap().members
     }
 
     #[test]
@@ -315,15 +452,15 @@ mod tests {
         let new_cfg = cfg(
             "backends:\n  - url: http://a:80\n  - url: http://b:80\n    weight: 4\n  - url: http://d:80\n",
         );
-        let d = diff(&old, &desired(&new_cfg, &Overlay::default()));
+        let d = diff(old.iter(), &desired_all(&new_cfg, &Overlay::default()));
         assert_eq!(d.added, vec!["http://d:80"]);
         assert_eq!(d.removed, vec!["http://c:80"]);
         assert_eq!(d.changed, vec!["http://b:80"]);
         assert_eq!(d.kept, vec!["http://a:80"]);
         assert!(!d.is_empty());
         let same = diff(
-            &old,
-            &desired(
+            old.iter(),
+            &desired_all(
                 &cfg(
                     "backends:\n  - url: http://a:80\n  - url: http://b:80\n  - url: http://c:80\n",
                 ),
@@ -334,15 +471,77 @@ mod tests {
     }
 
     #[test]
+    fn services_have_their_own_members_keys_and_settings() {
+        let c = cfg(
+            "backends:\n  - url: http://a:80\ntimeouts:\n  request: 5s\nservices:\n  api:\n    strategy: least-connections\n    backends:\n      - url: http://a:80\n      - url: http://b:80\n    timeouts:\n      request: 1s\n",
+        );
+        let mut o = Overlay {
+            version: 1,
+            ..Overlay::default()
+        };
+        o.entries.insert(
+            scoped_key("api", "http://c:80"),
+            crate::state::OverlayEntry {
+                url: "http://c:80".into(),
+                op: OverlayOp::Add,
+                weight: 2,
+                seq: 1,
+            },
+        );
+        let snap = Snapshot::build(1, Arc::new(c), &o, Limiters::default(), &|_| None);
+        let names: Vec<_> = snap.services.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["default", "api"]);
+        let keys = |i: usize| -> Vec<String> {
+            snap.services[i]
+                .members
+                .iter()
+                .map(|m| m.backend.key.to_string())
+                .collect()
+        };
+        // `default` keeps plain keys (its cluster state keeps its Redis keys).
+        assert_eq!(keys(0), ["http://a:80"]);
+        assert_eq!(
+            keys(1),
+            ["api|http://a:80", "api|http://b:80", "api|http://c:80"]
+        );
+        let api = snap.service("api").unwrap();
+        assert_eq!(api.config.timeouts.request, crate::config::Dur::secs(1));
+        assert_eq!(
+            api.config.strategy(),
+            crate::config::Strategy::LeastConnections
+        );
+        assert_eq!(
+            snap.default_service().config.timeouts.request,
+            crate::config::Dur::secs(5)
+        );
+        let (svc, m) = snap.find("api|http://c:80").unwrap();
+        assert_eq!((&*svc.name, m.weight), ("api", 2));
+        assert!(!Arc::ptr_eq(
+            &keys_backend(&snap, 0),
+            &keys_backend(&snap, 1)
+        ));
+    }
+
+    fn keys_backend(snap: &Snapshot, service: usize) -> Arc<Backend> {
+        snap.services[service].members[0].backend.clone()
+    }
+
+    #[test]
     fn rebuild_reuses_live_backends() {
         let c = Arc::new(cfg(
             "backends:\n  - url: http://a:80\n  - url: http://b:80\n",
         ));
-        let first = Snapshot::build(1, c.clone(), &Overlay::default(), None, &|_| None);
-        let second = Snapshot::build(2, c, &Overlay::default(), None, &|k| {
-            first.find(k).map(|m| m.backend.clone())
+        let first = Snapshot::build(
+            1,
+            c.clone(),
+            &Overlay::default(),
+            Limiters::default(),
+            &|_| None,
+        );
+        let second = Snapshot::build(2, c, &Overlay::default(), Limiters::default(), &|k| {
+            first.find(k).map(|(_, m)| m.backend.clone())
         });
-        for (a, b) in first.members.iter().zip(&second.members) {
+        for ((_, a), (_, b)) in first.all_members().zip(second.all_members()) {
             assert!(Arc::ptr_eq(&a.backend, &b.backend));
         }
     }

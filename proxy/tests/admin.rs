@@ -109,7 +109,7 @@ async fn bad_add_requests_get_400_with_one_line_messages() {
         assert!(!msg.contains('\n'), "{msg:?}");
     }
     // Nothing was added by any of them.
-    assert_eq!(a.snapshot().members.len(), 1);
+    assert_eq!(a.snapshot().default_service().members.len(), 1);
     assert_eq!(
         a.metrics
             .admin_errors
@@ -211,7 +211,7 @@ async fn tokens_guard_mutations_and_reads() {
         .insert("authorization", "Bearer s3cret".parse().unwrap());
     let (status, v) = oneshot(&a, Some("s3cret"), req).await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(a.snapshot().members.len(), 2);
+    assert_eq!(a.snapshot().default_service().members.len(), 2);
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["config"],
     &["state", "events", "telemetry"],
-    &["resilience", "ratelimit"],
+    &["resilience", "ratelimit", "route"],
     &["backend"],
     &["balance"],
     &["snapshot"],

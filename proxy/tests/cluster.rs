@@ -700,3 +700,64 @@ async fn the_replica_with_traffic_gets_the_probe() {
         t.elapsed()
     );
 }
+
+/// Cluster state is per service: one URL in two services has two circuits; the
+/// one a replica opens for `api` opens for `api` everywhere, under a key scoped by
+/// the service, while `default` keeps the plain keys it had before services
+/// existed (an upgraded cluster finds its state where it left it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuits_and_overlay_are_kept_per_service_and_default_keeps_its_keys() {
+    let (good, shared) = (demo("good").await, demo("shared").await);
+    let extra = format!(
+        "circuit_breaker:\n  failure_threshold: 3\n  open_duration: 30s\nservices:\n  api:\n    backends: [{{url: '{}'}}, {{url: '{}'}}]\nroutes:\n  - {{match: {{path_segment_prefix: /api}}, service: api}}\n",
+        good.url(),
+        shared.url()
+    );
+    let c = Cluster::start(&extra, &[(&good, 1), (&shared, 1)]);
+    c.wait_formed().await;
+    let (admins, proxies) = (c.admins(), c.proxies());
+    shared.control.set_fail_rate(1.0);
+    for _ in 0..8 {
+        get(&url(proxies[0], "/api/x")).await;
+    }
+    let circuit = |admin: SocketAddr, service: &'static str| {
+        let key = shared.url();
+        async move {
+            let v = get(&url(admin, "/admin/backends")).await.json();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["url"] == key.as_str() && b["service"] == service)
+                .map(|b| b["circuit"].clone())
+                .unwrap_or_default()
+        }
+    };
+    for admin in &admins {
+        let admin = *admin;
+        wait_until(
+            Duration::from_secs(5),
+            "api's circuit open everywhere",
+            || async move { circuit(admin, "api").await == "open" },
+        )
+        .await;
+        assert_eq!(circuit(admin, "default").await, "closed");
+    }
+    let fields = c.redis.cli(&["HKEYS", "switchyard:{test}:records"]);
+    assert!(
+        fields.contains(&format!("circuit|api|{}", shared.url())),
+        "{fields}"
+    );
+    // An admin change to `default` (no service named) is stored under the plain key.
+    let r = post(
+        &url(admins[1], "/admin/remove"),
+        &format!(r#"{{"url":"{}"}}"#, shared.url()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let overlay = c.redis.cli(&["HKEYS", "switchyard:{test}:overlay"]);
+    assert_eq!(overlay.trim(), shared.url(), "{overlay}");
+    // `api` still has it (open circuit): `/api` goes to `good`, and so does `/`.
+    for proxy in &proxies {
+        assert_eq!(get(&url(*proxy, "/api/x")).await.backend(), "good");
+    }
+}

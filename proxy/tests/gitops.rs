@@ -570,3 +570,46 @@ async fn sighup_reloads_the_file_at_once() {
     wait_serving(r.proxy, "b").await;
     assert_eq!(generation(r.admin).await, 2);
 }
+
+/// Routes and services reload together: a commit that moves a route to a new
+/// service applies whole; one naming an unknown service is refused and the
+/// running routes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_services_reload_atomically_from_git() {
+    let (a, b) = (demo("a").await, demo("b").await);
+    let routed = |svc: &str, target: &str| {
+        format!(
+            "services:\n  sa:\n    backends: [{{url: '{}'}}]\n  sb:\n    backends: [{{url: '{}'}}]\nroutes:\n  - {{match: {{path_segment_prefix: /x}}, service: {svc}}}\n  - {{match: {{path: /t}}, respond: {{status: 200, body: {target}}}}}\n",
+            a.url(),
+            b.url()
+        )
+    };
+    let repo = Repo::new();
+    repo.commit(&routed("sa", "one"), "first");
+    let (r, _cache) = follower(&repo.path().display().to_string(), "1h", &[]);
+    wait_until(Duration::from_secs(30), "first routes", || async {
+        get(&url(r.proxy, "/x")).await.backend() == "a"
+    })
+    .await;
+    assert_eq!(get(&url(r.proxy, "/t")).await.body, "one");
+    let second = repo.commit(&routed("sb", "two"), "second");
+    let v = post(&url(r.admin, "/admin/reload"), "").await.json();
+    assert_eq!(v["result"], "applied", "{v}");
+    assert_eq!(v["commit"], second);
+    // Both changes at once: the route's new service and the fixed body.
+    assert_eq!(get(&url(r.proxy, "/x")).await.backend(), "b");
+    assert_eq!(get(&url(r.proxy, "/t")).await.body, "two");
+    repo.commit(&routed("nope", "three"), "broken");
+    let resp = post(&url(r.admin, "/admin/reload"), "").await;
+    let v = resp.json();
+    assert_eq!(v["result"], "refused", "{v}");
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown service `nope`"),
+        "{v}"
+    );
+    assert_eq!(get(&url(r.proxy, "/x")).await.backend(), "b");
+    assert_eq!(get(&url(r.proxy, "/t")).await.body, "two");
+}

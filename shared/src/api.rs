@@ -27,6 +27,9 @@ pub struct AddBackendRequest {
     /// than a type error.
     #[serde(default)]
     pub weight: Option<i64>,
+    /// The service to add it to; absent: `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// Body of `POST /admin/remove`.
@@ -34,6 +37,9 @@ pub struct AddBackendRequest {
 #[serde(deny_unknown_fields)]
 pub struct RemoveBackendRequest {
     pub url: String,
+    /// The service to remove it from; absent: `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// Answer to a successful admin change.
@@ -104,10 +110,46 @@ pub struct EjectionView {
     pub count: u32,
 }
 
+fn default_service() -> String {
+    "default".into()
+}
+
+/// One service as `GET /admin/services` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub strategy: String,
+    /// Backends in its running set.
+    pub backends: usize,
+    /// Of those, how many take new traffic.
+    pub available: usize,
+    pub health_checks: bool,
+    pub rate_limited: bool,
+}
+
+/// One route as `GET /admin/routes` shows it, in evaluation order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub index: usize,
+    pub name: String,
+    /// Its conditions, e.g. `host=api.example.com path_prefix=/v1` (`*`: any).
+    pub matches: String,
+    /// `service`, `split`, `redirect` or `respond`.
+    pub action: String,
+    /// Services it sends to, with their weights for a split.
+    pub services: Vec<(String, u32)>,
+    /// The action's detail: a redirect's status and location, a response's status.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
 /// One backend as `GET /admin/backends` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendView {
     pub url: String,
+    /// The service it belongs to.
+    #[serde(default = "default_service")]
+    pub service: String,
     pub weight: u32,
     pub source: BackendSource,
     /// False only when active health checks say so.
@@ -437,6 +479,12 @@ pub struct DashboardSnapshot {
     /// Certificates and ACME, when the replica serves HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsView>,
+    /// Services, `default` first.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
+    /// Routes in evaluation order.
+    #[serde(default)]
+    pub routes: Vec<RouteView>,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ fn backend(url: &str, requests: u64, errors: u64) -> BackendView {
     buckets[4] = requests;
     BackendView {
         url: url.into(),
+        service: "default".into(),
         weight: 1,
         source: BackendSource::Config,
         healthy: true,
@@ -458,4 +459,48 @@ fn repeated_snapshot_times_do_not_add_points() {
     let before = d.backends()[0].charts[0].lines[0].path.clone();
     d.apply_snapshot(snapshot(T0 + 1000, vec![backend("http://a:80", 10, 0)]));
     assert_eq!(d.backends()[0].charts[0].lines[0].path, before);
+}
+
+#[test]
+fn backends_are_grouped_by_service_and_one_url_in_two_services_stays_two() {
+    let mut api = backend("http://a:80", 10, 0);
+    api.service = "api".into();
+    let mut s = snapshot(10_000, vec![backend("http://a:80", 10, 0), api]);
+    s.services = ["default", "api", "empty"]
+        .iter()
+        .map(|n| switchyard_shared::ServiceView {
+            name: n.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    s.routes = vec![switchyard_shared::RouteView {
+        name: "api".into(),
+        matches: "path_prefix=/api".into(),
+        action: "service".into(),
+        services: vec![("api".into(), 1)],
+        ..Default::default()
+    }];
+    let mut d = Dashboard::default();
+    d.apply_snapshot(s);
+    let rows = d.backends();
+    let ids: Vec<_> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["http://a:80", "api|http://a:80"]);
+    assert_eq!(
+        d.service_groups(),
+        vec![
+            ("default".to_string(), vec!["http://a:80".to_string()]),
+            ("api".to_string(), vec!["api|http://a:80".to_string()]),
+            ("empty".to_string(), vec![]),
+        ]
+    );
+    assert_eq!(d.routes()[0].name, "api");
+    // Draining the `api` copy names its service; the `default` one does not.
+    let drain = crate::actions::Action::Drain {
+        url: "api|http://a:80".into(),
+    };
+    assert_eq!(drain.body(), r#"{"url":"http://a:80","service":"api"}"#);
+    let drain = crate::actions::Action::Drain {
+        url: "http://a:80".into(),
+    };
+    assert_eq!(drain.body(), r#"{"url":"http://a:80"}"#);
 }

@@ -47,6 +47,8 @@ pub fn router(state: AdminState) -> Router {
     let read = Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/backends", get(backends))
+        .route("/admin/services", get(services))
+        .route("/admin/routes", get(routes))
         .route("/admin/config", get(config))
         .route("/admin/cluster", get(cluster))
         .route("/admin/tls", get(tls))
@@ -103,7 +105,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         ReadyCheck {
             name: "backends".into(),
             ok: true,
-            detail: format!("{} in the running set", snap.members.len()),
+            detail: format!("{} in the running set", snap.all_members().count()),
         },
         ReadyCheck {
             name: "shutdown".into(),
@@ -185,6 +187,30 @@ async fn reload(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
     }
 }
 
+async fn services(State(s): State<AdminState>) -> Response {
+    Json(views::services(&s.app)).into_response()
+}
+
+async fn routes(State(s): State<AdminState>) -> Response {
+    Json(views::routes(&s.app)).into_response()
+}
+
+/// The service an admin change names (absent: `default`), known to the running
+/// config, and the backend's key in it.
+fn scoped(s: &AdminState, service: Option<&str>, key: &str) -> Result<String, AdminError> {
+    let service = service.unwrap_or(crate::config::DEFAULT_SERVICE);
+    if s.app.snapshot().service(service).is_none() {
+        return Err(count_error(
+            s,
+            AdminError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown service `{service}`"),
+            ),
+        ));
+    }
+    Ok(crate::config::routes::scoped_key(service, key))
+}
+
 async fn cluster(State(s): State<AdminState>) -> Response {
     Json(views::cluster_view(&s.app)).into_response()
 }
@@ -231,8 +257,9 @@ async fn add(
     let weight = validate::weight(req.weight.unwrap_or(1))
         .map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
     let key = target.key();
+    let scoped_key = scoped(&s, req.service.as_deref(), &key)?;
     let change = MembershipChange {
-        key: key.clone(),
+        key: scoped_key,
         url: req.url.trim().trim_end_matches('/').to_string(),
         op: OverlayOp::Add,
         weight,
@@ -253,8 +280,9 @@ async fn remove(
     let target =
         validate::backend_url(&req.url).map_err(|e| count_error(&s, AdminError::bad_request(e)))?;
     let key = target.key();
+    let scoped_key = scoped(&s, req.service.as_deref(), &key)?;
     let snap = s.app.snapshot();
-    let Some(member) = snap.find(&key) else {
+    let Some((_, member)) = snap.find(&scoped_key) else {
         return Err(count_error(
             &s,
             AdminError::new(
@@ -264,7 +292,7 @@ async fn remove(
         ));
     };
     let change = MembershipChange {
-        key: key.clone(),
+        key: scoped_key,
         url: member.backend.url.to_string(),
         op: OverlayOp::Remove,
         weight: member.weight,

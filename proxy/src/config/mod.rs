@@ -6,6 +6,7 @@
 //! prints for pre-merge CI of a config repository.
 
 mod locate;
+pub mod routes;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_shared::validate::Scheme;
 
 pub use locate::LineIndex;
+pub use routes::{DEFAULT_SERVICE, RouteConfig, ServiceConfig};
 pub use types::{
     Cidr, Count, Dur, HealthKind, Int, Percent, Positive, Protocol, Ratio, Strategy, Url, Weight,
 };
@@ -70,6 +72,12 @@ pub struct Config {
     /// The HTTPS listener (off unless configured); see [`tls::TlsConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<tls::TlsConfig>,
+    /// Named pools beside `default` (see [`routes`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub services: std::collections::BTreeMap<String, ServiceConfig>,
+    /// Evaluated in order, first match wins; unmatched requests go to `default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 fn is_http1(p: &Protocol) -> bool {
@@ -101,6 +109,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             gitops: None,
             tls: None,
+            services: Default::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -835,6 +845,92 @@ fn validate(c: &Config) -> Vec<(String, String)> {
             ),
         ));
     }
+    errs.extend(validate_pool(c));
+    errs.extend(routes::validate(c));
+    if c.server.port != 0 && c.server.port == c.server.admin_port {
+        errs.push((
+            "server.admin_port".into(),
+            format!("must differ from server.port ({})", c.server.port),
+        ));
+    }
+    for (name, d) in [
+        ("server.header_read_timeout", c.server.header_read_timeout),
+        ("server.send_timeout", c.server.send_timeout),
+    ] {
+        if d.get().is_zero() {
+            errs.push((name.into(), "must be greater than 0".into()));
+        }
+    }
+    if let Some(cl) = &c.cluster {
+        if let Some(url) = &cl.redis_url
+            && ![
+                "redis://",
+                "rediss://",
+                "redis+unix://",
+                "unix://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+                "redis+cluster://",
+                "rediss+cluster://",
+            ]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            errs.push((
+                "cluster.redis_url".into(),
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+                    .into(),
+            ));
+        }
+        if cl.name.is_empty()
+            || !cl
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errs.push((
+                "cluster.name".into(),
+                format!("`{}`: use letters, digits, `-`, `_` or `.`", cl.name),
+            ));
+        }
+        if cl.heartbeat_ttl <= cl.heartbeat_interval {
+            errs.push((
+                "cluster.heartbeat_ttl".into(),
+                "must be longer than heartbeat_interval".into(),
+            ));
+        }
+        if cl.timeout.get().is_zero() {
+            errs.push(("cluster.timeout".into(), "must be greater than 0".into()));
+        }
+    }
+    if !matches!(c.telemetry.protocol.as_str(), "grpc" | "http/protobuf") {
+        errs.push((
+            "telemetry.protocol".into(),
+            format!("`{}`: expected grpc or http/protobuf", c.telemetry.protocol),
+        ));
+    }
+    if !matches!(c.logging.format.as_str(), "text" | "json") {
+        errs.push((
+            "logging.format".into(),
+            format!("`{}`: expected text or json", c.logging.format),
+        ));
+    }
+    errs.extend(tls::validate(c));
+    if let Some(g) = &c.gitops
+        && g.poll_interval.get().is_zero()
+    {
+        errs.push((
+            "gitops.poll_interval".into(),
+            "must be greater than 0".into(),
+        ));
+    }
+    errs
+}
+
+/// The rules of one pool's blocks (the top level's, or a service's as
+/// [`Config::service_config`] gives it): `(field path, reason)` each.
+fn validate_pool(c: &Config) -> Vec<(String, String)> {
+    let mut errs = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, b) in c.backends.iter().enumerate() {
         let key = b.url.parsed.key();
@@ -864,20 +960,6 @@ fn validate(c: &Config) -> Vec<(String, String)> {
                 format!("backends[{i}].health_check_path"),
                 format!("must start with `/`, got `{p}`"),
             ));
-        }
-    }
-    if c.server.port != 0 && c.server.port == c.server.admin_port {
-        errs.push((
-            "server.admin_port".into(),
-            format!("must differ from server.port ({})", c.server.port),
-        ));
-    }
-    for (name, d) in [
-        ("server.header_read_timeout", c.server.header_read_timeout),
-        ("server.send_timeout", c.server.send_timeout),
-    ] {
-        if d.get().is_zero() {
-            errs.push((name.into(), "must be greater than 0".into()));
         }
     }
     let h2 = &c.upstream.http2;
@@ -971,69 +1053,6 @@ fn validate(c: &Config) -> Vec<(String, String)> {
                 ));
             }
         }
-    }
-    if let Some(cl) = &c.cluster {
-        if let Some(url) = &cl.redis_url
-            && ![
-                "redis://",
-                "rediss://",
-                "redis+unix://",
-                "unix://",
-                "redis+sentinel://",
-                "rediss+sentinel://",
-                "redis+cluster://",
-                "rediss+cluster://",
-            ]
-            .iter()
-            .any(|p| url.starts_with(p))
-        {
-            errs.push((
-                "cluster.redis_url".into(),
-                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
-                    .into(),
-            ));
-        }
-        if cl.name.is_empty()
-            || !cl
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            errs.push((
-                "cluster.name".into(),
-                format!("`{}`: use letters, digits, `-`, `_` or `.`", cl.name),
-            ));
-        }
-        if cl.heartbeat_ttl <= cl.heartbeat_interval {
-            errs.push((
-                "cluster.heartbeat_ttl".into(),
-                "must be longer than heartbeat_interval".into(),
-            ));
-        }
-        if cl.timeout.get().is_zero() {
-            errs.push(("cluster.timeout".into(), "must be greater than 0".into()));
-        }
-    }
-    if !matches!(c.telemetry.protocol.as_str(), "grpc" | "http/protobuf") {
-        errs.push((
-            "telemetry.protocol".into(),
-            format!("`{}`: expected grpc or http/protobuf", c.telemetry.protocol),
-        ));
-    }
-    if !matches!(c.logging.format.as_str(), "text" | "json") {
-        errs.push((
-            "logging.format".into(),
-            format!("`{}`: expected text or json", c.logging.format),
-        ));
-    }
-    errs.extend(tls::validate(c));
-    if let Some(g) = &c.gitops
-        && g.poll_interval.get().is_zero()
-    {
-        errs.push((
-            "gitops.poll_interval".into(),
-            "must be greater than 0".into(),
-        ));
     }
     errs
 }

@@ -280,3 +280,107 @@ fn protocols_and_grpc_health_checks_load_and_mismatches_are_refused() {
         e.reason
     );
 }
+
+const ROUTED: &str = r#"backends:
+  - url: "http://backend1:80"
+services:
+  api:
+    strategy: adaptive
+    backends:
+      - url: "http://10.0.0.5:8080"
+        weight: 1
+  web:
+    backends:
+      - url: "http://10.0.0.9:80"
+routes:
+  - match: { host: "api.example.com", path_prefix: "/v1" }
+    service: api
+  - match: { path_prefix: "/" }
+    service: web
+"#;
+
+#[test]
+fn the_issue_contract_example_loads() {
+    let c = parse(ROUTED, "c.yaml").unwrap();
+    assert_eq!(c.service_names(), ["default", "api", "web"]);
+    assert_eq!(c.routes.len(), 2);
+    let api = c.service_config("api").unwrap();
+    assert_eq!(api.strategy(), Strategy::Adaptive);
+    assert_eq!(api.backends[0].url.raw, "http://10.0.0.5:8080");
+    // What the service leaves out is the top level's.
+    assert_eq!(api.timeouts.request, c.timeouts.request);
+    // It serializes back to the same thing.
+    let again = parse(&to_yaml(&c).unwrap(), "again.yaml").unwrap();
+    assert_eq!(again.routes.len(), 2);
+    assert_eq!(again.services.len(), 2);
+}
+
+#[test]
+fn unknown_service_references_are_refused_with_their_line() {
+    let e = err("routes:\n  - match: { path_prefix: /a }\n    service: nope\n");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.reason.contains("unknown service `nope`"), "{e}");
+    let e = err(
+        "services:\n  a: {}\nroutes:\n  - match: {path: /x}\n    split:\n      - {service: a, weight: 1}\n      - {service: b, weight: 1}\n",
+    );
+    assert_eq!(
+        e.field.as_deref(),
+        Some("routes[0].split[1].service"),
+        "{e}"
+    );
+    assert_eq!(e.line, Some(7), "{e}");
+}
+
+#[test]
+fn shadowed_routes_are_refused_with_their_line() {
+    let e = err(
+        "routes:\n  - match: { path_prefix: /api }\n    service: default\n  - match: { path_prefix: /api/v2, method: GET }\n    service: default\n",
+    );
+    assert_eq!(e.field.as_deref(), Some("routes[1]"), "{e}");
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(e.reason.contains("shadowed by routes[0]"), "{e}");
+    // Not shadowed: narrower first, or a different host, or a segment boundary.
+    for ok in [
+        "routes:\n  - {match: {path_prefix: /api/v2}, service: default}\n  - {match: {path_prefix: /api}, service: default}\n",
+        "routes:\n  - {match: {host: a.example.com}, service: default}\n  - {match: {host: b.example.com}, service: default}\n",
+        "routes:\n  - {match: {path_segment_prefix: /api}, service: default}\n  - {match: {path_prefix: /apiv2}, service: default}\n",
+        "routes:\n  - {match: {method: GET}, service: default}\n  - {match: {method: [GET, POST]}, service: default}\n",
+        "routes:\n  - {match: {headers: {x-a: '1'}}, service: default}\n  - {match: {headers: {x-a: true}}, service: default}\n",
+    ] {
+        parse(ok, "c.yaml").unwrap_or_else(|e| panic!("{ok}\n{e}"));
+    }
+    for bad in [
+        "routes:\n  - {match: {host: '*.example.com'}, service: default}\n  - {match: {host: a.example.com, path: /x}, service: default}\n",
+        "routes:\n  - {match: {path_segment_prefix: /api}, service: default}\n  - {match: {path_prefix: /api/}, service: default}\n",
+        "routes:\n  - {match: {headers: {x-a: true}}, service: default}\n  - {match: {headers: {X-A: '1'}, path: /}, service: default}\n",
+        "routes:\n  - {service: default}\n  - {match: {path: /}, respond: {status: 200}}\n",
+    ] {
+        let e = err(bad);
+        assert!(e.reason.contains("shadowed"), "{bad}\n{e}");
+    }
+}
+
+#[test]
+fn route_actions_and_rewrites_are_checked() {
+    let e = err("routes:\n  - match: { path: /x }\n");
+    assert!(e.reason.contains("needs one action"), "{e}");
+    let e = err("routes:\n  - {match: {path: /x}, service: default, respond: {status: 200}}\n");
+    assert!(e.reason.contains("more than one action"), "{e}");
+    let e = err("routes:\n  - {match: {host: a}, service: default, strip_prefix: true}\n");
+    assert!(e.reason.contains("needs match.path_prefix"), "{e}");
+    let e = err("routes:\n  - {redirect: {status: 300, location: /x}}\n");
+    assert!(e.reason.contains("301, 302"), "{e}");
+    let e = err("services:\n  Bad Name: {}\n");
+    assert!(e.reason.contains("service names"), "{e}");
+    let e = err(
+        "backends: [{url: 'http://a:1'}]\nservices:\n  default: {backends: [{url: 'http://b:1'}]}\n",
+    );
+    assert!(e.reason.contains("in one place"), "{e}");
+    let e = err("services:\n  api:\n    backends: [{url: 'http://a:1'}, {url: 'http://a:1/'}]\n");
+    assert_eq!(
+        e.field.as_deref(),
+        Some("services.api.backends[1].url"),
+        "{e}"
+    );
+    assert_eq!(e.line, Some(3), "{e}");
+}

@@ -33,7 +33,7 @@ use crate::backend::{Backend, Outcome};
 use crate::config::Config;
 use crate::dataplane::DataPlane;
 use crate::resilience::Circuit;
-use crate::snapshot::Snapshot;
+use crate::snapshot::Service;
 use crate::telemetry::metrics::Metrics;
 
 /// What an attempt sends: the rewritten head, the forwarding lines, and the body
@@ -80,7 +80,7 @@ pub(super) enum Ended {
 /// A macro, not an `async fn`: the attempt's state stays inline in the request's
 /// future, instead of a future of its own built and moved into it per attempt.
 macro_rules! run {
-    ($plane:expr, $cfg:expr, $backend:expr, $req:expr, $span:expr, $started:expr, $fresh:expr) => {
+    ($plane:expr, $cfg:expr, $backend:expr, $req:expr, $span:expr, $started:expr, $fresh:expr, $timeout:expr) => {
         // Each step a statement of its own: no temporary (a `Result` holding the
         // exchange) lives on across the await that follows.
         'attempt: {
@@ -92,10 +92,11 @@ macro_rules! run {
                     Err(e) => break 'attempt attempt::Ended::ConnectFailed(e),
                 };
             let ready = connected.unwrap_or($started);
-            let answer = match attempt::send($plane, $cfg, $backend, $req, $span, conn, ready) {
-                Ok(answer) => answer,
-                Err(unsent) => break 'attempt attempt::Ended::from(unsent),
-            };
+            let answer =
+                match attempt::send($plane, $cfg, $backend, $req, $span, conn, ready, $timeout) {
+                    Ok(answer) => answer,
+                    Err(unsent) => break 'attempt attempt::Ended::from(unsent),
+                };
             answer.await
         }
     };
@@ -119,7 +120,9 @@ impl From<Unsent> for Ended {
 }
 
 /// Sends `req` on `conn`: the head is encoded now, and written (with the body) as
-/// the returned [`Answer`] is polled; `ready` is when the request timeout starts.
+/// the returned [`Answer`] is polled; `ready` is when the request timeout starts;
+/// `timeout` (a route's) overrides `timeouts.request`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn send(
     plane: &DataPlane,
     cfg: &Config,
@@ -128,6 +131,7 @@ pub(super) fn send(
     span: &Span,
     conn: Box<Conn>,
     ready: Instant,
+    timeout: Option<Duration>,
 ) -> Result<Answer, Unsent> {
     let Some(body) = req.body.take() else {
         return Err(Unsent::NoBody);
@@ -146,7 +150,7 @@ pub(super) fn send(
     )
     .map_err(Unsent::Framing)?
     .send_timeout(cfg.server.send_timeout.get());
-    let timeout = cfg.timeouts.request.get();
+    let timeout = timeout.unwrap_or(cfg.timeouts.request.get());
     Ok(Answer {
         exchange,
         expiry: tokio::time::sleep_until(ready + timeout),
@@ -197,7 +201,7 @@ impl Future for Answer {
 /// [`Pending`].
 pub(super) fn settle(
     plane: &Arc<DataPlane>,
-    snap: &Snapshot,
+    snap: &Service,
     backend: &Arc<Backend>,
     span: Span,
     started: Instant,

@@ -115,10 +115,17 @@ impl Pending {
             return;
         }
         let snap = self.plane.snapshot();
+        let Some(service) = snap.service(&self.backend.service) else {
+            // The service went with a reload: nothing left to hold it against.
+            if self.probe {
+                self.backend.circuit.release_probe();
+            }
+            return;
+        };
         let now = Instant::now();
         let recorded = self
             .backend
-            .record_at(outcome, self.started, now, self.probe, &snap);
+            .record_at(outcome, self.started, now, self.probe, service);
         self.plane.noted(&self.backend, recorded);
     }
 }

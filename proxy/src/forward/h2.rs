@@ -282,8 +282,9 @@ fn start(send: SendRequest<ReqBody>, driver: Driver, idle: Duration) -> Arc<H2Co
 
 /// One attempt on an HTTP/2 backend: a stream (pooled connection or a new one),
 /// the request sent on it, and its response head awaited until the deadline
-/// (`timeouts.request` from when the connection was ready, or the call's
-/// `grpc-timeout` from `started`, whichever is first).
+/// (`timeouts.request`, or the route's `timeout`, from when the connection was
+/// ready, or the call's `grpc-timeout` from `started`, whichever is first).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn attempt(
     plane: &DataPlane,
     cfg: &Config,
@@ -292,6 +293,7 @@ pub(super) async fn attempt(
     span: &tracing::Span,
     started: Instant,
     fresh: bool,
+    route_timeout: Option<Duration>,
 ) -> Ended {
     let (lease, connected) = match checkout(backend, cfg, fresh).await {
         Ok(c) => c,
@@ -301,7 +303,7 @@ pub(super) async fn attempt(
         return Ended::NoBody;
     };
     let ready = connected.unwrap_or(started);
-    let timeout = cfg.timeouts.request.get();
+    let timeout = route_timeout.unwrap_or(cfg.timeouts.request.get());
     let mut deadline = ready + timeout;
     let mut limit = timeout;
     // A gRPC call's own deadline bounds the whole call, the head first.

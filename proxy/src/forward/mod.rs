@@ -16,6 +16,7 @@ pub mod body;
 pub mod grpc;
 pub mod h2;
 pub mod pool;
+mod routed;
 pub mod tls;
 pub mod trace;
 
@@ -45,7 +46,7 @@ use crate::dataplane::DataPlane;
 use crate::errors::ProxyError;
 use crate::ratelimit::Checked;
 use crate::resilience::Admission;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Service, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
 /// The client end of a connection: its address, and that address as a header
@@ -127,13 +128,28 @@ pub async fn handle(
     // future (client gone, HTTP/2 stream reset) must still end the count.
     let counted = Counted(&plane.metrics);
     let snap = plane.snapshot();
-    let mut trace = Some(Trace::start(&plane, &req, peer.addr, &snap));
-    let admitted = match admit(&plane, &snap, &req, &peer) {
+    let (route, svc) = match routed::select(&snap, &req, &peer) {
+        routed::Selected::Forward(route, svc) => (route, svc),
+        routed::Selected::Answer(route) => {
+            std::mem::forget(counted);
+            return answer_here(&plane, &snap, &req, &peer, Some(route), started);
+        }
+        routed::Selected::NoRoute => {
+            std::mem::forget(counted);
+            return answer_here(&plane, &snap, &req, &peer, None, started);
+        }
+    };
+    let mut trace = Some(Trace::start(&plane, &req, peer.addr, svc, route));
+    let admitted = match admit(&plane, &snap, svc, route, &req, &peer) {
         Checked::Done(r) => r,
         // A cold key in a cluster: one store round trip (a boxed future: small here).
         Checked::Wait(w) => w.await,
     };
-    if let (Some(t), true) = (trace.as_ref(), snap.limiter.is_some()) {
+    if let Some(t) = trace.as_ref()
+        && (snap.limiter.is_some()
+            || svc.limiter.is_some()
+            || route.is_some_and(|r| matches!(snap.route_limiters.get(r.index), Some(Some(_)))))
+    {
         t.rate_limit(admitted.is_ok());
     }
     // Whether a failure is answered as gRPC: looked at only on failure.
@@ -144,16 +160,19 @@ pub async fn handle(
         }
         Ok(()) => {
             let upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
-            let mut out = Outgoing::new(req, &peer, &snap.config, upgrade.is_some());
+            let mut out = Outgoing::new(req, &peer, &svc.config, upgrade.is_some());
+            if let Some(r) = route {
+                routed::rewrite(r, &mut out.parts);
+            }
             // The request goes in by reference: the attempts' future stays small (it
             // is moved into this one, and this one into the connection's).
-            let r = forward(&plane, &snap, &mut out, upgrade, started, &mut trace).await;
+            let r = forward(&plane, svc, route, &mut out, upgrade, started, &mut trace).await;
             let grpc = r.is_err() && grpc::is_grpc(&out.parts.headers);
             (r, grpc)
         }
     };
     std::mem::forget(counted);
-    match result {
+    let mut resp = match result {
         Ok(resp) => {
             plane.metrics.count_status(resp.status());
             resp
@@ -168,11 +187,42 @@ pub async fn handle(
                 t.finish(elapsed);
             }
             if grpc {
-                return e.into_grpc_response().map(ProxyBody::full_or_empty);
+                e.into_grpc_response().map(ProxyBody::full_or_empty)
+            } else {
+                e.into_response().map(ProxyBody::full)
             }
-            e.into_response().map(ProxyBody::full)
+        }
+    };
+    if let Some(r) = route {
+        r.stats.count(&svc.name, resp.status());
+        if !r.response_headers.is_empty() {
+            r.response_headers.apply(resp.headers_mut());
         }
     }
+    resp
+}
+
+/// A request answered without a backend: a route's redirect or fixed response,
+/// or the 404 of no route. Counted and logged like any other.
+fn answer_here(
+    plane: &DataPlane,
+    snap: &Snapshot,
+    req: &Request<ReqBody>,
+    peer: &Peer,
+    route: Option<&crate::route::Route>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let resp = routed::answer(req, route, peer);
+    let mut trace = Trace::start(plane, req, peer.addr, snap.default_service(), route);
+    plane.metrics.count_status(resp.status());
+    if let Some(r) = route {
+        r.stats.count("-", resp.status());
+    }
+    let elapsed = started.elapsed();
+    plane.metrics.finish_request(elapsed);
+    trace.respond(resp.status(), None);
+    trace.finish(elapsed);
+    resp
 }
 
 /// A target with an authority (HTTP/1.1 absolute form, HTTP/2's `:authority`)
@@ -226,17 +276,31 @@ pub fn refuse(plane: &DataPlane, refusal: Refusal, peer: SocketAddr) -> Response
     e.into_response().map(ProxyBody::full)
 }
 
-/// The rate limiter's verdict on `req` (before anything else happens to it).
+/// The rate limiters' verdict on `req` (before anything else happens to it): the
+/// proxy-wide limit, then the service's, then the route's.
 fn admit<'a>(
     plane: &'a DataPlane,
     snap: &'a Snapshot,
+    svc: &'a Service,
+    route: Option<&crate::route::Route>,
     req: &Request<ReqBody>,
     peer: &Peer,
 ) -> Checked<'a> {
-    match &snap.limiter {
-        None => Checked::Done(Ok(())),
-        Some(limiter) => limiter.check(req, peer.addr, &plane.metrics),
+    let route_limiter = route.and_then(|r| snap.route_limiters.get(r.index)?.as_ref());
+    let mut limiters = snap.limiter.iter().chain(&svc.limiter).chain(route_limiter);
+    let Some(first) = limiters.next() else {
+        return Checked::Done(Ok(()));
+    };
+    let mut verdict = first.check(req, peer.addr, &plane.metrics);
+    for next in limiters {
+        match verdict {
+            Checked::Done(Ok(())) => verdict = next.check(req, peer.addr, &plane.metrics),
+            // Refused already, or waiting on the store: the first verdict stands
+            // (a cold key's wait is rare; the next limits apply from its next request).
+            other => return other,
+        }
     }
+    verdict
 }
 
 impl<'a> Outgoing<'a> {
@@ -261,14 +325,17 @@ impl<'a> Outgoing<'a> {
 /// retried); the first answer that is not retried goes to the client.
 async fn forward(
     plane: &Arc<DataPlane>,
-    snap: &Snapshot,
+    snap: &Service,
+    route: Option<&crate::route::Route>,
     out: &mut Outgoing<'_>,
     client_upgrade: Option<ClientUpgrade>,
     started: Instant,
     trace: &mut Option<Trace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &*snap.config;
-    let max_attempts = 1 + cfg.retries.attempts.as_usize();
+    // A route's retries override the service's (looked up where used: the future
+    // holds no more across its awaits).
+    let max_attempts = 1 + retries_of(route, cfg).attempts.as_usize();
     let mut attempts = 0usize;
     // Indexes not to pick again: tried, or refused by their circuit.
     let mut excluded: SmallVec<[usize; 4]> = SmallVec::new();
@@ -313,18 +380,29 @@ async fn forward(
             ),
             None => tracing::Span::none(),
         };
+        let route_timeout = route.and_then(|r| r.timeout);
         let ended = if member.protocol.is_h2() {
             // Boxed: the HTTP/1.1 path's future does not grow by the HTTP/2 one.
-            Box::pin(h2::attempt(plane, cfg, backend, out, &span, now, stale)).await
+            Box::pin(h2::attempt(
+                plane,
+                cfg,
+                backend,
+                out,
+                &span,
+                now,
+                stale,
+                route_timeout,
+            ))
+            .await
         } else {
-            attempt::run!(plane, cfg, backend, out, &span, now, stale)
+            attempt::run!(plane, cfg, backend, out, &span, now, stale, route_timeout)
         };
         let pending = attempt::settle(plane, snap, backend, span, now, probe, &ended);
         let resp = match ended {
             Ended::Answered(resp, _) => resp,
             Ended::AnsweredH2(answer) => {
                 let status = answer.resp.status();
-                if retry_on_status(cfg, out, status, attempts, max_attempts)
+                if retry_on_status(route, cfg, out, status, attempts, max_attempts)
                     && another_available(snap, &excluded)
                 {
                     debug!(backend = %backend.url, status = %status, "retrying on status");
@@ -395,7 +473,7 @@ async fn forward(
             Ended::NoBody => break,
         };
         let status = resp.status();
-        if retry_on_status(cfg, out, status, attempts, max_attempts)
+        if retry_on_status(route, cfg, out, status, attempts, max_attempts)
             && another_available(snap, &excluded)
         {
             // Retried elsewhere: this answer (and its connection) is dropped.
@@ -488,9 +566,11 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
     }
 }
 
-/// Whether an answer with `status` is dropped for another attempt
-/// (`retries.on_status`, for a request that can be sent again as it is).
+/// Whether an answer with `status` is dropped for another attempt (the
+/// `on_status` of the retries in force, for a request that can be sent again as
+/// it is).
 fn retry_on_status(
+    route: Option<&crate::route::Route>,
     cfg: &Config,
     out: &Outgoing<'_>,
     status: StatusCode,
@@ -499,11 +579,20 @@ fn retry_on_status(
 ) -> bool {
     out.replayable
         && attempts < max_attempts
-        && cfg
-            .retries
+        && retries_of(route, cfg)
             .on_status
             .iter()
             .any(|s| s.get() == i64::from(status.as_u16()))
+}
+
+/// The retries in force: the route's, else the service's.
+fn retries_of<'a>(
+    route: Option<&'a crate::route::Route>,
+    cfg: &'a Config,
+) -> &'a crate::config::Retries {
+    route
+        .and_then(|r| r.retries.as_ref())
+        .unwrap_or(&cfg.retries)
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -515,7 +604,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// Whether a backend not tried yet could take a retry (so a retryable answer is
 /// only dropped when there is somewhere else to go).
-fn another_available(snap: &Snapshot, excluded: &[usize]) -> bool {
+fn another_available(snap: &Service, excluded: &[usize]) -> bool {
     let now = Instant::now();
     snap.members
         .iter()

@@ -12,7 +12,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::backend::Backend;
 use crate::dataplane::DataPlane;
-use crate::snapshot::Snapshot;
+use crate::route::Route;
+use crate::snapshot::Service;
 use crate::telemetry::otel::{SPAN_TARGET, Sampling};
 
 /// One line of the access log, filled in as the request goes.
@@ -21,6 +22,8 @@ pub struct AccessEntry {
     path: String,
     client: IpAddr,
     trace_id: String,
+    route: Option<Arc<str>>,
+    service: Arc<str>,
     backend: Option<Arc<str>>,
     status: u16,
 }
@@ -36,7 +39,8 @@ impl Trace {
         plane: &DataPlane,
         req: &Request<B>,
         peer: SocketAddr,
-        snap: &Snapshot,
+        snap: &Service,
+        route: Option<&Route>,
     ) -> Trace {
         let span = match plane
             .telemetry()
@@ -61,6 +65,8 @@ impl Trace {
                     http.response.status_code = Empty,
                     "error.type" = Empty,
                     switchyard.strategy = snap.config.strategy().as_str(),
+                    switchyard.service = &*snap.name,
+                    switchyard.route = route.map_or("-", |r| &*r.name),
                     switchyard.retries = Empty,
                     switchyard.rate_limit = Empty,
                 );
@@ -75,6 +81,8 @@ impl Trace {
                 path: req.uri().path().to_string(),
                 client: peer.ip(),
                 trace_id: trace_id(&span, req.headers()),
+                route: route.map(|r| r.name.clone()),
+                service: snap.name.clone(),
                 backend: None,
                 status: 0,
             })
@@ -178,6 +186,8 @@ impl Trace {
                 method = %a.method,
                 path = %a.path,
                 status = a.status,
+                route = a.route.as_deref().unwrap_or("-"),
+                service = &*a.service,
                 backend = a.backend.as_deref().unwrap_or("-"),
                 duration_ms = duration.as_secs_f64() * 1e3,
                 "{} {} {}",

@@ -98,7 +98,8 @@ impl Handler for Proxy {
             }
         });
         let io = guard::Frames::new(io, shared.clone());
-        let h2 = guard::h2_builder(&self.plane, self.max_head).serve_connection(TokioIo::new(io), svc);
+        let h2 =
+            guard::h2_builder(&self.plane, self.max_head).serve_connection(TokioIo::new(io), svc);
         let h2 = std::pin::pin!(h2);
         guard::run(
             h2,

@@ -123,7 +123,7 @@ fn replicas(n: usize, rate: u32, burst: u32) -> Replicas {
             link.live.store(n, Relaxed);
             let limiter = Arc::new(RateLimiter::new(&rl, &[], Some(link.clone())));
             let (l, store, stop) = (limiter.clone(), store.clone(), stop_rx.clone());
-            tokio::spawn(async move { lease_loop(&link, || Some(l.clone()), store, stop).await });
+            tokio::spawn(async move { lease_loop(&link, || vec![l.clone()], store, stop).await });
             limiter
         })
         .collect();

@@ -14,9 +14,17 @@ use crate::config;
 use crate::resilience::{Admission, Transition};
 use crate::state::Overlay;
 
-fn snapshot(yaml: &str) -> Snapshot {
+/// The service `default` of `yaml`'s snapshot.
+fn snapshot(yaml: &str) -> Service {
     let c = config::parse(yaml, "t.yaml").unwrap();
-    Snapshot::build(1, Arc::new(c), &Overlay::default(), None, &|_| None)
+    let mut snap = Snapshot::build(
+        1,
+        Arc::new(c),
+        &Overlay::default(),
+        Limiters::default(),
+        &|_| None,
+    );
+    snap.services.remove(0)
 }
 
 fn backends(n: usize) -> String {
@@ -228,7 +236,7 @@ async fn max_ejection_percent_is_strict() {
         "outlier_detection:\n  consecutive_failures: 1\n  max_ejection_percent: 50\n{}",
         backends(4)
     ));
-    let ejected = |snap: &Snapshot| {
+    let ejected = |snap: &Service| {
         snap.members
             .iter()
             .filter(|m| {

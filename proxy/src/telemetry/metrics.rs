@@ -44,6 +44,7 @@ pub const EJECTED: &str = "switchyard_backend_ejected";
 pub const STORE_ERRORS_TOTAL: &str = "switchyard_state_store_errors_total";
 pub const STORE_CONNECTED: &str = "switchyard_state_store_connected";
 pub const REPLICAS: &str = "switchyard_cluster_replicas";
+pub const ROUTE_RESPONSES_TOTAL: &str = "switchyard_route_responses_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
@@ -186,10 +187,10 @@ macro_rules! per_backend {
             kind: $kind,
             unit: $unit,
             help: $help,
-            labels: &["backend"],
+            labels: &["backend", "service"],
             read: |r, out| {
                 for $b in &r.backends {
-                    int(out, vec![$b.key.to_string()], $value);
+                    int(out, $b.labels(), $value);
                 }
             },
         }
@@ -392,10 +393,22 @@ pub static TABLE: &[Def] = &[
         kind: Kind::Counter,
         unit: "{response}",
         help: "Backend responses, by status class.",
-        labels: &["backend", "code_class"],
+        labels: &["backend", "service", "code_class"],
         read: |r, out| {
             for b in &r.backends {
-                by_class(out, &[b.key.to_string()], b.status);
+                by_class(out, &b.labels(), b.status);
+            }
+        },
+    },
+    Def {
+        name: ROUTE_RESPONSES_TOTAL,
+        kind: Kind::Counter,
+        unit: "{response}",
+        help: "Answers to requests a route matched, by route, service and status class.",
+        labels: &["route", "service", "code_class"],
+        read: |r, out| {
+            for x in &r.routes {
+                by_class(out, &[x.route.to_string(), x.service.to_string()], x.status);
             }
         },
     },
@@ -439,7 +452,7 @@ pub static TABLE: &[Def] = &[
         kind: Kind::Gauge,
         unit: "{state}",
         help: "Circuit-breaker state (1 for the current one).",
-        labels: &["backend", "state"],
+        labels: &["backend", "service", "state"],
         read: |r, out| {
             for b in &r.backends {
                 for s in [
@@ -447,7 +460,8 @@ pub static TABLE: &[Def] = &[
                     CircuitState::Open,
                     CircuitState::HalfOpen,
                 ] {
-                    let labels = vec![b.key.to_string(), s.as_str().to_string()];
+                    let mut labels = b.labels();
+                    labels.push(s.as_str().to_string());
                     int(out, labels, u64::from(s == b.circuit));
                 }
             }
@@ -458,10 +472,10 @@ pub static TABLE: &[Def] = &[
         kind: Kind::Histogram,
         unit: "s",
         help: "Time to the backend's response headers, seconds.",
-        labels: &["backend"],
+        labels: &["backend", "service"],
         read: |r, out| {
             for b in &r.backends {
-                hist(out, vec![b.key.to_string()], b.latency);
+                hist(out, b.labels(), b.latency);
             }
         },
     },
@@ -618,6 +632,17 @@ pub struct Reading<'a> {
     pub backends: Vec<BackendReading<'a>>,
     /// The HTTPS edge, when TLS is configured.
     pub tls: Option<TlsReading>,
+    /// Answers per route and service, when routes are configured.
+    pub routes: Vec<RouteReading>,
+}
+
+/// One route's answers for one service (`-`: the route's own answers).
+#[derive(Debug)]
+pub struct RouteReading {
+    pub route: Arc<str>,
+    pub service: Arc<str>,
+    /// By status class.
+    pub status: [u64; 5],
 }
 
 /// One backend's figures in a [`Reading`].
@@ -625,6 +650,8 @@ pub struct Reading<'a> {
 pub struct BackendReading<'a> {
     /// Canonical key (`http://host:port`), the `backend` label.
     pub key: Arc<str>,
+    /// The service it belongs to, the `service` label (a config name).
+    pub service: Arc<str>,
     /// As configured, for the seed's JSON.
     pub url: Arc<str>,
     /// Responses by status class.
@@ -640,6 +667,13 @@ pub struct BackendReading<'a> {
     pub latency: &'a Histogram,
     /// The latency estimate (peak EWMA), nanoseconds.
     pub latency_ewma_ns: u64,
+}
+
+impl BackendReading<'_> {
+    /// The `backend` and `service` label values.
+    fn labels(&self) -> Vec<String> {
+        vec![self.key.to_string(), self.service.to_string()]
+    }
 }
 
 /// Who can be read: the running replica (its implementation builds the reading
@@ -821,7 +855,7 @@ mod tests {
             }
             assert!(!def.help.is_empty());
         }
-        assert_eq!(TABLE.len(), 37);
+        assert_eq!(TABLE.len(), 38);
     }
 
     #[test]
@@ -843,6 +877,7 @@ mod tests {
             replicas: 1,
             backends: vec![BackendReading {
                 key: "http://a:80".into(),
+                service: "default".into(),
                 url: "http://a".into(),
                 status: [0, 5, 0, 0, 1],
                 errors: 1,
@@ -862,6 +897,11 @@ mod tests {
                 acme: Some(AcmeReading::default()),
                 ..Default::default()
             }),
+            routes: vec![RouteReading {
+                route: "api".into(),
+                service: "api".into(),
+                status: [0, 3, 0, 0, 0],
+            }],
         };
         for def in TABLE {
             let mut out = Vec::new();
@@ -885,7 +925,7 @@ mod tests {
             .filter(|s| s.value == Value::Int(1))
             .collect();
         assert_eq!(open.len(), 1);
-        assert_eq!(open[0].labels, ["http://a:80", "open"]);
+        assert_eq!(open[0].labels, ["http://a:80", "default", "open"]);
     }
 
     #[test]
