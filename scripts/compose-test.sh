@@ -382,5 +382,5 @@ say "stack up and healthy in $((SECONDS - t0))s"
 
 # === the scenarios ===
 say "scenarios: cargo test -p switchyard --test deploy compose -- --ignored"
-SWITCHYARD_COMPOSE="${compose[*]}" \
+SWITCHYARD_COMPOSE="${compose[*]}" SWITCHYARD_COMPOSE_PREBUILT=${binaries:+1} \
   cargo test -q -p switchyard --test deploy compose -- --ignored --nocapture --test-threads=1
