@@ -41,9 +41,16 @@ pub struct Backend {
     pub health: HealthCell,
     pub circuit: Circuit,
     pub outlier: Outlier,
+    /// Slow start: backend-epoch nanoseconds + 1 of when it last joined a running
+    /// set or came back from unhealthy (0: never; ejections and circuits keep
+    /// their own times).
+    ramp_mark: AtomicU64,
     /// Time origin for the atomics that store instants.
     epoch: Instant,
 }
+
+/// The share of its weight a backend gets at the start of its slow start.
+pub const SLOW_START_FLOOR: f64 = 0.1;
 
 impl Backend {
     /// A backend of the service `default`.
@@ -70,6 +77,7 @@ impl Backend {
             health: HealthCell::default(),
             circuit: Circuit::default(),
             outlier: Outlier::default(),
+            ramp_mark: AtomicU64::new(0),
             epoch,
         })
     }
@@ -90,6 +98,40 @@ impl Backend {
 
     pub fn active(&self) -> u64 {
         self.stats.active.load(Relaxed)
+    }
+
+    /// Starts a slow start at `now` (it joined, or passes health checks again).
+    pub fn start_ramp(&self, now: Instant) {
+        self.ramp_mark.store(self.nanos(now) + 1, Relaxed);
+    }
+
+    /// The slow-start factor at `now` for a `window`: [`SLOW_START_FLOOR`] when it
+    /// has just joined or come back (from unhealthy, an ejection, an open circuit),
+    /// rising linearly to 1 at the end of the window; 1 when none of that happened
+    /// within it.
+    pub fn ramp(&self, now: Instant, window: Duration) -> f64 {
+        let now_ns = self.nanos(now);
+        let window = window.as_nanos() as u64;
+        let mut since = self.ramp_mark.load(Relaxed).checked_sub(1);
+        // An ejection's end is its start time plus its length: known in advance.
+        let ejection_end = self.outlier.last_end_ns();
+        if ejection_end != 0 && ejection_end <= now_ns {
+            since = since.max(Some(ejection_end));
+        }
+        since = since.max(self.circuit.closed_at_ns());
+        let Some(since) = since else { return 1.0 };
+        let elapsed = now_ns.saturating_sub(since);
+        if window == 0 || elapsed >= window {
+            return 1.0;
+        }
+        SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * elapsed as f64 / window as f64
+    }
+
+    /// Follows a health verdict change: back from unhealthy starts a slow start.
+    pub fn health_changed(&self, before: HealthStatus, after: HealthStatus, now: Instant) {
+        if before == HealthStatus::Unhealthy && after != HealthStatus::Unhealthy {
+            self.start_ramp(now);
+        }
     }
 }
 
