@@ -279,3 +279,30 @@ async fn consistent_hash_skips_ineligible_and_keeps_affinity_otherwise() {
     }
     assert!(seen.iter().all(|&c| c > 0), "{seen:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_scales_a_ramping_backend_down() {
+    let window = std::time::Duration::from_secs(30);
+    let m = members(&[1, 1]);
+    let a = Adaptive::new(&AdaptiveConfig::default()).slow_start(Some(window));
+    m[1].backend.start_ramp(Instant::now());
+    let share = |picks: usize| {
+        let now = Instant::now();
+        let mut counts = [0u64; 2];
+        for _ in 0..picks {
+            let i = a.pick(&m, &all, now).unwrap();
+            counts[i] += 1;
+            m[i].backend.stats.active.fetch_add(1, Relaxed);
+        }
+        for (b, c) in m.iter().zip(counts) {
+            b.backend.stats.active.fetch_sub(c, Relaxed);
+        }
+        counts[1] as f64 / picks as f64
+    };
+    // two members: both are drawn, the cost (in flight + 1) / effective weight decides
+    let at_start = share(1100);
+    assert!((at_start - 0.1 / 1.1).abs() < 0.01, "{at_start}");
+    tokio::time::advance(window).await;
+    let after = share(1000);
+    assert!((after - 0.5).abs() < 0.01, "{after}");
+}
