@@ -352,6 +352,19 @@ fn ramped(r: f64) -> f64 {
     r / (1.0 + r)
 }
 
+/// Backend 1 of `snap` has just come back: 10 % of its weight at once, then
+/// linearly to 100 % over the 30 s window (`hold`: see [`share_of_second`]).
+async fn assert_ramps(snap: &Service, hold: bool) {
+    let at_start = share_of_second(snap, 1100, hold, false);
+    assert!((at_start - ramped(0.1)).abs() < 0.01, "{at_start}");
+    advance(Duration::from_secs(15)).await;
+    let half = share_of_second(snap, 1550, hold, false);
+    assert!((half - ramped(0.55)).abs() < 0.01, "{half}");
+    advance(Duration::from_secs(15)).await;
+    let after = share_of_second(snap, 1000, hold, false);
+    assert!((after - 0.5).abs() < 0.01, "{after}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_start_ramps_a_backend_back_from_ejection_round_robin() {
     let snap = snapshot(&format!(
@@ -367,15 +380,7 @@ async fn slow_start_ramps_a_backend_back_from_ejection_round_robin() {
     b.record(ERR, Instant::now(), false, &snap);
     assert_eq!(share_of_second(&snap, 100, false, false), 0.0, "ejected");
     advance(Duration::from_secs(10)).await;
-    // back: 10 % of its weight, then linearly to 100 % over 30 s
-    let at_start = share_of_second(&snap, 1100, false, false);
-    assert!((at_start - ramped(0.1)).abs() < 0.01, "{at_start}");
-    advance(Duration::from_secs(15)).await;
-    let half = share_of_second(&snap, 1550, false, false);
-    assert!((half - ramped(0.55)).abs() < 0.01, "{half}");
-    advance(Duration::from_secs(15)).await;
-    let after = share_of_second(&snap, 1000, false, false);
-    assert!((after - 0.5).abs() < 0.01, "{after}");
+    assert_ramps(&snap, false).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -393,14 +398,7 @@ async fn slow_start_ramps_a_backend_back_from_unhealthy_least_connections() {
         HealthStatus::Healthy,
         Instant::now(),
     );
-    let at_start = share_of_second(&snap, 1100, true, false);
-    assert!((at_start - ramped(0.1)).abs() < 0.01, "{at_start}");
-    advance(Duration::from_secs(15)).await;
-    let half = share_of_second(&snap, 1550, true, false);
-    assert!((half - ramped(0.55)).abs() < 0.01, "{half}");
-    advance(Duration::from_secs(15)).await;
-    let after = share_of_second(&snap, 1000, true, false);
-    assert!((after - 0.5).abs() < 0.01, "{after}");
+    assert_ramps(&snap, true).await;
     // a first verdict (unchecked → healthy) is no return: no ramp
     let fresh = &snap.members[0].backend;
     fresh.health_changed(
