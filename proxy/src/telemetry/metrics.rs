@@ -855,7 +855,7 @@ mod tests {
             }
             assert!(!def.help.is_empty());
         }
-        assert_eq!(TABLE.len(), 38);
+        assert_eq!(TABLE.len(), 41);
     }
 
     #[test]
