@@ -110,17 +110,18 @@ impl Backend {
     /// rising linearly to 1 at the end of the window; 1 when none of that happened
     /// within it.
     pub fn ramp(&self, now: Instant, window: Duration) -> f64 {
-        let now_ns = self.nanos(now);
-        let window = window.as_nanos() as u64;
-        let mut since = self.ramp_mark.load(Relaxed).checked_sub(1);
-        // An ejection's end is its start time plus its length: known in advance.
-        let ejection_end = self.outlier.last_end_ns();
-        if ejection_end != 0 && ejection_end <= now_ns {
-            since = since.max(Some(ejection_end));
-        }
-        since = since.max(self.circuit.closed_at_ns());
+        // Three loads decide the usual case (never came back from anything); an
+        // ejection's end is known in advance (in the future while it lasts, when
+        // it is not picked anyway).
+        let since = self
+            .ramp_mark
+            .load(Relaxed)
+            .checked_sub(1)
+            .max(self.circuit.closed_at_ns())
+            .max(Some(self.outlier.last_end_ns()).filter(|&e| e != 0));
         let Some(since) = since else { return 1.0 };
-        let elapsed = now_ns.saturating_sub(since);
+        let elapsed = self.nanos(now).saturating_sub(since);
+        let window = window.as_nanos() as u64;
         if window == 0 || elapsed >= window {
             return 1.0;
         }

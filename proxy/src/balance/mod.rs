@@ -63,18 +63,20 @@ pub fn slow_start(config: &Config) -> Option<Duration> {
 
 /// Units of weight per configured unit under slow start (so a 10 % ramp of
 /// weight 1 is still an integer share).
-const RAMP_SCALE: f64 = 1000.0;
+const RAMP_SCALE: u64 = 1000;
 
 /// `m`'s weight under slow start: `weight × RAMP_SCALE × ramp`, at least 1;
 /// without slow start, the configured weight.
 fn effective_weight(m: &Member, slow_start: Option<Duration>, now: Instant) -> u64 {
-    match slow_start {
-        None => u64::from(m.weight.max(1)),
-        Some(window) => {
-            let w = f64::from(m.weight.max(1)) * RAMP_SCALE * m.backend.ramp(now, window);
-            (w.round() as u64).max(1)
-        }
+    let weight = u64::from(m.weight.max(1));
+    let Some(window) = slow_start else {
+        return weight;
+    };
+    let ramp = m.backend.ramp(now, window);
+    if ramp >= 1.0 {
+        return weight * RAMP_SCALE;
     }
+    ((weight * RAMP_SCALE) as f64 * ramp).max(1.0) as u64
 }
 
 /// Builds the configured strategy for `members`.
