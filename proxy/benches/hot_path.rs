@@ -47,8 +47,16 @@ fn parse(yaml: &str) -> Config {
 /// A config with `n` backends of mixed weights and the resilience blocks on (so the
 /// availability pass checks circuits and ejections as a production config would).
 fn balance_config(strategy: &str, n: usize) -> Config {
+    // `round-robin+slow_start`: the strategy with a slow-start window in force.
+    let (strategy, extra) = match strategy.split_once('+') {
+        Some((s, "slow_start")) => (
+            s,
+            "slow_start: 30s\nconsistent_hash: {key: 'header:x-user-id'}\n",
+        ),
+        _ => (strategy, "consistent_hash: {key: 'header:x-user-id'}\n"),
+    };
     let mut yaml = format!(
-        "strategy: {strategy}\ncircuit_breaker: {{}}\noutlier_detection: {{}}\nbackends:\n"
+        "strategy: {strategy}\n{extra}circuit_breaker: {{}}\noutlier_detection: {{}}\nbackends:\n"
     );
     for i in 0..n {
         yaml.push_str(&format!(
@@ -80,7 +88,15 @@ fn warm_snapshot(strategy: &str, n: usize, now: Instant) -> Service {
 
 fn bench_balance(c: &mut Criterion) {
     let mut g = c.benchmark_group("balance");
-    for strategy in ["round-robin", "least-connections", "adaptive"] {
+    for strategy in [
+        "round-robin",
+        "least-connections",
+        "adaptive",
+        "consistent-hash",
+        "round-robin+slow_start",
+        "least-connections+slow_start",
+        "consistent-hash+slow_start",
+    ] {
         for n in [3usize, 16] {
             // A fixed `now`: the proxy reads the clock once per attempt anyway, and
             // the clock is not what is measured here.
@@ -106,6 +122,21 @@ fn bench_balance(c: &mut Criterion) {
                 &n,
                 |b, _| b.iter(|| snap.balancer.pick(&snap.members, &all, black_box(now))),
             );
+            if strategy.starts_with("consistent-hash") {
+                // As `forward` does it: the key from the request's header, then the pick.
+                let headers = header_map(&[("x-user-id", "user-4711")]);
+                let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+                g.bench_with_input(
+                    BenchmarkId::new(format!("pick_keyed/{strategy}"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            let key = snap.request_key(black_box(&headers), "/", ip);
+                            snap.pick_keyed(black_box(&[]), key, black_box(now))
+                        })
+                    },
+                );
+            }
         }
     }
     g.finish();

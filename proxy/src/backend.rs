@@ -41,9 +41,16 @@ pub struct Backend {
     pub health: HealthCell,
     pub circuit: Circuit,
     pub outlier: Outlier,
+    /// Slow start: backend-epoch nanoseconds + 1 of when it last joined a running
+    /// set or came back from unhealthy (0: never; ejections and circuits keep
+    /// their own times).
+    ramp_mark: AtomicU64,
     /// Time origin for the atomics that store instants.
     epoch: Instant,
 }
+
+/// The share of its weight a backend gets at the start of its slow start.
+pub const SLOW_START_FLOOR: f64 = 0.1;
 
 impl Backend {
     /// A backend of the service `default`.
@@ -70,6 +77,7 @@ impl Backend {
             health: HealthCell::default(),
             circuit: Circuit::default(),
             outlier: Outlier::default(),
+            ramp_mark: AtomicU64::new(0),
             epoch,
         })
     }
@@ -90,6 +98,41 @@ impl Backend {
 
     pub fn active(&self) -> u64 {
         self.stats.active.load(Relaxed)
+    }
+
+    /// Starts a slow start at `now` (it joined, or passes health checks again).
+    pub fn start_ramp(&self, now: Instant) {
+        self.ramp_mark.store(self.nanos(now) + 1, Relaxed);
+    }
+
+    /// The slow-start factor at `now` for a `window`: [`SLOW_START_FLOOR`] when it
+    /// has just joined or come back (from unhealthy, an ejection, an open circuit),
+    /// rising linearly to 1 at the end of the window; 1 when none of that happened
+    /// within it.
+    pub fn ramp(&self, now: Instant, window: Duration) -> f64 {
+        // Three loads decide the usual case (never came back from anything); an
+        // ejection's end is known in advance (in the future while it lasts, when
+        // it is not picked anyway).
+        let since = self
+            .ramp_mark
+            .load(Relaxed)
+            .checked_sub(1)
+            .max(self.circuit.closed_at_ns())
+            .max(Some(self.outlier.last_end_ns()).filter(|&e| e != 0));
+        let Some(since) = since else { return 1.0 };
+        let elapsed = self.nanos(now).saturating_sub(since);
+        let window = window.as_nanos() as u64;
+        if window == 0 || elapsed >= window {
+            return 1.0;
+        }
+        SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * elapsed as f64 / window as f64
+    }
+
+    /// Follows a health verdict change: back from unhealthy starts a slow start.
+    pub fn health_changed(&self, before: HealthStatus, after: HealthStatus, now: Instant) {
+        if before == HealthStatus::Unhealthy && after != HealthStatus::Unhealthy {
+            self.start_ramp(now);
+        }
     }
 }
 

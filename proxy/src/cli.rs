@@ -62,7 +62,7 @@ pub struct Cli {
     pub backends: Vec<String>,
 
     /// Load-balancing strategy (overrides the config).
-    #[arg(long, value_parser = ["round-robin", "least-connections", "adaptive"])]
+    #[arg(long, value_parser = ["round-robin", "least-connections", "adaptive", "consistent-hash"])]
     pub strategy: Option<String>,
 
     /// Worker threads (0 = one per CPU; overrides server.threads).

@@ -244,8 +244,10 @@ fn apply(app: &App, r: &Record) {
             }
         }
         Decision::Health { status, reason } => {
-            if b.health.status() != *status {
+            let before = b.health.status();
+            if before != *status {
                 b.health.set(*status, reason.clone());
+                b.health_changed(before, *status, tokio::time::Instant::now());
                 let what = match status {
                     HealthStatus::Unhealthy => "unhealthy",
                     HealthStatus::Healthy => "healthy",

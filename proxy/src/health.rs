@@ -135,6 +135,7 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
                 }
             }
         };
+        let before = backend.health.status();
         if let Some(status) = backend.health.observe(
             pass,
             &detail,
@@ -142,6 +143,7 @@ async fn probe_loop(app: Arc<App>, backend: Arc<Backend>) {
             cfg.unhealthy_threshold.as_u32(),
         ) {
             app.metrics.health_transitions.fetch_add(1, Relaxed);
+            backend.health_changed(before, status, tokio::time::Instant::now());
             let msg = match status {
                 HealthStatus::Unhealthy => format!("backend {} unhealthy: {detail}", backend.key),
                 _ => format!("backend {} healthy: {detail}", backend.key),

@@ -468,13 +468,21 @@ impl Action {
 
 /// A stable hash of the sticky key's value (the same on every replica).
 fn sticky_hash<B>(key: &StickyKey, req: &Request<B>, client: IpAddr) -> Option<u64> {
+    let h = key_hash(key, req.headers(), req.uri().path(), client)?;
+    // Spread the low bits (Fx leaves them weak for short keys).
+    Some(h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16)
+}
+
+/// A stable hash of a request key's value (the same on every replica, not
+/// mixed: callers spread it as they need), or `None` when the request lacks it.
+pub fn key_hash(key: &StickyKey, headers: &HeaderMap, path: &str, client: IpAddr) -> Option<u64> {
     let mut h = FxBuildHasher.build_hasher();
     match key {
         StickyKey::ClientIp => client.hash(&mut h),
-        StickyKey::Header(name) => h.write(req.headers().get(name)?.as_bytes()),
+        StickyKey::Path => h.write(path.as_bytes()),
+        StickyKey::Header(name) => h.write(headers.get(name)?.as_bytes()),
         StickyKey::Cookie(name) => {
-            let v = req
-                .headers()
+            let v = headers
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -486,8 +494,7 @@ fn sticky_hash<B>(key: &StickyKey, req: &Request<B>, client: IpAddr) -> Option<u
             h.write(v.as_bytes());
         }
     }
-    // Spread the low bits (Fx leaves them weak for short keys).
-    Some(h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16)
+    Some(h.finish())
 }
 
 /// The request's host name: `Host`, or the URI's authority (HTTP/2), port removed.

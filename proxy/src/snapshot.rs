@@ -9,6 +9,7 @@
 //! matched by key across rebuilds, so a kept backend keeps its live state.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Member, Outcome, Recorded};
 use crate::balance::{self, Balance};
 use crate::config::routes::{scoped_key, split_key};
-use crate::config::{Config, DEFAULT_SERVICE, Protocol};
+use crate::config::{Config, DEFAULT_SERVICE, Protocol, Strategy};
 use crate::ratelimit::RateLimiter;
 use crate::route::Router;
 use crate::state::{Overlay, OverlayOp};
@@ -230,6 +231,7 @@ impl Snapshot {
         old: Option<&Snapshot>,
     ) -> Self {
         let mut limiters = limiters;
+        let joining = old.is_some_and(|o| o.generation > 0);
         let names = config.service_names();
         let services: Vec<Service> = names
             .iter()
@@ -238,8 +240,15 @@ impl Snapshot {
                 let members: Vec<Member> = desired(name, &sc, overlay)
                     .into_iter()
                     .map(|d| {
-                        let backend = reuse(&d.key)
-                            .unwrap_or_else(|| Backend::in_service(&d.url, d.target.clone(), name));
+                        let backend = reuse(&d.key).unwrap_or_else(|| {
+                            let b = Backend::in_service(&d.url, d.target.clone(), name);
+                            // Joined a running proxy: slow start (the first set,
+                            // at start-up, takes traffic at once).
+                            if joining {
+                                b.start_ramp(Instant::now());
+                            }
+                            b
+                        });
                         Member {
                             backend,
                             weight: d.weight,
@@ -325,6 +334,26 @@ impl Service {
     /// ejections are ignored and traffic spreads over every backend whose circuit
     /// is not open (see `panic_threshold` in the config).
     pub fn pick(&self, exclude: &[usize], now: Instant) -> Option<usize> {
+        self.pick_keyed(exclude, None, now)
+    }
+
+    /// The request's key hash when this service hashes requests onto a ring
+    /// (`consistent-hash`); `None` at once for the other strategies.
+    pub fn request_key(
+        &self,
+        headers: &http::HeaderMap,
+        path: &str,
+        client: IpAddr,
+    ) -> Option<u64> {
+        if self.config.strategy() != Strategy::ConsistentHash {
+            return None;
+        }
+        crate::route::key_hash(&self.config.consistent_hash.key, headers, path, client)
+    }
+
+    /// [`Service::pick`] for a request whose key hashed to `key` (see
+    /// [`Service::request_key`]).
+    pub fn pick_keyed(&self, exclude: &[usize], key: Option<u64>, now: Instant) -> Option<usize> {
         let n = self.members.len();
         if n == 0 {
             return None;
@@ -343,11 +372,11 @@ impl Service {
                     !exclude.contains(&i)
                         && self.members[i].backend.routable_in_panic(now, &self.config)
                 };
-                return self.balancer.pick(&self.members, &ok, now);
+                return self.balancer.pick_keyed(&self.members, &ok, key, now);
             }
         }
         let ok = |i: usize| available[i] && !exclude.contains(&i);
-        self.balancer.pick(&self.members, &ok, now)
+        self.balancer.pick_keyed(&self.members, &ok, key, now)
     }
 }
 

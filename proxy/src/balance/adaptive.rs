@@ -23,15 +23,18 @@
 //! stale view from all piling onto the same "best" backend (Mitzenmacher's
 //! power of two choices), and cost O(1) per pick.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
-use super::Balance;
+use super::{Balance, effective_weight};
 use crate::backend::Member;
 use crate::config::AdaptiveConfig;
 
 pub struct Adaptive {
     tau_ns: f64,
     error_penalty: f64,
+    slow_start: Option<Duration>,
 }
 
 impl Adaptive {
@@ -39,7 +42,14 @@ impl Adaptive {
         Self {
             tau_ns: config.decay.get().as_nanos().max(1) as f64,
             error_penalty: config.error_penalty.0,
+            slow_start: None,
         }
+    }
+
+    /// Weights ramp over `window` (see `balance::effective_weight`).
+    pub fn slow_start(mut self, window: Option<Duration>) -> Self {
+        self.slow_start = window;
+        self
     }
 
     /// (latency or None when cold, load-and-error factor).
@@ -49,7 +59,7 @@ impl Adaptive {
         let latency = b.latency.latency_ns(now_ns, self.tau_ns);
         let errors = b.latency.error_rate(now_ns, self.tau_ns);
         let factor = (b.active() as f64 + 1.0) * (1.0 + self.error_penalty * errors)
-            / f64::from(m.weight.max(1));
+            / effective_weight(m, self.slow_start, now) as f64;
         (latency, factor)
     }
 }

@@ -7,15 +7,25 @@
 //! share the load instead of the first one taking it all.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Balance;
+use super::{Balance, effective_weight};
 use crate::backend::Member;
 
 #[derive(Default)]
 pub struct LeastConnections {
     next: AtomicUsize,
+    slow_start: Option<Duration>,
+}
+
+impl LeastConnections {
+    /// Weights ramp over `window` (see `balance::effective_weight`).
+    pub fn slow_start(mut self, window: Option<Duration>) -> Self {
+        self.slow_start = window;
+        self
+    }
 }
 
 impl Balance for LeastConnections {
@@ -23,7 +33,7 @@ impl Balance for LeastConnections {
         &self,
         members: &[Member],
         eligible: &dyn Fn(usize) -> bool,
-        _now: Instant,
+        now: Instant,
     ) -> Option<usize> {
         let n = members.len();
         if n == 0 {
@@ -38,7 +48,7 @@ impl Balance for LeastConnections {
             }
             let m = &members[i];
             let load = u128::from(m.backend.active()) + 1;
-            let w = u128::from(m.weight.max(1));
+            let w = u128::from(effective_weight(m, self.slow_start, now));
             match best {
                 // load/w < bl/bw  <=>  load*bw < bl*w
                 Some((_, bl, bw)) if load * bw >= bl * w => {}

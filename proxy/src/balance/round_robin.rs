@@ -10,21 +10,31 @@
 //! The `current` values sit behind one short mutex: a pick is a few additions over
 //! a handful of members and nothing awaits while holding it.
 
+use std::time::Duration;
+
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::Balance;
+use super::{Balance, effective_weight};
 use crate::backend::Member;
 
 pub struct RoundRobin {
     current: Mutex<Vec<i64>>,
+    slow_start: Option<Duration>,
 }
 
 impl RoundRobin {
     pub fn new(members: &[Member]) -> Self {
         Self {
             current: Mutex::new(vec![0; members.len()]),
+            slow_start: None,
         }
+    }
+
+    /// Weights ramp over `window` (see `balance::effective_weight`).
+    pub fn slow_start(mut self, window: Option<Duration>) -> Self {
+        self.slow_start = window;
+        self
     }
 }
 
@@ -33,7 +43,7 @@ impl Balance for RoundRobin {
         &self,
         members: &[Member],
         eligible: &dyn Fn(usize) -> bool,
-        _now: Instant,
+        now: Instant,
     ) -> Option<usize> {
         let mut current = self.current.lock();
         if current.len() != members.len() {
@@ -45,7 +55,10 @@ impl Balance for RoundRobin {
             if !eligible(i) {
                 continue;
             }
-            let w = i64::from(m.weight);
+            let w = match self.slow_start {
+                None => i64::from(m.weight),
+                Some(_) => effective_weight(m, self.slow_start, now) as i64,
+            };
             current[i] += w;
             total += w;
             if best.is_none_or(|b| current[i] > current[b]) {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_shared::validate::Scheme;
 
 pub use locate::LineIndex;
-pub use routes::{DEFAULT_SERVICE, RouteConfig, ServiceConfig};
+pub use routes::{DEFAULT_SERVICE, RouteConfig, ServiceConfig, StickyKey};
 pub use types::{
     Cidr, Count, Dur, HealthKind, Int, Percent, Positive, Protocol, Ratio, Strategy, Url, Weight,
 };
@@ -32,7 +32,7 @@ pub use types::{
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
-    /// `round-robin` (default), `least-connections` or `adaptive`. The seed's copies
+    /// `round-robin` (default), `least-connections`, `adaptive` or `consistent-hash`. The seed's copies
     /// also put it under `server:`; both are accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
@@ -46,6 +46,14 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub adaptive: AdaptiveConfig,
+    /// Tuning of the `consistent-hash` strategy: the request key and the load bound.
+    #[serde(default)]
+    pub consistent_hash: ConsistentHashConfig,
+    /// Slow start window: a backend that joins, or returns from unhealthy, ejected
+    /// or an open circuit, ramps from 10 % to its full weight over it (off when
+    /// unset or `0s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Dur>,
     /// Percent of backends that must be available before the balancer stops
     /// trusting health: below it, traffic spreads over every backend whose circuit is
     /// not open (Envoy's "panic mode"). 0 disables.
@@ -98,6 +106,8 @@ impl Default for Config {
             retries: Retries::default(),
             upstream: UpstreamConfig::default(),
             adaptive: AdaptiveConfig::default(),
+            consistent_hash: ConsistentHashConfig::default(),
+            slow_start: None,
             panic_threshold: default_panic_threshold(),
             health_check: None,
             outlier_detection: None,
@@ -348,6 +358,28 @@ impl Default for AdaptiveConfig {
             default_latency: Dur::millis(1),
             error_penalty: Positive(10.0),
             failure_penalty: Dur::secs(1),
+        }
+    }
+}
+
+/// Tuning of the `consistent-hash` strategy (see `balance::consistent`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistentHashConfig {
+    /// What is hashed: `header:<Name>`, `cookie:<name>`, `client_ip` (default) or
+    /// `path`. A request without it goes to a random point of the ring.
+    pub key: StickyKey,
+    /// Bounded loads: no backend takes more than `(1 + balance_factor) ×` the mean
+    /// in-flight load (Envoy `hash_balance_factor`, HAProxy `hash-balance-factor`,
+    /// here as a fraction: 0.25 is HAProxy's 125).
+    pub balance_factor: Positive,
+}
+
+impl Default for ConsistentHashConfig {
+    fn default() -> Self {
+        Self {
+            key: StickyKey::ClientIp,
+            balance_factor: Positive(0.25),
         }
     }
 }

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::types::{Dur, Int};
 use super::{
-    AdaptiveConfig, BackendConfig, CircuitBreakerConfig, Config, HealthCheckConfig, OutlierConfig,
-    Percent, RateLimitConfig, Retries, Strategy, Timeouts, UpstreamConfig,
+    AdaptiveConfig, BackendConfig, CircuitBreakerConfig, Config, ConsistentHashConfig,
+    HealthCheckConfig, OutlierConfig, Percent, RateLimitConfig, Retries, Strategy, Timeouts,
+    UpstreamConfig,
 };
 
 /// The service the top-level backends form, and where unmatched requests go.
@@ -56,6 +57,10 @@ pub struct ServiceConfig {
     pub upstream: Option<UpstreamConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub panic_threshold: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,6 +279,8 @@ pub struct SplitTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StickyKey {
     ClientIp,
+    /// The request path (without the query).
+    Path,
     /// Lower-case header name.
     Header(http::HeaderName),
     Cookie(String),
@@ -283,6 +290,7 @@ impl fmt::Display for StickyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StickyKey::ClientIp => f.write_str("client_ip"),
+            StickyKey::Path => f.write_str("path"),
             StickyKey::Header(h) => write!(f, "header:{h}"),
             StickyKey::Cookie(c) => write!(f, "cookie:{c}"),
         }
@@ -293,8 +301,10 @@ impl<'de> Deserialize<'de> for StickyKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let s = String::deserialize(d)?;
-        if s == "client_ip" {
-            return Ok(StickyKey::ClientIp);
+        match s.as_str() {
+            "client_ip" => return Ok(StickyKey::ClientIp),
+            "path" => return Ok(StickyKey::Path),
+            _ => {}
         }
         if let Some(name) = s.strip_prefix("header:") {
             return http::HeaderName::from_bytes(name.trim().as_bytes())
@@ -307,7 +317,7 @@ impl<'de> Deserialize<'de> for StickyKey {
             return Ok(StickyKey::Cookie(name.trim().to_string()));
         }
         Err(D::Error::custom(format!(
-            "unknown sticky key `{s}` (expected client_ip, header:<Name> or cookie:<name>)"
+            "unknown key `{s}` (expected client_ip, path, header:<Name> or cookie:<name>)"
         )))
     }
 }
@@ -406,7 +416,14 @@ impl Config {
                 }
             )*};
         }
-        inherit!(timeouts, retries, upstream, adaptive, panic_threshold);
+        inherit!(
+            timeouts,
+            retries,
+            upstream,
+            adaptive,
+            consistent_hash,
+            panic_threshold
+        );
         macro_rules! inherit_opt {
             ($($f:ident),*) => {$(
                 if s.$f.is_some() {
@@ -414,7 +431,13 @@ impl Config {
                 }
             )*};
         }
-        inherit_opt!(health_check, outlier_detection, circuit_breaker, rate_limit);
+        inherit_opt!(
+            health_check,
+            outlier_detection,
+            circuit_breaker,
+            rate_limit,
+            slow_start
+        );
         Some(c)
     }
 }

@@ -384,3 +384,64 @@ fn route_actions_and_rewrites_are_checked() {
     );
     assert_eq!(e.line, Some(3), "{e}");
 }
+
+#[test]
+fn consistent_hash_and_slow_start_load_and_services_inherit_them() {
+    let c = parse(
+        r#"strategy: consistent-hash
+consistent_hash:
+  key: "header:X-User-Id"
+  balance_factor: 0.5
+slow_start: 30s
+backends:
+  - url: "http://a:80"
+services:
+  api:
+    backends:
+      - url: "http://b:80"
+  web:
+    strategy: round-robin
+    slow_start: 0s
+    consistent_hash:
+      key: path
+    backends:
+      - url: "http://c:80"
+"#,
+        "c.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.strategy(), Strategy::ConsistentHash);
+    assert_eq!(c.consistent_hash.key.to_string(), "header:x-user-id");
+    assert_eq!(c.consistent_hash.balance_factor.0, 0.5);
+    let api = c.service_config("api").unwrap();
+    assert_eq!(api.strategy(), Strategy::ConsistentHash);
+    assert_eq!(api.consistent_hash.balance_factor.0, 0.5);
+    assert_eq!(api.slow_start, Some(Dur::secs(30)));
+    let web = c.service_config("web").unwrap();
+    assert_eq!(web.consistent_hash.key, StickyKey::Path);
+    assert_eq!(
+        web.consistent_hash.balance_factor.0, 0.25,
+        "the block's default"
+    );
+    assert_eq!(crate::balance::slow_start(&web), None, "0s is off");
+    let again = parse(&to_yaml(&c).unwrap(), "again.yaml").unwrap();
+    assert_eq!(again.slow_start, Some(Dur::secs(30)));
+    // defaults: client_ip, 0.25, no slow start
+    let d = parse("backends: []\n", "c.yaml").unwrap();
+    assert_eq!(d.consistent_hash.key, StickyKey::ClientIp);
+    assert_eq!(d.consistent_hash.balance_factor.0, 0.25);
+    assert_eq!(d.slow_start, None);
+}
+
+#[test]
+fn bad_consistent_hash_settings_are_refused() {
+    let e = err("consistent_hash:\n  key: body\n");
+    assert!(e.reason.contains("unknown key `body`"), "{e}");
+    let e = err("consistent_hash:\n  balance_factor: 0\n");
+    assert!(e.reason.contains("greater than 0"), "{e}");
+    let e = err("slow_start: soon\n");
+    assert!(
+        e.field.as_deref().unwrap_or("").contains("slow_start"),
+        "{e}"
+    );
+}

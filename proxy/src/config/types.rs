@@ -303,16 +303,24 @@ pub enum Strategy {
     RoundRobin,
     LeastConnections,
     Adaptive,
+    /// Consistent hashing with bounded loads (see `balance::consistent`).
+    ConsistentHash,
 }
 
 impl Strategy {
-    pub const NAMES: [&'static str; 3] = ["round-robin", "least-connections", "adaptive"];
+    pub const NAMES: [&'static str; 4] = [
+        "round-robin",
+        "least-connections",
+        "adaptive",
+        "consistent-hash",
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::RoundRobin => "round-robin",
             Strategy::LeastConnections => "least-connections",
             Strategy::Adaptive => "adaptive",
+            Strategy::ConsistentHash => "consistent-hash",
         }
     }
 }
@@ -324,6 +332,7 @@ impl FromStr for Strategy {
             "round-robin" => Ok(Strategy::RoundRobin),
             "least-connections" => Ok(Strategy::LeastConnections),
             "adaptive" => Ok(Strategy::Adaptive),
+            "consistent-hash" => Ok(Strategy::ConsistentHash),
             other => Err(format!(
                 "unknown strategy `{other}` (expected one of: {})",
                 Strategy::NAMES.join(", ")

@@ -47,6 +47,9 @@ pub(super) struct Outgoing<'a> {
     pub replayable: bool,
     /// The client asked to switch protocols.
     pub upgrade: bool,
+    /// The request's hash key, when its service hashes requests
+    /// (`consistent-hash`; see `Service::request_key`).
+    pub hash_key: Option<u64>,
 }
 
 /// How one attempt ended.

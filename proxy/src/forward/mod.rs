@@ -160,7 +160,9 @@ pub async fn handle(
         }
         Ok(()) => {
             let upgrade = upgrade.filter(|_| headers::wants_upgrade(req.headers()));
+            let hash_key = svc.request_key(req.headers(), req.uri().path(), peer.addr.ip());
             let mut out = Outgoing::new(req, &peer, &svc.config, upgrade.is_some());
+            out.hash_key = hash_key;
             if let Some(r) = route {
                 routed::rewrite(r, &mut out.parts);
             }
@@ -317,6 +319,7 @@ impl<'a> Outgoing<'a> {
             forwarded,
             body: Some(if bodiless { ReqBody::Empty } else { incoming }),
             upgrade,
+            hash_key: None,
         }
     }
 }
@@ -346,7 +349,7 @@ async fn forward(
 
     while attempts < max_attempts {
         let now = clock.take().unwrap_or_else(Instant::now);
-        let Some(idx) = snap.pick(&excluded, now) else {
+        let Some(idx) = snap.pick_keyed(&excluded, out.hash_key, now) else {
             break;
         };
         excluded.push(idx);

@@ -33,6 +33,8 @@ pub struct Circuit {
     state: AtomicU8,
     /// Backend-epoch nanoseconds until which it stays open.
     until_ns: AtomicU64,
+    /// Backend-epoch nanoseconds + 1 of when probes last closed it (0: never).
+    closed_ns: AtomicU64,
     /// Backoff exponent: failed probes since the circuit last closed.
     level: AtomicU32,
     probes_in_flight: AtomicU32,
@@ -68,6 +70,11 @@ impl Circuit {
             HALF_OPEN => CircuitState::HalfOpen,
             _ => CircuitState::Closed,
         }
+    }
+
+    /// When probes last closed it, if ever (backend-epoch nanoseconds).
+    pub fn closed_at_ns(&self) -> Option<u64> {
+        self.closed_ns.load(Relaxed).checked_sub(1)
     }
 
     /// Time left open, if open.
@@ -182,6 +189,7 @@ impl Circuit {
             let ok = self.probe_successes.fetch_add(1, Relaxed) + 1;
             if ok >= cfg.half_open_requests.as_u32() {
                 self.close();
+                self.closed_ns.store(now_ns + 1, Relaxed);
                 return Some(Transition::CircuitClosed);
             }
             return None;

@@ -42,6 +42,12 @@ impl Outlier {
         self.until_ns.load(Relaxed) != 0
     }
 
+    /// When the last ejection ends or ended (backend-epoch nanoseconds; 0: never
+    /// ejected).
+    pub fn last_end_ns(&self) -> u64 {
+        self.last_end_ns.load(Relaxed)
+    }
+
     pub fn is_ejected(&self, now_ns: u64) -> bool {
         let until = self.until_ns.load(Relaxed);
         until != 0 && now_ns < until

@@ -1,11 +1,12 @@
-//! State machines on paused time: the breaker, ejection backoff, the ejection cap
-//! and the panic threshold.
+//! State machines on paused time: the breaker, ejection backoff, the ejection cap,
+//! the panic threshold, and slow start after each way back.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::StatusCode;
-use switchyard_shared::CircuitState;
+use switchyard_shared::{CircuitState, HealthStatus};
 use tokio::time::{Instant, advance};
 
 use super::*;
@@ -318,4 +319,151 @@ async fn panic_threshold_spreads_over_all_rather_than_refusing() {
         m.backend.record(ERR, Instant::now(), false, &strict);
     }
     assert_eq!(strict.pick(&[], Instant::now()), None);
+}
+
+// === slow start ===
+
+const WINDOW: Duration = Duration::from_secs(30);
+
+/// Backend 1's share of `picks` picks at the current (paused) instant; with
+/// `hold`, every pick stays in flight until the end (so load-aware strategies
+/// spread by weight), with `keyed`, pick `k` carries the key `k`.
+fn share_of_second(snap: &Service, picks: usize, hold: bool, keyed: bool) -> f64 {
+    let now = Instant::now();
+    let mut counts = [0usize; 2];
+    for k in 0..picks {
+        let key = keyed.then_some(k as u64);
+        let i = snap.pick_keyed(&[], key, now).unwrap();
+        counts[i] += 1;
+        if hold {
+            snap.members[i].backend.stats.active.fetch_add(1, Relaxed);
+        }
+    }
+    if hold {
+        for (m, c) in snap.members.iter().zip(counts) {
+            m.backend.stats.active.fetch_sub(c as u64, Relaxed);
+        }
+    }
+    counts[1] as f64 / picks as f64
+}
+
+/// Expected share of a backend at ramp `r` beside one at full weight.
+fn ramped(r: f64) -> f64 {
+    r / (1.0 + r)
+}
+
+/// Backend 1 of `snap` has just come back: 10 % of its weight at once, then
+/// linearly to 100 % over the 30 s window (`hold`: see [`share_of_second`]).
+async fn assert_ramps(snap: &Service, hold: bool) {
+    let at_start = share_of_second(snap, 1100, hold, false);
+    assert!((at_start - ramped(0.1)).abs() < 0.01, "{at_start}");
+    advance(Duration::from_secs(15)).await;
+    let half = share_of_second(snap, 1550, hold, false);
+    assert!((half - ramped(0.55)).abs() < 0.01, "{half}");
+    advance(Duration::from_secs(15)).await;
+    let after = share_of_second(snap, 1000, hold, false);
+    assert!((after - 0.5).abs() < 0.01, "{after}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_backend_back_from_ejection_round_robin() {
+    let snap = snapshot(&format!(
+        "slow_start: 30s\noutlier_detection:\n  consecutive_failures: 1\n  base_ejection_time: 10s\n  max_ejection_percent: 100\n{}",
+        backends(2)
+    ));
+    let b = &snap.members[1].backend;
+    assert_eq!(
+        b.ramp(Instant::now(), WINDOW),
+        1.0,
+        "the first set starts at full weight"
+    );
+    b.record(ERR, Instant::now(), false, &snap);
+    assert_eq!(share_of_second(&snap, 100, false, false), 0.0, "ejected");
+    advance(Duration::from_secs(10)).await;
+    assert_ramps(&snap, false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_backend_back_from_unhealthy_least_connections() {
+    let snap = snapshot(&format!(
+        "strategy: least-connections\nslow_start: 30s\n{}",
+        backends(2)
+    ));
+    let b = &snap.members[1].backend;
+    b.health.set(HealthStatus::Unhealthy, Some("down".into()));
+    assert_eq!(share_of_second(&snap, 100, true, false), 0.0);
+    b.health.set(HealthStatus::Healthy, None);
+    b.health_changed(
+        HealthStatus::Unhealthy,
+        HealthStatus::Healthy,
+        Instant::now(),
+    );
+    assert_ramps(&snap, true).await;
+    // a first verdict (unchecked → healthy) is no return: no ramp
+    let fresh = &snap.members[0].backend;
+    fresh.health_changed(
+        HealthStatus::Unchecked,
+        HealthStatus::Healthy,
+        Instant::now(),
+    );
+    assert_eq!(fresh.ramp(Instant::now(), WINDOW), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_backend_after_its_circuit_closes_consistent_hash() {
+    let snap = snapshot(&format!(
+        "strategy: consistent-hash\nslow_start: 30s\ncircuit_breaker:\n  failure_threshold: 1\n  open_duration: 10s\n{}",
+        backends(2)
+    ));
+    const KEYS: usize = 10_000;
+    // its share of the keys at full weight (the ring is not exactly 50/50)
+    let full = share_of_second(&snap, KEYS, false, true);
+    assert!((0.4..0.6).contains(&full), "{full}");
+    let b = &snap.members[1].backend;
+    let cfg = snap.config.circuit_breaker.as_ref();
+    b.record(ERR, Instant::now(), false, &snap);
+    assert_eq!(share_of_second(&snap, 100, false, true), 0.0, "open");
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        b.circuit.acquire(b.nanos(Instant::now()), cfg).0,
+        Admission::Probe
+    );
+    assert_eq!(
+        b.record(OK, Instant::now(), true, &snap).circuit,
+        Some(Transition::CircuitClosed)
+    );
+    // it keeps the share `ramp` of its keys
+    let at_start = share_of_second(&snap, KEYS, false, true) / full;
+    assert!((at_start - 0.1).abs() < 0.03, "{at_start}");
+    advance(Duration::from_secs(15)).await;
+    let half = share_of_second(&snap, KEYS, false, true) / full;
+    assert!((half - 0.55).abs() < 0.03, "{half}");
+    advance(Duration::from_secs(15)).await;
+    assert_eq!(share_of_second(&snap, KEYS, false, true), full);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_backend_that_joins_a_running_proxy() {
+    let one =
+        Arc::new(config::parse(&format!("slow_start: 30s\n{}", backends(1)), "t.yaml").unwrap());
+    let two =
+        Arc::new(config::parse(&format!("slow_start: 30s\n{}", backends(2)), "t.yaml").unwrap());
+    let first = Snapshot::build(1, one, &Overlay::default(), Limiters::default(), &|_| None);
+    let kept = first.default_service().members[0].backend.clone();
+    let second = Snapshot::build_after(
+        2,
+        two,
+        &Overlay::default(),
+        Limiters::default(),
+        &|k| (*k == *kept.key).then(|| kept.clone()),
+        Some(&first),
+    );
+    let svc = second.default_service();
+    let now = Instant::now();
+    assert_eq!(svc.members[0].backend.ramp(now, WINDOW), 1.0);
+    assert_eq!(svc.members[1].backend.ramp(now, WINDOW), 0.1);
+    let at_start = share_of_second(svc, 1100, false, false);
+    assert!((at_start - ramped(0.1)).abs() < 0.01, "{at_start}");
+    advance(WINDOW).await;
+    assert_eq!(svc.members[1].backend.ramp(Instant::now(), WINDOW), 1.0);
 }
