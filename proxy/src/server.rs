@@ -246,6 +246,7 @@ pub async fn start_with_store(
     let mut background = vec![
         tokio::spawn(housekeeping(app.clone(), stop_rx.clone())),
         tokio::spawn(crate::health::supervise(app.clone(), stop_rx.clone())),
+        tokio::spawn(crate::discovery::supervise(app.clone(), stop_rx.clone())),
     ];
     if let Some(edge) = &edge {
         background.extend(edge.spawn(app.clone(), stop_rx.clone()));
