@@ -457,6 +457,62 @@ mod tests {
     }
 
     #[test]
+    fn dns_members_join_after_fixed_ones_and_the_overlay_still_applies() {
+        let c = cfg(
+            "services:\n  api:\n    backends: [{url: 'http://10.0.0.1:80', weight: 4}]\n    discover: {dns: 'api.internal:80'}\n",
+        );
+        let api = c.service_config("api").unwrap();
+        let found = |dns: &str| {
+            let urls = [
+                "http://10.0.0.1:80",
+                "http://10.0.0.2:80",
+                "http://10.0.0.3:80",
+            ]
+            .map(|u| validate::backend_url(u).unwrap());
+            Discovered(HashMap::from([(
+                "api".to_string(),
+                (dns.to_string(), urls.to_vec()),
+            )]))
+        };
+        let mut o = Overlay::default();
+        o.version = 1;
+        o.entries.insert(
+            "api|http://10.0.0.3:80".into(),
+            OverlayEntry {
+                url: "http://10.0.0.3:80".into(),
+                op: OverlayOp::Remove,
+                weight: 1,
+                seq: 1,
+            },
+        );
+        let d = desired("api", &api, &o, &found("api.internal:80"));
+        let got: Vec<_> = d
+            .iter()
+            .map(|d| (d.key.as_str(), d.weight, d.source))
+            .collect();
+        // The fixed backend keeps its weight; the removed address stays out.
+        assert_eq!(
+            got,
+            vec![
+                ("api|http://10.0.0.1:80", 4, BackendSource::Config),
+                ("api|http://10.0.0.2:80", 1, BackendSource::Dns),
+            ]
+        );
+        // An answer for a name the config no longer follows is ignored.
+        let stale = desired("api", &api, &Overlay::default(), &found("old.internal:80"));
+        assert_eq!(stale.len(), 1);
+        // As are answers for a service without `discover`.
+        let plain = cfg("backends: [{url: 'http://10.0.0.1:80'}]\n");
+        let none = desired(
+            DEFAULT_SERVICE,
+            &plain,
+            &Overlay::default(),
+            &found("api.internal:80"),
+        );
+        assert_eq!(none.len(), 1);
+    }
+
+    #[test]
     fn overlay_adds_removes_and_reweights() {
         let c = cfg("backends:\n  - url: http://a:80\n  - url: http://b:80\n    weight: 2\n");
         let o = overlay(&[

@@ -205,6 +205,58 @@ mod tests {
     }
 
     #[test]
+    fn discover_parses_per_service_and_at_the_top_with_the_dns_block() {
+        let c = crate::config::parse(
+            "discover: {dns: 'web.internal:80'}\nservices:\n  api:\n    discover: {dns: '_http._tcp.api.internal', max_ttl: 30s}\ndns:\n  nameservers: ['127.0.0.1:5353']\n  min_ttl: 2s\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.dns.nameservers, ["127.0.0.1:5353"]);
+        let top = c.service_config("default").unwrap().discover.unwrap();
+        assert_eq!(top.dns, "web.internal:80");
+        assert_eq!(
+            top.ttl_bounds(&c.dns),
+            (Duration::from_secs(2), Duration::from_secs(300))
+        );
+        let api = c.service_config("api").unwrap().discover.unwrap();
+        assert_eq!(
+            api.ttl_bounds(&c.dns),
+            (Duration::from_secs(2), Duration::from_secs(30))
+        );
+        // A named service does not inherit the top-level discover.
+        let c = crate::config::parse(
+            "discover: {dns: 'web.internal:80'}\nservices:\n  api:\n    backends: [{url: 'http://a:80'}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert!(c.service_config("api").unwrap().discover.is_none());
+    }
+
+    #[test]
+    fn bad_discover_and_dns_blocks_are_refused_with_their_field() {
+        for (yaml, field) in [
+            ("discover: {dns: 'web.internal'}\n", "discover.dns"),
+            (
+                "services:\n  api:\n    discover: {dns: 'a:80', min_ttl: 10s, max_ttl: 1s}\n",
+                "services.api.discover.max_ttl",
+            ),
+            ("dns: {nameservers: ['ns1']}\n", "dns.nameservers"),
+            ("dns: {min_ttl: 0s}\n", "dns.min_ttl"),
+            ("dns: {timeout: 0s}\n", "dns.timeout"),
+            (
+                "discover: {dns: 'a:80'}\nservices:\n  default:\n    discover: {dns: 'b:80'}\n",
+                "services.default",
+            ),
+            ("discover: {dns: 'a:80', extra: 1}\n", "extra"),
+        ] {
+            let e = crate::config::parse(yaml, "t.yaml")
+                .expect_err(yaml)
+                .to_string();
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
     fn nameservers_take_an_optional_port() {
         let c = DnsConfig {
             nameservers: vec!["127.0.0.1:5353".into(), "::1".into()],
