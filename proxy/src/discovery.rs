@@ -83,10 +83,10 @@ pub async fn supervise(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             keep
         });
         for (name, spec) in want {
-            if !tasks.contains_key(&name) {
+            tasks.entry(name).or_insert_with_key(|name| {
                 let h = tokio::spawn(follow(app.clone(), name.clone(), spec.clone()));
-                tasks.insert(name, (spec, h));
-            }
+                (spec, h)
+            });
         }
     }
     for (_, (_, h)) in tasks {

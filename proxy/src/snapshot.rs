@@ -474,8 +474,10 @@ mod tests {
                 (dns.to_string(), urls.to_vec()),
             )]))
         };
-        let mut o = Overlay::default();
-        o.version = 1;
+        let mut o = Overlay {
+            version: 1,
+            ..Default::default()
+        };
         o.entries.insert(
             "api|http://10.0.0.3:80".into(),
             OverlayEntry {
