@@ -883,7 +883,7 @@ mod tests {
             }
             assert!(!def.help.is_empty());
         }
-        assert_eq!(TABLE.len(), 40);
+        assert_eq!(TABLE.len(), 43);
     }
 
     #[test]
