@@ -44,6 +44,11 @@ fn free_udp_tcp_port() -> u16 {
 
 impl Dnsmasq {
     fn start(hosts: &str) -> Dnsmasq {
+        Self::start_with(hosts, &[])
+    }
+
+    /// With more options (e.g. `--srv-host=…`).
+    fn start_with(hosts: &str, extra: &[String]) -> Dnsmasq {
         let dir = tempfile::tempdir().unwrap();
         // dnsmasq drops root for `nobody`, who must read the hosts file on SIGHUP.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -65,6 +70,7 @@ impl Dnsmasq {
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", file.display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -330,6 +336,48 @@ dns:
     .await;
     wait_until(LIMIT, "fixed and discovered members answering", || async {
         answered_by(p.proxy_addr, 30).await == ["b6", "b7", "fixed"].map(String::from).into()
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn srv_targets_become_members_on_their_records_ports() {
+    let (port_a, _a) = upstreams(&[8]).await;
+    let (port_b, _b) = upstreams(&[9]).await;
+    let dns = Dnsmasq::start_with(
+        &format!("{}{}", hosts("one.test", &[8]), hosts("two.test", &[9])),
+        &[
+            format!("--srv-host=_http._tcp.api.test,one.test,{port_a}"),
+            format!("--srv-host=_http._tcp.api.test,two.test,{port_b}"),
+        ],
+    );
+    let p = proxy(&format!(
+        "{}services:
+  api:
+    discover:
+      dns: '_http._tcp.api.test'
+routes:
+  - match: {{path_prefix: /}}
+    service: api
+dns:
+  nameservers: ['127.0.0.1:{}']
+",
+        server_yaml(),
+        dns.port
+    ))
+    .await;
+    let want: BTreeSet<String> = [
+        format!("http://127.0.0.8:{port_a}"),
+        format!("http://127.0.0.9:{port_b}"),
+    ]
+    .into();
+    wait_until(LIMIT, "both SRV targets as members", || async {
+        dns_members(p.admin_addr, "api").await == want
+    })
+    .await;
+    wait_until(LIMIT, "both targets answering", || async {
+        answered_by(p.proxy_addr, 20).await == ["b8", "b9"].map(String::from).into()
     })
     .await;
     p.shutdown().await;
