@@ -150,33 +150,37 @@ fn hosts(name: &str, last_octets: &[u8]) -> String {
         .collect()
 }
 
-/// The running (not draining) members of `service` that came from DNS.
-async fn dns_members(admin: SocketAddr, service: &str) -> BTreeSet<String> {
-    let r = get(&url(admin, "/admin/backends")).await;
-    let v = r.json();
-    let list = v
-        .as_array()
-        .or_else(|| v["backends"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .filter(|b| b["service"] == service && b["source"] == "dns" && b["draining"] == false)
+/// The JSON array an admin endpoint answers.
+async fn admin_list(admin: SocketAddr, path: &str) -> Vec<serde_json::Value> {
+    let v = get(&url(admin, path)).await.json();
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// URLs `/admin/backends` lists for `service` that pass `keep`.
+async fn backend_urls(
+    admin: SocketAddr,
+    service: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> BTreeSet<String> {
+    admin_list(admin, "/admin/backends")
+        .await
+        .iter()
+        .filter(|b| b["service"] == service && keep(b))
         .map(|b| b["url"].as_str().unwrap().to_string())
         .collect()
 }
 
+/// The running (not draining) members of `service` that came from DNS.
+async fn dns_members(admin: SocketAddr, service: &str) -> BTreeSet<String> {
+    backend_urls(admin, service, |b| {
+        b["source"] == "dns" && b["draining"] == false
+    })
+    .await
+}
+
 /// Every URL `/admin/backends` lists for `service`, draining ones too.
 async fn all_urls(admin: SocketAddr, service: &str) -> BTreeSet<String> {
-    let v = get(&url(admin, "/admin/backends")).await.json();
-    let list = v
-        .as_array()
-        .or_else(|| v["backends"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .filter(|b| b["service"] == service)
-        .map(|b| b["url"].as_str().unwrap().to_string())
-        .collect()
+    backend_urls(admin, service, |_| true).await
 }
 
 fn urls(port: u16, last_octets: &[u8]) -> BTreeSet<String> {
@@ -186,14 +190,11 @@ fn urls(port: u16, last_octets: &[u8]) -> BTreeSet<String> {
         .collect()
 }
 
+/// `service`'s `discovery` in `/admin/services`.
 async fn discovery(admin: SocketAddr, service: &str) -> serde_json::Value {
-    let v = get(&url(admin, "/admin/services")).await.json();
-    let list = v
-        .as_array()
-        .or_else(|| v["services"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.into_iter()
+    admin_list(admin, "/admin/services")
+        .await
+        .into_iter()
         .find(|s| s["name"] == service)
         .map(|s| s["discovery"].clone())
         .unwrap_or_default()
