@@ -383,3 +383,48 @@ dns:
     .await;
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_nameserver_that_never_answers_costs_bounded_time_and_is_reported() {
+    // Takes queries over UDP and TCP and never answers.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await;
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        if let Ok(l) = tcp {
+            while let Ok((s, _)) = l.accept().await {
+                open.push(s);
+            }
+        }
+    });
+    let p = proxy(&format!(
+        "{}services:
+  api:
+    discover:
+      dns: 'api.test:80'
+routes:
+  - match: {{path_prefix: /}}
+    service: api
+dns:
+  nameservers: ['127.0.0.1:{port}']
+  timeout: 200ms
+",
+        server_yaml(),
+    ))
+    .await;
+    // Failing again and again: each resolution ends (the task is not stuck).
+    wait_until(LIMIT, "two failed resolutions counted", || async {
+        failures(p.admin_addr, "api").await >= 2
+    })
+    .await;
+    let d = discovery(p.admin_addr, "api").await;
+    eprintln!("discovery with a silent nameserver: {d}");
+    assert_eq!(d["members"], 0, "{d}");
+    assert!(d["last_error"].is_string(), "{d}");
+    // No members: the routed request is answered (an error), not left hanging.
+    let r = get(&url(p.proxy_addr, "/")).await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+    drop(udp);
+    p.shutdown().await;
+}
