@@ -56,6 +56,27 @@ fn specs(config: &Config) -> HashMap<String, Spec> {
         .collect()
 }
 
+/// Waits until every discovering service has had its first answer (or failure),
+/// at most `limit`: a replica starting then serves its members from the first
+/// request on, and a dead DNS server only delays the start.
+pub async fn settle(app: &App, limit: Duration) {
+    let want = specs(&app.config());
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let seen = app.discovery();
+        let done = want.iter().all(|(name, spec)| {
+            seen.get(name).is_some_and(|d| {
+                d.dns == spec.discover.dns && (d.last_resolved_ms > 0 || d.last_error.is_some())
+            })
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warn!("dns discovery: no answer yet at start; serving, members join as names resolve");
+}
+
 /// Keeps one resolving task per discovering service, following reloads.
 pub async fn supervise(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tasks: HashMap<String, (Spec, JoinHandle<()>)> = HashMap::new();
