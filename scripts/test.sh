@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust (rustup) installed:
 # installs what is missing (redis-server, redis-sentinel, brotli, chromium +
-# chromedriver, git, pebble, openssl, curl, docker.io, docker-compose, debootstrap,
+# chromedriver, git, pebble, openssl, curl, dnsmasq, docker.io, docker-compose, debootstrap,
 # the wasm32 target, wasm-bindgen-cli), builds the dashboard (before cargo, so the
 # binaries the tests run embed it), then runs fmt, clippy, every cargo test, and
 # scripts/compose-test.sh (the Docker images built and the compose stack run for
@@ -23,6 +23,9 @@ need git || pkgs+=(git)
 need pebble || pkgs+=(pebble)          # ACME tests (Pebble + pebble-challtestsrv)
 need openssl || pkgs+=(openssl)        # TLS resumption test (s_client)
 need curl || pkgs+=(curl)              # HTTPS test (curl --cacert --resolve)
+# DNS discovery test (tests/dns.rs): the dnsmasq binary, without the package `dnsmasq`'s
+# system service that would take port 53.
+[ -x /usr/sbin/dnsmasq ] || need dnsmasq || pkgs+=(dnsmasq-base)
 if [ "${SKIP_COMPOSE_TEST:-0}" != 1 ]; then
   need dockerd || pkgs+=(docker.io)
   need docker-compose || pkgs+=(docker-compose)

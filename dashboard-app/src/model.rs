@@ -273,6 +273,7 @@ fn backend_row(b: &BackendView, track: Option<&Track>, cluster: Option<Badge>) -
         source: match b.source {
             BackendSource::Config => "config",
             BackendSource::Admin => "admin",
+            BackendSource::Dns => "dns",
         },
         weight: if b.draining && b.weight == 0 {
             format::NONE.into()

@@ -4,7 +4,7 @@
 //! Everything that changes the running set (config apply, admin overlay) goes
 //! through [`App::rebuild`], one at a time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use switchyard_shared::validate::BackendUrl;
 use switchyard_shared::{
-    BackendView, CircuitState, ConfigErrorView, ConfigSourceView, ConfigStatus, DriftView,
-    EjectionView, EventKind, MetricsEntry, ReplicaView,
+    BackendView, CircuitState, ConfigErrorView, ConfigSourceView, ConfigStatus, DiscoveryView,
+    DriftView, EjectionView, EventKind, MetricsEntry, ReplicaView,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -24,7 +25,7 @@ use crate::config::{Config, OnStoreError, RateLimitConfig};
 use crate::dataplane::DataPlane;
 use crate::events::now_ms;
 use crate::ratelimit::{ClusterLink, RateLimiter};
-use crate::snapshot::{self, Diff, Limiters, Snapshot};
+use crate::snapshot::{self, Diff, Discovered, Limiters, Snapshot};
 use crate::state::{Overlay, OverlayOp, StateStore};
 use crate::telemetry::metrics::{BackendReading, Reading, RouteReading, Source, TlsSource};
 use crate::telemetry::otel::Telemetry;
@@ -165,6 +166,10 @@ struct Inner {
     overlay: Overlay,
     /// Removed from the running set, finishing their in-flight requests.
     draining: Vec<Arc<Backend>>,
+    /// Members found by DNS, per service (see [`crate::discovery`]).
+    discovered: Discovered,
+    /// Per discovering service: how its resolutions went.
+    discovery: BTreeMap<String, DiscoveryView>,
     status: AppliedConfig,
 }
 
@@ -208,6 +213,8 @@ impl App {
                 config: config.clone(),
                 overlay: Overlay::default(),
                 draining: Vec::new(),
+                discovered: Discovered::default(),
+                discovery: BTreeMap::new(),
                 status: AppliedConfig::default(),
             }),
         });
@@ -321,9 +328,64 @@ impl App {
         self.inner.lock().overlay.clone()
     }
 
+    /// Puts in what service `service`'s name `dns` answered (the members found by
+    /// DNS are replaced; those gone drain like `/admin/remove`), and when the next
+    /// resolution is due. Rebuilds only when the set changed.
+    pub fn set_discovered(
+        &self,
+        service: &str,
+        dns: &str,
+        mut urls: Vec<BackendUrl>,
+        next_ms: u64,
+    ) -> Option<Diff> {
+        urls.sort_by_key(|u| u.key());
+        urls.dedup();
+        let mut inner = self.inner.lock();
+        let status = inner.discovery.entry(service.to_string()).or_default();
+        status.dns = dns.to_string();
+        status.members = urls.len();
+        status.last_resolved_ms = now_ms();
+        status.next_resolve_ms = next_ms;
+        status.last_error = None;
+        status.last_error_ms = None;
+        let entry = (dns.to_string(), urls);
+        if inner.discovered.0.get(service) == Some(&entry) {
+            return None;
+        }
+        inner.discovered.0.insert(service.to_string(), entry);
+        Some(self.rebuild(&mut inner))
+    }
+
+    /// Records a failed resolution of service `service`'s name: its members stay
+    /// as the last answer left them.
+    pub fn discovery_failed(&self, service: &str, dns: &str, error: String, next_ms: u64) {
+        let mut inner = self.inner.lock();
+        let status = inner.discovery.entry(service.to_string()).or_default();
+        status.dns = dns.to_string();
+        status.failures += 1;
+        status.last_error = Some(error);
+        status.last_error_ms = Some(now_ms());
+        status.next_resolve_ms = next_ms;
+    }
+
+    /// Forgets a service's discovery (its `discover` block is gone): its members
+    /// from DNS leave with the next rebuild (the config no longer asks for them).
+    pub fn forget_discovery(&self, service: &str) {
+        let mut inner = self.inner.lock();
+        inner.discovery.remove(service);
+        if inner.discovered.0.remove(service).is_some() {
+            self.rebuild(&mut inner);
+        }
+    }
+
+    /// Every discovering service's resolution record, by service name.
+    pub fn discovery(&self) -> BTreeMap<String, DiscoveryView> {
+        self.inner.lock().discovery.clone()
+    }
+
     fn rebuild(&self, inner: &mut Inner) -> Diff {
         let old = self.snapshot();
-        let desired = snapshot::desired_all(&inner.config, &inner.overlay);
+        let desired = snapshot::desired_all(&inner.config, &inner.overlay, &inner.discovered);
         let diff = snapshot::diff(old.all_members().map(|(_, m)| m), &desired);
         let limiters = self.limiters(&inner.config, &old);
         let draining = &inner.draining;
@@ -335,7 +397,7 @@ impl App {
         let next = Snapshot::build_after(
             old.generation + 1,
             inner.config.clone(),
-            &inner.overlay,
+            (&inner.overlay, &inner.discovered),
             limiters,
             &reuse,
             Some(&old),
@@ -558,6 +620,7 @@ impl Source for App {
             backends,
             tls: self.tls_source.get().map(|t| t.tls_reading()),
             routes: route_readings(&snap),
+            discovery: self.discovery().into_iter().collect(),
         });
     }
 }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
+pub mod discovery;
 pub mod errors;
 pub mod events;
 pub mod forward;

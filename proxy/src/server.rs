@@ -199,6 +199,9 @@ pub async fn start_with_store(
     }
 
     let (stop, stop_rx) = watch::channel(false);
+    // Members from DNS before serving, like the overlay above.
+    let discovery = tokio::spawn(crate::discovery::supervise(app.clone(), stop_rx.clone()));
+    crate::discovery::settle(&app, Duration::from_secs(3)).await;
     let intercept = edge
         .clone()
         .map(|e| e as Arc<dyn crate::forward::PlainIntercept>);
@@ -246,6 +249,7 @@ pub async fn start_with_store(
     let mut background = vec![
         tokio::spawn(housekeeping(app.clone(), stop_rx.clone())),
         tokio::spawn(crate::health::supervise(app.clone(), stop_rx.clone())),
+        discovery,
     ];
     if let Some(edge) = &edge {
         background.extend(edge.spawn(app.clone(), stop_rx.clone()));

@@ -77,9 +77,30 @@ pub struct Desired {
     pub protocol: Protocol,
 }
 
-/// Service `name`'s config backends (`service` is its settings) with the overlay
-/// entries of that service applied, in config order then admin order.
-pub fn desired(name: &str, service: &Config, overlay: &Overlay) -> Vec<Desired> {
+/// Members found by DNS, per service name: the `discover.dns` name that gave them
+/// (a set answering another name than the config's now is ignored) and their URLs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovered(pub HashMap<String, (String, Vec<BackendUrl>)>);
+
+impl Discovered {
+    /// Service `name`'s members, if its config still follows the name they answer.
+    fn members(&self, name: &str, service: &Config) -> &[BackendUrl] {
+        match (self.0.get(name), &service.discover) {
+            (Some((dns, urls)), Some(d)) if *dns == d.dns => urls,
+            _ => &[],
+        }
+    }
+}
+
+/// Service `name`'s config backends (`service` is its settings), then its members
+/// from DNS, with the overlay entries of that service applied, in config order,
+/// then DNS order, then admin order.
+pub fn desired(
+    name: &str,
+    service: &Config,
+    overlay: &Overlay,
+    discovered: &Discovered,
+) -> Vec<Desired> {
     let mut out: Vec<Desired> = service
         .backends
         .iter()
@@ -93,6 +114,21 @@ pub fn desired(name: &str, service: &Config, overlay: &Overlay) -> Vec<Desired> 
             protocol: b.protocol,
         })
         .collect();
+    for target in discovered.members(name, service) {
+        let key = scoped_key(name, &target.key());
+        if out.iter().any(|d| d.key == key) {
+            continue; // a fixed backend with the same address keeps its settings
+        }
+        out.push(Desired {
+            key,
+            url: target.to_string(),
+            target: target.clone(),
+            weight: 1,
+            source: BackendSource::Dns,
+            health_path: None,
+            protocol: Protocol::Http1,
+        });
+    }
     let mut admin: Vec<_> = overlay
         .entries
         .iter()
@@ -133,11 +169,11 @@ pub fn desired(name: &str, service: &Config, overlay: &Overlay) -> Vec<Desired> 
 }
 
 /// Every service's desired set, `default` first.
-pub fn desired_all(config: &Config, overlay: &Overlay) -> Vec<Desired> {
+pub fn desired_all(config: &Config, overlay: &Overlay, discovered: &Discovered) -> Vec<Desired> {
     config
         .service_names()
         .into_iter()
-        .filter_map(|n| Some(desired(n, &config.service_config(n)?, overlay)))
+        .filter_map(|n| Some(desired(n, &config.service_config(n)?, overlay, discovered)))
         .flatten()
         .collect()
 }
@@ -218,14 +254,23 @@ impl Snapshot {
         limiters: Limiters,
         reuse: &dyn Fn(&str) -> Option<Arc<Backend>>,
     ) -> Self {
-        Self::build_after(generation, config, overlay, limiters, reuse, None)
+        let discovered = Discovered::default();
+        Self::build_after(
+            generation,
+            config,
+            (overlay, &discovered),
+            limiters,
+            reuse,
+            None,
+        )
     }
 
-    /// [`Snapshot::build`] after `old`, whose route counters carry over.
+    /// [`Snapshot::build`] after `old`, whose route counters carry over, with the
+    /// members found by DNS beside the overlay.
     pub fn build_after(
         generation: u64,
         config: Arc<Config>,
-        overlay: &Overlay,
+        (overlay, discovered): (&Overlay, &Discovered),
         limiters: Limiters,
         reuse: &dyn Fn(&str) -> Option<Arc<Backend>>,
         old: Option<&Snapshot>,
@@ -237,7 +282,7 @@ impl Snapshot {
             .iter()
             .map(|&name| {
                 let sc = Arc::new(config.service_config(name).unwrap_or_default());
-                let members: Vec<Member> = desired(name, &sc, overlay)
+                let members: Vec<Member> = desired(name, &sc, overlay, discovered)
                     .into_iter()
                     .map(|d| {
                         let backend = reuse(&d.key).unwrap_or_else(|| {
@@ -441,6 +486,64 @@ mod tests {
     }
 
     #[test]
+    fn dns_members_join_after_fixed_ones_and_the_overlay_still_applies() {
+        let c = cfg(
+            "services:\n  api:\n    backends: [{url: 'http://10.0.0.1:80', weight: 4}]\n    discover: {dns: 'api.internal:80'}\n",
+        );
+        let api = c.service_config("api").unwrap();
+        let found = |dns: &str| {
+            let urls = [
+                "http://10.0.0.1:80",
+                "http://10.0.0.2:80",
+                "http://10.0.0.3:80",
+            ]
+            .map(|u| validate::backend_url(u).unwrap());
+            Discovered(HashMap::from([(
+                "api".to_string(),
+                (dns.to_string(), urls.to_vec()),
+            )]))
+        };
+        let mut o = Overlay {
+            version: 1,
+            ..Default::default()
+        };
+        o.entries.insert(
+            "api|http://10.0.0.3:80".into(),
+            OverlayEntry {
+                url: "http://10.0.0.3:80".into(),
+                op: OverlayOp::Remove,
+                weight: 1,
+                seq: 1,
+            },
+        );
+        let d = desired("api", &api, &o, &found("api.internal:80"));
+        let got: Vec<_> = d
+            .iter()
+            .map(|d| (d.key.as_str(), d.weight, d.source))
+            .collect();
+        // The fixed backend keeps its weight; the removed address stays out.
+        assert_eq!(
+            got,
+            vec![
+                ("api|http://10.0.0.1:80", 4, BackendSource::Config),
+                ("api|http://10.0.0.2:80", 1, BackendSource::Dns),
+            ]
+        );
+        // An answer for a name the config no longer follows is ignored.
+        let stale = desired("api", &api, &Overlay::default(), &found("old.internal:80"));
+        assert_eq!(stale.len(), 1);
+        // As are answers for a service without `discover`.
+        let plain = cfg("backends: [{url: 'http://10.0.0.1:80'}]\n");
+        let none = desired(
+            DEFAULT_SERVICE,
+            &plain,
+            &Overlay::default(),
+            &found("api.internal:80"),
+        );
+        assert_eq!(none.len(), 1);
+    }
+
+    #[test]
     fn overlay_adds_removes_and_reweights() {
         let c = cfg("backends:\n  - url: http://a:80\n  - url: http://b:80\n    weight: 2\n");
         let o = overlay(&[
@@ -448,7 +551,7 @@ mod tests {
             ("http://a:80", OverlayOp::Remove, 1),
             ("http://b", OverlayOp::Add, 5),
         ]);
-        let d = desired(DEFAULT_SERVICE, &c, &o);
+        let d = desired(DEFAULT_SERVICE, &c, &o, &Discovered::default());
         let keys: Vec<_> = d
             .iter()
             .map(|d| (d.key.as_str(), d.weight, d.source))
@@ -481,7 +584,10 @@ mod tests {
         let new_cfg = cfg(
             "backends:\n  - url: http://a:80\n  - url: http://b:80\n    weight: 4\n  - url: http://d:80\n",
         );
-        let d = diff(old.iter(), &desired_all(&new_cfg, &Overlay::default()));
+        let d = diff(
+            old.iter(),
+            &desired_all(&new_cfg, &Overlay::default(), &Discovered::default()),
+        );
         assert_eq!(d.added, vec!["http://d:80"]);
         assert_eq!(d.removed, vec!["http://c:80"]);
         assert_eq!(d.changed, vec!["http://b:80"]);
@@ -494,6 +600,7 @@ mod tests {
                     "backends:\n  - url: http://a:80\n  - url: http://b:80\n  - url: http://c:80\n",
                 ),
                 &Overlay::default(),
+                &Discovered::default(),
             ),
         );
         assert!(same.is_empty());

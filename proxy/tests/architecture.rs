@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["forward"],
     &["listener"],
     &["app"],
-    &["health", "cluster", "gitops", "tls"],
+    &["health", "cluster", "gitops", "tls", "discovery"],
     &["admin"],
     &["server"],
     &["cli"],

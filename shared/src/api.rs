@@ -87,6 +87,8 @@ pub enum BackendSource {
     Config,
     /// The runtime overlay (`/admin/add`).
     Admin,
+    /// A service's `discover.dns` name (re-resolved as its records' TTL runs out).
+    Dns,
 }
 
 /// Active health-check verdict.
@@ -125,6 +127,30 @@ pub struct ServiceView {
     pub available: usize,
     pub health_checks: bool,
     pub rate_limited: bool,
+    /// Members from DNS, when the service has a `discover` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryView>,
+}
+
+/// A service's DNS discovery as `GET /admin/services` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryView {
+    /// The `discover.dns` name followed.
+    pub dns: String,
+    /// Members the last answer gave.
+    pub members: usize,
+    /// When the last answer came (ms since the epoch); 0: none yet.
+    pub last_resolved_ms: u64,
+    /// When the next resolution is due (ms since the epoch).
+    pub next_resolve_ms: u64,
+    /// Why the last resolution failed (the last answer's set stays), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it failed (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_ms: Option<u64>,
+    /// Resolutions failed since the start.
+    pub failures: u64,
 }
 
 /// One route as `GET /admin/routes` shows it, in evaluation order.

@@ -49,9 +49,20 @@ pub fn dashboard_snapshot(s: &AdminState) -> DashboardSnapshot {
 pub fn services(app: &App) -> Vec<ServiceView> {
     let snap = app.snapshot();
     let now = Instant::now();
+    let mut discovery = app.discovery();
     snap.services
         .iter()
         .map(|s| ServiceView {
+            discovery: s.config.discover.as_ref().map(|d| {
+                let mut v = discovery.remove(&*s.name).unwrap_or_default();
+                if v.dns != d.dns {
+                    // Not yet resolved since the name changed.
+                    v.members = 0;
+                    v.last_resolved_ms = 0;
+                    v.dns = d.dns.clone();
+                }
+                v
+            }),
             name: s.name.to_string(),
             strategy: s.config.strategy().as_str().to_string(),
             backends: s.members.len(),

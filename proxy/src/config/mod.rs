@@ -5,6 +5,7 @@
 //! (`config.yaml:7: backends[0].weight: ...`), which is also what `switchyard check`
 //! prints for pre-merge CI of a config repository.
 
+pub mod dns;
 mod locate;
 pub mod routes;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use switchyard_shared::validate::Scheme;
 
+pub use dns::{DiscoverConfig, DnsConfig};
 pub use locate::LineIndex;
 pub use routes::{DEFAULT_SERVICE, RouteConfig, ServiceConfig, StickyKey};
 pub use types::{
@@ -86,6 +88,16 @@ pub struct Config {
     /// Evaluated in order, first match wins; unmatched requests go to `default`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// Members of the service `default` found by DNS (beside `backends`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover: Option<DiscoverConfig>,
+    /// The resolver every `discover` block uses.
+    #[serde(default, skip_serializing_if = "is_default_dns")]
+    pub dns: DnsConfig,
+}
+
+fn is_default_dns(d: &DnsConfig) -> bool {
+    *d == DnsConfig::default()
 }
 
 fn is_http1(p: &Protocol) -> bool {
@@ -121,6 +133,8 @@ impl Default for Config {
             tls: None,
             services: Default::default(),
             routes: Vec::new(),
+            discover: None,
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -879,6 +893,7 @@ fn validate(c: &Config) -> Vec<(String, String)> {
     }
     errs.extend(validate_pool(c));
     errs.extend(routes::validate(c));
+    errs.extend(dns::validate(c));
     if c.server.port != 0 && c.server.port == c.server.admin_port {
         errs.push((
             "server.admin_port".into(),

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::types::{Dur, Int};
 use super::{
     AdaptiveConfig, BackendConfig, CircuitBreakerConfig, Config, ConsistentHashConfig,
-    HealthCheckConfig, OutlierConfig, Percent, RateLimitConfig, Retries, Strategy, Timeouts,
-    UpstreamConfig,
+    DiscoverConfig, HealthCheckConfig, OutlierConfig, Percent, RateLimitConfig, Retries, Strategy,
+    Timeouts, UpstreamConfig,
 };
 
 /// The service the top-level backends form, and where unmatched requests go.
@@ -72,6 +72,9 @@ pub struct ServiceConfig {
     /// Checked for requests routed to this service (after the proxy-wide one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Members found by DNS, beside `backends` (not inherited from the top level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover: Option<DiscoverConfig>,
 }
 
 /// One route: conditions, and what a matching request gets.
@@ -409,6 +412,7 @@ impl Config {
             c.server.strategy = None;
         }
         c.backends = s.backends.clone();
+        c.discover = s.discover.clone();
         macro_rules! inherit {
             ($($f:ident),*) => {$(
                 if let Some(v) = &s.$f {
@@ -464,7 +468,8 @@ pub(super) fn validate(c: &Config) -> Vec<(String, String)> {
             ));
         }
     }
-    if c.services.contains_key(DEFAULT_SERVICE) && !c.backends.is_empty() {
+    if c.services.contains_key(DEFAULT_SERVICE) && (!c.backends.is_empty() || c.discover.is_some())
+    {
         errs.push((
             format!("services.{DEFAULT_SERVICE}"),
             "the top-level backends already form the service `default`: configure it in one place"

@@ -453,7 +453,7 @@ async fn slow_start_ramps_a_backend_that_joins_a_running_proxy() {
     let second = Snapshot::build_after(
         2,
         two,
-        &Overlay::default(),
+        (&Overlay::default(), &Discovered::default()),
         Limiters::default(),
         &|k| (*k == *kept.key).then(|| kept.clone()),
         Some(&first),

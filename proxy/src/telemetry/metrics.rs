@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::StatusCode;
-use switchyard_shared::{CircuitState, LATENCY_BUCKETS_S, StoreView};
+use switchyard_shared::{CircuitState, DiscoveryView, LATENCY_BUCKETS_S, StoreView};
 
 // === names ===
 
@@ -45,6 +45,8 @@ pub const STORE_ERRORS_TOTAL: &str = "switchyard_state_store_errors_total";
 pub const STORE_CONNECTED: &str = "switchyard_state_store_connected";
 pub const REPLICAS: &str = "switchyard_cluster_replicas";
 pub const ROUTE_RESPONSES_TOTAL: &str = "switchyard_route_responses_total";
+pub const DNS_FAILURES_TOTAL: &str = "switchyard_dns_resolution_failures_total";
+pub const DNS_MEMBERS: &str = "switchyard_dns_members";
 pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub const CONFIG_ERROR: &str = "switchyard_config_last_reload_failed";
@@ -412,6 +414,30 @@ pub static TABLE: &[Def] = &[
             }
         },
     },
+    Def {
+        name: DNS_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        unit: "{resolution}",
+        help: "DNS resolutions of a service's discover name that failed (its last answer's members stay).",
+        labels: &["service"],
+        read: |r, out| {
+            for (service, d) in &r.discovery {
+                int(out, vec![service.clone()], d.failures);
+            }
+        },
+    },
+    Def {
+        name: DNS_MEMBERS,
+        kind: Kind::Gauge,
+        unit: "{backend}",
+        help: "Members a service's discover name gave at its last answer.",
+        labels: &["service"],
+        read: |r, out| {
+            for (service, d) in &r.discovery {
+                int(out, vec![service.clone()], d.members as u64);
+            }
+        },
+    },
     per_backend!(
         BACKEND_ERRORS_TOTAL,
         Kind::Counter,
@@ -634,6 +660,8 @@ pub struct Reading<'a> {
     pub tls: Option<TlsReading>,
     /// Answers per route and service, when routes are configured.
     pub routes: Vec<RouteReading>,
+    /// Per service with a `discover` block: its DNS resolutions.
+    pub discovery: Vec<(String, DiscoveryView)>,
 }
 
 /// One route's answers for one service (`-`: the route's own answers).
@@ -855,7 +883,7 @@ mod tests {
             }
             assert!(!def.help.is_empty());
         }
-        assert_eq!(TABLE.len(), 41);
+        assert_eq!(TABLE.len(), 43);
     }
 
     #[test]
@@ -902,6 +930,14 @@ mod tests {
                 service: "api".into(),
                 status: [0, 3, 0, 0, 0],
             }],
+            discovery: vec![(
+                "api".into(),
+                DiscoveryView {
+                    members: 2,
+                    failures: 1,
+                    ..Default::default()
+                },
+            )],
         };
         for def in TABLE {
             let mut out = Vec::new();
