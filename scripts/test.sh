@@ -39,19 +39,25 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+# Test builds: line tables only (backtraces keep file:line; full debug info makes
+# every test binary several times larger and slower to link), and the dashboard
+# without whole-program optimisation (its size is the release build's business).
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 if [ -x scripts/build-dashboard.sh ]; then
   echo "==> building the dashboard"
-  scripts/build-dashboard.sh
+  CARGO_PROFILE_WASM_RELEASE_LTO=${CARGO_PROFILE_WASM_RELEASE_LTO:-false} \
+  CARGO_PROFILE_WASM_RELEASE_CODEGEN_UNITS=${CARGO_PROFILE_WASM_RELEASE_CODEGEN_UNITS:-16} \
+    scripts/build-dashboard.sh
 fi
 
-echo "==> cargo fmt --check"
+echo "==> [$SECONDS s] cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy"
+echo "==> [$SECONDS s] cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "==> cargo test"
+echo "==> [$SECONDS s] cargo test"
 cargo test --workspace "$@"
 if [ "${SKIP_COMPOSE_TEST:-0}" != 1 ]; then
-  echo "==> scripts/compose-test.sh"
+  echo "==> [$SECONDS s] scripts/compose-test.sh"
   # The images with the binaries cargo just built (the demo upstream's as the tests
   # build it), not compiled a second time inside Docker; `scripts/compose-test.sh`
   # alone builds them with deploy/Dockerfile's builder, as a user's compose build does.
