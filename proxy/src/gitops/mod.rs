@@ -302,10 +302,14 @@ impl Reloader {
     }
 
     /// A file caught mid-write reads as garbage; read again after a moment and use
-    /// the text once two reads agree.
+    /// the text once two reads agree. The text in force (same hash) is taken as it
+    /// is: a file polled every second is not parsed every second.
     async fn fetch_settled(&self) -> Result<(Option<String>, String), ConfigErrorView> {
         let (commit, text) = self.source.fetch().await?;
-        if matches!(self.source, Source::Git(_)) || config::parse(&text, "").is_ok() {
+        if matches!(self.source, Source::Git(_))
+            || hash(&text) == self.applied.hash
+            || config::parse(&text, "").is_ok()
+        {
             return Ok((commit, text));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
