@@ -58,7 +58,7 @@ pub trait Balance: Send + Sync {
 
 /// The slow-start window in force (`None`: off, also for `0s`).
 pub fn slow_start(config: &Config) -> Option<Duration> {
-    config.slow_start.map(|d| d.get()).filter(|d| !d.is_zero())
+    config.slow_start_window()
 }
 
 /// Units of weight per configured unit under slow start (so a 10 % ramp of

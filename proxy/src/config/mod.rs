@@ -140,6 +140,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The `slow_start` window in force: `None` when unset or `0s` (off).
+    pub fn slow_start_window(&self) -> Option<std::time::Duration> {
+        self.slow_start.map(|d| d.get()).filter(|d| !d.is_zero())
+    }
+
     /// The strategy, wherever the file put it.
     pub fn strategy(&self) -> Strategy {
         self.strategy.or(self.server.strategy).unwrap_or_default()

@@ -423,7 +423,7 @@ services:
         web.consistent_hash.balance_factor.0, 0.25,
         "the block's default"
     );
-    assert_eq!(crate::balance::slow_start(&web), None, "0s is off");
+    assert_eq!(web.slow_start_window(), None, "0s is off");
     let again = parse(&to_yaml(&c).unwrap(), "again.yaml").unwrap();
     assert_eq!(again.slow_start, Some(Dur::secs(30)));
     // defaults: client_ip, 0.25, no slow start
