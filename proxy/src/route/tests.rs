@@ -157,3 +157,22 @@ fn many_routes_find_the_right_one() {
     );
     assert!(r.find(&req("GET", "nope", "/p9999", &[])).is_none());
 }
+
+#[test]
+fn the_port_is_taken_off_a_host_only_when_it_is_one() {
+    for (raw, host) in [
+        ("api.example.com:8080", "api.example.com"),
+        ("api.example.com", "api.example.com"),
+        ("api.example.com:", "api.example.com"),
+        ("127.0.0.1:18099", "127.0.0.1"),
+        ("[::1]:8443", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("a:b", "a:b"),
+        ("a:1x", "a:1x"),
+        ("8080", "8080"),
+        (":80", ""),
+        ("", ""),
+    ] {
+        assert_eq!(strip_port(raw), host, "{raw}");
+    }
+}
