@@ -156,7 +156,9 @@ pub(super) async fn checkout(
     {
         return Ok((Lease::new(c), None));
     }
-    let conn = connect(backend, cfg.timeouts.connect.get(), h2).await?;
+    // Boxed: dialling (TCP, TLS, the HTTP/2 handshake) is rare, and inline it made
+    // every attempt's future, which is moved into its box per request, kilobytes larger.
+    let conn = Box::pin(connect(backend, cfg.timeouts.connect.get(), h2)).await?;
     let ready = Instant::now();
     pool.conns.lock().push(conn.clone());
     Ok((Lease::new(conn), Some(ready)))

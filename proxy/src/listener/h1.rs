@@ -93,7 +93,11 @@ impl Handler for Proxy {
             let slot = streams.open_stream();
             async move {
                 let req = req.map(ReqBody::from_incoming);
-                let resp = forward::handle(plane, req, peer, None).await;
+                // Boxed: hyper spawns each stream's future as a task, and a task's
+                // future is moved several times on the way into its cell (the
+                // request's future inline was ~2.7 KB per move, ~20 % of the
+                // instructions per h2 request in callgrind).
+                let resp = Box::pin(forward::handle(plane, req, peer, None)).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Watched::new(slot, b)))
             }
         });
