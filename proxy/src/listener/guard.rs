@@ -95,8 +95,16 @@ impl Shared {
             counted: AtomicBool::new(true),
         });
         let mut streams = self.streams.lock();
-        if streams.len() >= 64 {
+        // Ended streams are swept out when the list is full, and the list grows when
+        // more than half of it is still live: with 100 streams open, sweeping at a
+        // fixed 64 walked the whole list on every new stream (~650 instructions per
+        // request in callgrind). At most twice the most streams ever open at once.
+        if streams.len() >= streams.capacity().max(64) {
             streams.retain(|w| w.strong_count() > 0);
+            if streams.len() * 2 > streams.capacity() {
+                let more = streams.len();
+                streams.reserve(more);
+            }
         }
         streams.push(Arc::downgrade(&slot));
         slot
@@ -592,4 +600,28 @@ pub fn h2_builder(
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(30));
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ended_streams_are_swept_and_the_list_stays_bounded() {
+        let shared = Shared::new();
+        let mut live = std::collections::VecDeque::new();
+        let mut most = 0;
+        for _ in 0..10_000 {
+            live.push_back(shared.open_stream());
+            if live.len() > 100 {
+                live.pop_front();
+            }
+            most = most.max(shared.streams.lock().len());
+        }
+        // Twice the 101 open at once, plus the list's first 64.
+        assert!(most <= 2 * 101 + 64, "{most} entries for 101 open streams");
+        assert_eq!(shared.open.load(Relaxed), 100);
+        drop(live);
+        assert_eq!(shared.open.load(Relaxed), 0);
+    }
 }
