@@ -417,24 +417,13 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let threads = match config.server.threads.as_usize() {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        n => n,
-    };
-    // One worker: tokio's current-thread scheduler (no work stealing, no atomics on
-    // every wake-up) serves the same load for fewer instructions per request.
-    let built = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    };
+    // The main runtime is worker 0 and runs the control plane (admin, health
+    // checks, cluster, config); `server.threads` beyond one start workers of their
+    // own (see `server::start`). Each is tokio's current-thread scheduler: no work
+    // stealing, no atomics on every wake-up, and its sends batched per turn.
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {

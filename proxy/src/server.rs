@@ -30,6 +30,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     proxy: JoinHandle<()>,
     https: Option<JoinHandle<()>>,
+    /// Proxy workers beyond this runtime's (`server.threads`).
+    workers: Vec<Worker>,
     admin: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
@@ -119,11 +121,13 @@ pub async fn start_with_store(
 ) -> Result<Running, String> {
     tls::configure(&config)?;
     let token = admin::load_token(config.admin.token_file.as_deref())?;
-    let proxy_listener = listener::bind(
+    let workers = workers(&config);
+    let mut proxy_listeners = listener::bind_workers(
         SocketAddr::new(config.server.bind, config.server.port),
         "proxy",
-    )
-    .await?;
+        workers,
+    )?;
+    let proxy_listener = registered(proxy_listeners.remove(0), "proxy")?;
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
 
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -152,18 +156,19 @@ pub async fn start_with_store(
         .and_then(|c| c.replica_id.clone())
         .unwrap_or_else(|| default_replica_id(proxy_addr.port()));
     // HTTPS: certificates must load before anything is served.
-    let (edge, https_listener) = match &config.tls {
+    let (edge, https_listener, mut https_listeners) = match &config.tls {
         Some(t) => {
             let edge = crate::tls::Tls::new(&config, store.clone(), &replica_id).await?;
-            let l = listener::bind(
+            let mut all = listener::bind_workers(
                 SocketAddr::new(t.bind.unwrap_or(config.server.bind), t.port),
                 "https",
-            )
-            .await?;
+                workers,
+            )?;
+            let l = registered(all.remove(0), "https")?;
             let _ = edge.listen.set(l.local_addr().map_err(|e| e.to_string())?);
-            (Some(edge), Some(l))
+            (Some(edge), Some(l), all)
         }
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     let public_read = config.admin.public_read;
     let cors_origins = config.admin.cors_origins.clone();
@@ -205,6 +210,28 @@ pub async fn start_with_store(
     let intercept = edge
         .clone()
         .map(|e| e as Arc<dyn crate::forward::PlainIntercept>);
+    // Worker 0 is this runtime; the others run on threads of their own.
+    app.plane().metrics.worker_connections.size(workers);
+    let mut extra = Vec::with_capacity(proxy_listeners.len());
+    for (i, proxy) in proxy_listeners.into_iter().enumerate() {
+        let https = match &edge {
+            Some(edge) if !https_listeners.is_empty() => {
+                Some((https_listeners.remove(0), edge.clone()))
+            }
+            _ => None,
+        };
+        let listeners = WorkerListeners {
+            proxy,
+            https,
+            intercept: intercept.clone(),
+        };
+        extra.push(Worker::spawn(
+            i + 1,
+            listeners,
+            app.plane().clone(),
+            stop_rx.clone(),
+        )?);
+    }
     let proxy = tokio::spawn(listener::serve(
         proxy_listener,
         app.plane().clone(),
@@ -273,9 +300,105 @@ pub async fn start_with_store(
         stop,
         proxy,
         https,
+        workers: extra,
         admin,
         background,
     })
+}
+
+/// Proxy workers for `config`: `server.threads`, 0 meaning one per CPU available
+/// to the process.
+pub fn workers(config: &Config) -> usize {
+    match config.server.threads.as_usize() {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
+/// A listening socket registered with the calling runtime.
+fn registered(l: std::net::TcpListener, what: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::from_std(l)
+        .map_err(|e| format!("cannot register the {what} listener: {e}"))
+}
+
+/// What one extra worker accepts on: its own sockets of the proxy (and HTTPS)
+/// listener.
+struct WorkerListeners {
+    proxy: std::net::TcpListener,
+    https: Option<(std::net::TcpListener, Arc<crate::tls::Tls>)>,
+    intercept: Option<Arc<dyn crate::forward::PlainIntercept>>,
+}
+
+/// A proxy worker beside the main runtime: a thread running a current-thread
+/// runtime that accepts on its own sockets and serves its connections start to
+/// end (their upstream connections, timers and send batching stay on it), sharing
+/// only the data plane (snapshot, atomics) with the others.
+struct Worker {
+    thread: std::thread::JoinHandle<()>,
+    /// Fires (or is dropped) when the worker has drained and its runtime is gone.
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn spawn(
+        id: usize,
+        listeners: WorkerListeners,
+        plane: Arc<crate::dataplane::DataPlane>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("switchyard-w{id}"))
+            .spawn(move || {
+                switchyard_http1::worker::enter(id);
+                runtime.block_on(run_worker(listeners, plane, stop));
+                drop(runtime);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+        Ok(Self { thread, done })
+    }
+
+    /// Waits until the worker has drained its connections and stopped.
+    async fn finished(self) {
+        let _ = self.done.await;
+        // The thread is past its runtime: joining returns at once.
+        let _ = self.thread.join();
+    }
+}
+
+async fn run_worker(
+    listeners: WorkerListeners,
+    plane: Arc<crate::dataplane::DataPlane>,
+    stop: watch::Receiver<bool>,
+) {
+    let proxy = match registered(listeners.proxy, "proxy") {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "worker not started");
+            return;
+        }
+    };
+    let plain = listener::serve(proxy, plane.clone(), listeners.intercept, stop.clone());
+    match listeners.https {
+        Some((l, edge)) => match registered(l, "https") {
+            Ok(l) => {
+                let tls = crate::tls::listener::serve(l, plane, edge, stop);
+                tokio::join!(plain, tls);
+            }
+            Err(e) => {
+                warn!(error = %e, "worker's HTTPS listener not started");
+                plain.await;
+            }
+        },
+        None => plain.await,
+    }
 }
 
 impl Running {
@@ -292,6 +415,9 @@ impl Running {
         let _ = self.proxy.await;
         if let Some(h) = self.https {
             let _ = h.await;
+        }
+        for w in self.workers {
+            w.finished().await;
         }
         let grace = self.app.config().server.grace_period.get();
         let _ = tokio::time::timeout(grace.min(Duration::from_secs(5)), self.admin).await;

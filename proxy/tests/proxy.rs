@@ -594,3 +594,73 @@ async fn pooled_connections_closed_by_the_backend_cost_the_client_nothing() {
     }
     assert!(dropped.load(Relaxed) >= 1, "a pooled connection was tried");
 }
+
+/// `server.threads: 2`: two workers, each with its own socket on the proxy port
+/// (`SO_REUSEPORT`); the kernel spreads new connections over both, each serves
+/// its connections itself (upstream connections included), and shutdown waits
+/// for both.
+#[tokio::test]
+async fn two_workers_share_the_port_and_both_serve() {
+    let d = demo("w").await;
+    let p = proxy(&format!(
+        "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  threads: 2\n{}",
+        backends_yaml(&[(&d, 1)])
+    ))
+    .await;
+    // 64 connections, each with two requests (the second on a pooled upstream
+    // connection of whichever worker took the client).
+    let conns = 64;
+    for i in 0..conns {
+        let mut s = tokio::net::TcpStream::connect(p.proxy_addr).await.unwrap();
+        for _ in 0..2 {
+            s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_response(&mut s).await;
+            assert!(got.starts_with("HTTP/1.1 200"), "connection {i}: {got:?}");
+            assert!(got.contains("x-backend: w"), "connection {i}: {got:?}");
+        }
+    }
+    let text = prometheus_text(p.admin_addr).await;
+    let per_worker = |w: &str| -> u64 {
+        let key = format!("switchyard_worker_connections_total{{worker=\"{w}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (w0, w1) = (per_worker("0"), per_worker("1"));
+    assert_eq!(w0 + w1, conns, "{text}");
+    // Each connection lands on one of two sockets by a hash of its addresses: all
+    // 64 on one has odds of 2^-63.
+    assert!(w0 > 0 && w1 > 0, "worker 0: {w0}, worker 1: {w1}");
+    assert!(!text.contains("switchyard_worker_connections_total{worker=\"2\"}"));
+    p.shutdown().await;
+}
+
+/// One response off `s`: head and a `Content-Length` body, as text.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("no content-length: {text:?}"));
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed mid-response: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}

@@ -11,7 +11,8 @@
 //! - [`headers`]: header rewriting between the hops (hop-by-hop removal,
 //!   `X-Forwarded-*`);
 //! - [`flush`] and [`sockio`]: sends gathered to the end of a scheduler turn, and
-//!   socket reads and writes without wasted system calls.
+//!   socket reads and writes without wasted system calls;
+//! - [`worker`]: which worker thread this is (state kept per worker).
 //!
 //! It depends on no other Switchyard crate.
 
@@ -23,6 +24,7 @@ pub mod headers;
 pub mod pool;
 pub mod server;
 pub mod sockio;
+pub mod worker;
 
 pub use client::{Conn, Exchange, Io, SendError, UpstreamBody, UpstreamError};
 pub use codec::{Ambiguity, Refusal};

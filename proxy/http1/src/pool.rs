@@ -15,10 +15,21 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::client::{Conn, Io};
 
+/// Idle lists kept apart (a worker number beyond this shares a list).
+const SHARDS: usize = 8;
+
+/// A backend's idle connections, one list per worker: a connection is registered
+/// with the runtime of the worker that opened it, and only that worker takes it
+/// again (another worker's task would be woken through the owner's thread).
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    shards: [Shard; SHARDS],
 }
+
+/// One worker's list, on its own cache lines (workers do not contend for them).
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Vec<Idle>>);
 
 struct Idle {
     conn: Box<Conn>,
@@ -26,39 +37,48 @@ struct Idle {
 }
 
 impl Pool {
-    /// The most recently used idle connection.
+    fn mine(&self) -> &Mutex<Vec<Idle>> {
+        &self.shards[crate::worker::id() % SHARDS].0
+    }
+
+    /// This worker's most recently used idle connection.
     pub fn take(&self) -> Option<Box<Conn>> {
-        self.idle.lock().pop().map(|i| i.conn)
+        self.mine().lock().pop().map(|i| i.conn)
     }
 
     /// Returns a connection after a clean exchange that ended at `now` (up to
-    /// `max` are kept).
+    /// `max` are kept per worker).
     pub fn put(&self, conn: Box<Conn>, max: usize, now: Instant) {
-        let mut idle = self.idle.lock();
+        let mut idle = self.mine().lock();
         if idle.len() < max {
             idle.push(Idle { conn, since: now });
         }
     }
 
     /// Drops connections idle for longer than `max_idle` and those the backend
-    /// closed (or sent stray bytes on).
+    /// closed (or sent stray bytes on), every worker's.
     pub fn evict(&self, max_idle: Duration, now: Instant) {
-        self.idle.lock().retain_mut(|i| {
-            now.saturating_duration_since(i.since) < max_idle && i.conn.still_open()
-        });
+        for s in &self.shards {
+            s.0.lock().retain_mut(|i| {
+                now.saturating_duration_since(i.since) < max_idle && i.conn.still_open()
+            });
+        }
     }
 
-    /// Drops the idle connections the backend has closed.
+    /// Drops this worker's idle connections the backend has closed.
     pub fn prune(&self) {
-        self.idle.lock().retain_mut(|i| i.conn.still_open());
+        self.mine().lock().retain_mut(|i| i.conn.still_open());
     }
 
     pub fn clear(&self) {
-        self.idle.lock().clear();
+        for s in &self.shards {
+            s.0.lock().clear();
+        }
     }
 
+    /// Idle connections, all workers'.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 }
 
@@ -105,4 +125,50 @@ async fn connect_inner(
         }
     };
     Ok(Conn::new(io))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected loopback socket as a pooled connection (its peer kept open).
+    async fn conn() -> (Box<Conn>, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (peer, _) = l.accept().await.expect("accept");
+        (Conn::new(Io::Plain(Arc::new(c))), peer)
+    }
+
+    /// A worker only gets back the connections it returned (they are registered
+    /// with its runtime), and the idle limit counts per worker.
+    #[tokio::test]
+    async fn idle_connections_stay_with_their_worker() {
+        let pool = Pool::default();
+        let now = Instant::now();
+        let mut peers = Vec::new();
+        crate::worker::enter(1);
+        for _ in 0..3 {
+            let (c, peer) = conn().await;
+            peers.push(peer);
+            pool.put(c, 2, now);
+        }
+        assert_eq!(pool.idle_count(), 2, "worker 1 keeps up to the limit");
+        crate::worker::enter(0);
+        assert!(pool.take().is_none(), "worker 0 took worker 1's connection");
+        let (c, peer) = conn().await;
+        peers.push(peer);
+        pool.put(c, 2, now);
+        assert_eq!(pool.idle_count(), 3, "worker 0 has a limit of its own");
+        assert!(pool.take().is_some());
+        assert!(pool.take().is_none());
+        crate::worker::enter(1);
+        assert!(pool.take().is_some());
+        assert!(pool.take().is_some());
+        assert!(pool.take().is_none());
+        crate::worker::enter(0);
+    }
 }

@@ -104,6 +104,10 @@ pub(crate) struct ConnGuard(Arc<DataPlane>);
 impl ConnGuard {
     pub(crate) fn new(plane: Arc<DataPlane>) -> Self {
         plane.metrics.connections_active.fetch_add(1, Relaxed);
+        plane
+            .metrics
+            .worker_connections
+            .add(switchyard_http1::worker::id());
         Self(plane)
     }
 }
@@ -133,6 +137,40 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     socket.set_reuseaddr(true).map_err(fail)?;
     socket.bind(addr).map_err(fail)?;
     socket.listen(LISTEN_BACKLOG).map_err(fail)
+}
+
+/// Binds `n` listening sockets on `addr`, one per worker. One is [`bind`]'s; several
+/// share the address with `SO_REUSEPORT`, and the kernel spreads new connections
+/// over them by their addresses (nginx's `reuseport`, Envoy's per-worker
+/// listeners): no worker is woken for another's connection. They come back as std
+/// sockets, for each worker to register with its own runtime. A port already held
+/// by a socket without `SO_REUSEPORT` still fails to bind.
+pub fn bind_workers(
+    addr: SocketAddr,
+    what: &str,
+    n: usize,
+) -> Result<Vec<std::net::TcpListener>, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let fail = |e: std::io::Error| format!("cannot bind the {what} listener on {addr}: {e}");
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        // The second and later bind where the first did (its port, when 0 was asked).
+        let at = match out.first() {
+            Some(first) => first.local_addr().map_err(fail)?,
+            None => addr,
+        };
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))
+            .map_err(fail)?;
+        socket.set_reuse_address(true).map_err(fail)?;
+        if n > 1 {
+            socket.set_reuse_port(true).map_err(fail)?;
+        }
+        socket.set_nonblocking(true).map_err(fail)?;
+        socket.bind(&at.into()).map_err(fail)?;
+        socket.listen(LISTEN_BACKLOG as i32).map_err(fail)?;
+        out.push(socket.into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ pub const RETRIES_TOTAL: &str = "switchyard_retries_total";
 pub const RATE_LIMITED_TOTAL: &str = "switchyard_rate_limited_total";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "switchyard_connections_rejected_total";
+pub const WORKER_CONNECTIONS_TOTAL: &str = "switchyard_worker_connections_total";
 pub const ADMIN_ERRORS_TOTAL: &str = "switchyard_admin_errors_total";
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "switchyard_health_transitions_total";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "switchyard_circuit_transitions_total";
@@ -306,6 +307,18 @@ pub static TABLE: &[Def] = &[
         help: "Spans dropped: export queue full or export failed.",
         labels: &[],
         read: |r, out| int(out, Vec::new(), r.spans_lost),
+    },
+    Def {
+        name: WORKER_CONNECTIONS_TOTAL,
+        kind: Kind::Counter,
+        unit: "{connection}",
+        help: "Client connections accepted, by proxy worker (server.threads): how the kernel spreads them over the workers' sockets.",
+        labels: &["worker"],
+        read: |r, out| {
+            for (i, v) in r.proxy.worker_connections.all().iter().enumerate() {
+                int(out, vec![i.to_string()], v.load(Relaxed));
+            }
+        },
     },
     Def {
         name: CONNECTIONS_ACTIVE,
@@ -725,6 +738,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub connections_active: AtomicU64,
     pub connections_rejected: AtomicU64,
+    /// Client connections accepted, per worker.
+    pub worker_connections: PerWorker,
     /// Admin requests refused as malformed (4xx).
     pub admin_errors: AtomicU64,
     /// Active health verdict changes.
@@ -750,6 +765,31 @@ pub struct Metrics {
     pub h2_reset_floods: AtomicU64,
     /// The same histograms as OpenTelemetry instruments, while OTLP metrics are on.
     pub otel: std::sync::OnceLock<OtelHistograms>,
+}
+
+/// One counter per proxy worker, sized when the workers start (until then, and
+/// for a worker number beyond them, nothing is counted).
+#[derive(Debug, Default)]
+pub struct PerWorker(std::sync::OnceLock<Box<[AtomicU64]>>);
+
+impl PerWorker {
+    /// Counts for `workers` workers (the first call sizes it; later ones keep it).
+    pub fn size(&self, workers: usize) {
+        let _ = self
+            .0
+            .set((0..workers.max(1)).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    /// One more for worker `id`.
+    pub fn add(&self, id: usize) {
+        if let Some(c) = self.0.get().and_then(|all| all.get(id)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn all(&self) -> &[AtomicU64] {
+        self.0.get().map(|b| &b[..]).unwrap_or(&[])
+    }
 }
 
 /// The histogram families as OpenTelemetry instruments, recorded beside the
