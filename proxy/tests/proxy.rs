@@ -664,3 +664,116 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+/// A backend that answers nothing until `wave` requests are in: every wave of
+/// requests is in flight at once. Counts the connections it accepted.
+async fn barrier_backend(
+    wave: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(wave));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Relaxed);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                loop {
+                    // One request head (no body) per exchange.
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    barrier.wait().await;
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// `upstream.max_idle_per_backend` is 2, but 32 requests were in flight at once:
+/// the pool keeps the 32 connections that demand needed, and the next wave of 32
+/// reuses them instead of opening 30 new ones.
+#[tokio::test]
+async fn the_idle_pool_follows_the_peak_in_flight() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const WAVE: usize = 32;
+    let (backend, accepted) = barrier_backend(WAVE).await;
+    let p = proxy(&format!(
+        "server:\n  port: 0\n  admin_port: 0\n  bind: 127.0.0.1\n  threads: 1\n\
+         upstream:\n  max_idle_per_backend: 2\n\
+         backends:\n  - url: \"http://{backend}\"\n"
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..WAVE {
+        clients.push(tokio::net::TcpStream::connect(p.proxy_addr).await.unwrap());
+    }
+    let wave = |clients: Vec<tokio::net::TcpStream>| async move {
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .map(|mut s| {
+                tokio::spawn(async move {
+                    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let got = read_response(&mut s).await;
+                    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+                    s
+                })
+            })
+            .collect();
+        let mut back = Vec::new();
+        for t in tasks {
+            back.push(t.await.unwrap());
+        }
+        back
+    };
+    let clients = wave(clients).await;
+    assert_eq!(accepted.load(Relaxed), WAVE);
+    let idle = || {
+        p.app
+            .snapshot()
+            .all_members()
+            .map(|(_, m)| m.backend.pool.idle_count())
+            .sum::<usize>()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "32 idle upstream connections",
+        || {
+            let n = idle();
+            async move { n == WAVE }
+        },
+    )
+    .await;
+    let _clients = wave(clients).await;
+    assert_eq!(
+        accepted.load(Relaxed),
+        WAVE,
+        "the second wave opened connections"
+    );
+    p.shutdown().await;
+}

@@ -5,6 +5,7 @@
 //! reused most-recently-used first (warm caches, and the idle tail ages out).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -18,12 +19,23 @@ use crate::client::{Conn, Io};
 /// Idle lists kept apart (a worker number beyond this shares a list).
 const SHARDS: usize = 8;
 
+/// The most idle connections demand can keep per worker, whatever the peak.
+pub const DEMAND_BOUND: usize = 4096;
+
 /// A backend's idle connections, one list per worker: a connection is registered
 /// with the runtime of the worker that opened it, and only that worker takes it
 /// again (another worker's task would be woken through the owner's thread).
+///
+/// How many are kept follows demand: up to the configured maximum, or the recent
+/// peak of requests in flight to the backend when that is higher (bounded by
+/// [`DEMAND_BOUND`]), so a burst of concurrency does not close and reopen
+/// connections on every response. The peak decays by 1/16 per [`Pool::evict`]
+/// (housekeeping runs it every second: halved in about 11 s).
 #[derive(Default)]
 pub struct Pool {
     shards: [Shard; SHARDS],
+    /// The recent peak of requests in flight (see [`Pool::demand`]).
+    peak: AtomicUsize,
 }
 
 /// One worker's list, on its own cache lines (workers do not contend for them).
@@ -46,18 +58,38 @@ impl Pool {
         self.mine().lock().pop().map(|i| i.conn)
     }
 
-    /// Returns a connection after a clean exchange that ended at `now` (up to
-    /// `max` are kept per worker).
+    /// Notes `in_flight` requests to the backend (one just started): the demand
+    /// the idle lists are sized by. Written only when it is a new peak.
+    pub fn demand(&self, in_flight: usize) {
+        if in_flight > self.peak.load(Relaxed) {
+            self.peak.fetch_max(in_flight, Relaxed);
+        }
+    }
+
+    /// How many idle connections a worker keeps: `max`, or the recent peak in
+    /// flight when that is higher (bounded); none when `max` is 0 (no reuse).
+    pub fn keep(&self, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        max.max(self.peak.load(Relaxed).min(DEMAND_BOUND))
+    }
+
+    /// Returns a connection after a clean exchange that ended at `now` (see
+    /// [`Pool::keep`] for how many are kept per worker).
     pub fn put(&self, conn: Box<Conn>, max: usize, now: Instant) {
+        let keep = self.keep(max);
         let mut idle = self.mine().lock();
-        if idle.len() < max {
+        if idle.len() < keep {
             idle.push(Idle { conn, since: now });
         }
     }
 
     /// Drops connections idle for longer than `max_idle` and those the backend
-    /// closed (or sent stray bytes on), every worker's.
+    /// closed (or sent stray bytes on), every worker's; lets the demand peak decay.
     pub fn evict(&self, max_idle: Duration, now: Instant) {
+        let peak = self.peak.load(Relaxed);
+        self.peak.store(peak - peak.div_ceil(16), Relaxed);
         for s in &self.shards {
             s.0.lock().retain_mut(|i| {
                 now.saturating_duration_since(i.since) < max_idle && i.conn.still_open()
@@ -170,5 +202,38 @@ mod tests {
         assert!(pool.take().is_some());
         assert!(pool.take().is_none());
         crate::worker::enter(0);
+    }
+
+    /// Demand above the configured maximum keeps more idle connections (up to the
+    /// peak), a maximum of 0 keeps none whatever the demand, and the peak decays.
+    #[tokio::test]
+    async fn the_idle_limit_follows_the_peak_in_flight() {
+        let pool = Pool::default();
+        let now = Instant::now();
+        let mut peers = Vec::new();
+        assert_eq!(pool.keep(2), 2);
+        pool.demand(5);
+        pool.demand(3);
+        assert_eq!(pool.keep(2), 5);
+        assert_eq!(pool.keep(8), 8);
+        assert_eq!(pool.keep(0), 0);
+        for _ in 0..6 {
+            let (c, peer) = conn().await;
+            peers.push(peer);
+            pool.put(c, 2, now);
+        }
+        assert_eq!(pool.idle_count(), 5);
+        pool.demand(usize::MAX);
+        assert_eq!(pool.keep(2), DEMAND_BOUND);
+        let pool = Pool::default();
+        pool.demand(64);
+        for _ in 0..16 {
+            pool.evict(Duration::from_secs(60), now);
+        }
+        assert!(pool.keep(2) < 64 / 2, "{}", pool.keep(2));
+        for _ in 0..200 {
+            pool.evict(Duration::from_secs(60), now);
+        }
+        assert_eq!(pool.keep(2), 2);
     }
 }

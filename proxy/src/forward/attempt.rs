@@ -329,7 +329,9 @@ pub(super) struct Inflight<'a> {
 
 impl<'a> Inflight<'a> {
     pub fn new(backend: &'a Backend) -> Self {
-        backend.stats.active.fetch_add(1, Relaxed);
+        let before = backend.stats.active.fetch_add(1, Relaxed);
+        // The idle pool is sized by the peak in flight (see `Pool::keep`).
+        backend.pool.demand(before as usize + 1);
         Self {
             backend,
             armed: true,

@@ -923,13 +923,15 @@ mod tests {
             }
             assert!(!def.help.is_empty());
         }
-        assert_eq!(TABLE.len(), 43);
+        assert_eq!(TABLE.len(), 44);
     }
 
     #[test]
     fn every_family_reads_samples_with_all_its_labels() {
         let proxy = Metrics::default();
         proxy.retries.fetch_add(3, Relaxed);
+        proxy.worker_connections.size(2);
+        proxy.worker_connections.add(1);
         let latency = Histogram::default();
         latency.record(Duration::from_millis(2));
         let reading = Reading {
@@ -996,6 +998,10 @@ mod tests {
             out
         };
         assert_eq!(read(RETRIES_TOTAL)[0].value, Value::Int(3));
+        let workers = read(WORKER_CONNECTIONS_TOTAL);
+        assert_eq!(workers.len(), 2);
+        assert_eq!(workers[1].labels, ["1"]);
+        assert_eq!(workers[1].value, Value::Int(1));
         let open: Vec<_> = read(CIRCUIT_STATE)
             .into_iter()
             .filter(|s| s.value == Value::Int(1))
