@@ -179,26 +179,10 @@ pub fn grpc_code_failed(code: u32) -> bool {
 
 /// The name of a gRPC status code, for reasons and logs.
 pub fn grpc_code_name(code: u32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+    crate::config::types::GRPC_CODE_NAMES
+        .get(code as usize)
+        .copied()
+        .unwrap_or("UNKNOWN")
 }
 
 impl Outcome {

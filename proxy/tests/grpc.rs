@@ -1,7 +1,8 @@
 //! gRPC end to end through the proxy, with tonic on both sides (its server
 //! framework and its client; only the test service's handlers are ours): the four
 //! call kinds with 4 MiB messages and trailers, 1,000 concurrent streams on one
-//! client connection, deadlines, `UNAVAILABLE` ejecting a backend, the proxy's own
+//! client connection, deadlines, `UNAVAILABLE` ejecting a backend, `UNAVAILABLE`
+//! replayed on another backend (`retries.on_grpc_status`), the proxy's own
 //! errors as gRPC statuses, and gRPC health checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -66,7 +67,8 @@ struct State {
     /// The health status it reports (1 SERVING, 2 NOT_SERVING).
     serving: std::sync::atomic::AtomicI32,
     calls: AtomicUsize,
-    /// Every stream ends with UNAVAILABLE (after its messages).
+    /// Every unary call is answered UNAVAILABLE, and every server stream ends
+    /// with it (after its messages).
     broken: std::sync::atomic::AtomicBool,
 }
 
@@ -103,6 +105,9 @@ where
 async fn unary(state: Arc<State>, req: Request<Msg>) -> Result<Response<Msg>, Status> {
     state.calls.fetch_add(1, Ordering::Relaxed);
     let m = req.into_inner();
+    if state.broken.load(Ordering::Relaxed) {
+        return Err(Status::unavailable(format!("{} is down", state.name)));
+    }
     match m.text.as_str() {
         "unavailable" => Err(Status::unavailable(format!("{} is down", state.name))),
         "fail-meta" => {
@@ -724,5 +729,235 @@ async fn grpc_health_checks_follow_the_serving_status() {
         async move { backend_view(admin, &d).await.unwrap()["health"] == "healthy" }
     })
     .await;
+    p.shutdown().await;
+}
+
+// === Replays on a retryable grpc-status ===
+
+/// `switchyard_retries_total`, from the Prometheus text.
+async fn retries_total(admin: SocketAddr) -> u64 {
+    let text = prometheus_text(admin).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no switchyard_retries_total in:\n{text}"))
+}
+
+/// A good and a broken backend (every unary call UNAVAILABLE, trailers-only),
+/// round-robin, with these `retries`.
+async fn good_and_broken(retries: &str) -> (Backend, Backend, switchyard::server::Running) {
+    let good = Backend::start("good", None).await;
+    let bad = Backend::start("bad", None).await;
+    bad.state.broken.store(true, Ordering::Relaxed);
+    let yaml = format!(
+        "{}{}retries:\n{retries}",
+        server_yaml(),
+        h2c_backends(&[&good, &bad])
+    );
+    let p = proxy(&yaml).await;
+    (good, bad, p)
+}
+
+fn sized(text: &str, len: usize, seed: u8) -> Msg {
+    Msg {
+        data: big(len, seed),
+        text: text.into(),
+        n: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_replayed_on_another_backend_only_when_opted_in() {
+    let (good, bad, p) = good_and_broken("  attempts: 1\n  on_grpc_status: [UNAVAILABLE]\n").await;
+    let ch = channel(p.proxy_addr).await;
+    // Round-robin sends every other call to the broken one first: each is
+    // replayed, with its message intact, on the good one.
+    for i in 0..10u8 {
+        let m = sized(&format!("call {i}"), 1000 + usize::from(i), i);
+        let r = call_unary(&ch, m.clone()).await.unwrap().into_inner();
+        assert_eq!(r.text, "good", "call {i}");
+        assert!(r.data == m.data, "call {i}: the replayed message changed");
+    }
+    let tried = bad.state.calls.load(Ordering::Relaxed);
+    assert!(tried >= 4, "the broken backend was tried {tried} times");
+    assert_eq!(good.state.calls.load(Ordering::Relaxed), 10);
+    assert_eq!(retries_total(p.admin_addr).await, tried as u64);
+    p.shutdown().await;
+
+    // Without the opt-in the same answer reaches the client.
+    let (_good, bad, p) = good_and_broken("  attempts: 1\n  on_status: [503]\n").await;
+    let ch = channel(p.proxy_addr).await;
+    let mut unavailable = 0;
+    for i in 0..4u8 {
+        match call_unary(&ch, sized("", 100, i)).await {
+            Ok(r) => assert_eq!(r.into_inner().text, "good"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                assert_eq!(e.message(), "bad is down");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable >= 1);
+    assert_eq!(unavailable, bad.state.calls.load(Ordering::Relaxed));
+    assert_eq!(retries_total(p.admin_addr).await, 0);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_larger_than_the_replay_buffer_is_not_replayed() {
+    let (_good, bad, p) =
+        good_and_broken("  attempts: 1\n  on_grpc_status: [14]\n  replay_buffer_bytes: 2048\n")
+            .await;
+    let ch = channel(p.proxy_addr).await;
+    // 4 KiB each: the broken backend's answer reaches the client.
+    let mut unavailable = 0;
+    for i in 0..4u8 {
+        match call_unary(&ch, sized("", 4096, i)).await {
+            Ok(r) => assert_eq!(r.into_inner().text, "good"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                assert_eq!(e.message(), "bad is down");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable >= 1);
+    assert_eq!(unavailable, bad.state.calls.load(Ordering::Relaxed));
+    assert_eq!(retries_total(p.admin_addr).await, 0);
+    // Within the bound the same calls are replayed.
+    for i in 0..4u8 {
+        let r = call_unary(&ch, sized("", 1024, i)).await.unwrap();
+        assert_eq!(r.into_inner().text, "good");
+    }
+    assert!(retries_total(p.admin_addr).await >= 1);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stream_that_had_begun_is_not_replayed() {
+    let (good, bad, p) = good_and_broken("  attempts: 1\n  on_grpc_status: [14]\n").await;
+    let ch = channel(p.proxy_addr).await;
+    // The broken one sends one message, then UNAVAILABLE in its trailers: the
+    // answer had started, so it is the client's.
+    let mut broke = 0;
+    for _ in 0..4 {
+        let mut c = client(&ch);
+        c.ready().await.unwrap();
+        let mut m = msg("");
+        m.n = 1;
+        let mut s = c
+            .server_streaming(
+                Request::new(m),
+                PathAndQuery::from_static("/test.Echo/ServerStream"),
+                codec::<Msg, Msg>(),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.message().await.unwrap().unwrap().n, 0);
+        match s.message().await {
+            Ok(None) => {}
+            Ok(Some(m)) => panic!("one message only, got another: {m:?}"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                broke += 1;
+            }
+        }
+    }
+    assert!(broke >= 1);
+    assert_eq!(broke, bad.state.calls.load(Ordering::Relaxed));
+    assert_eq!(good.state.calls.load(Ordering::Relaxed), 4 - broke);
+    assert_eq!(retries_total(p.admin_addr).await, 0);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_uploads_still_stream_with_replays_on() {
+    let b = Backend::start("b1", None).await;
+    let yaml = format!(
+        "{}{}retries:\n  attempts: 2\n  on_grpc_status: [14]\n  replay_buffer_bytes: 65536\n",
+        server_yaml(),
+        h2c_backends(&[&b])
+    );
+    let p = proxy(&yaml).await;
+    let ch = channel(p.proxy_addr).await;
+    // A guard against a hang, not a measurement.
+    let limit = Duration::from_secs(30);
+
+    // Bidi: each reply arrives before the next message is sent, so the upload
+    // cannot be waiting to be read whole.
+    let mut c = client(&ch);
+    c.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+    let mut replies = c
+        .streaming(
+            Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            PathAndQuery::from_static("/test.Echo/Bidi"),
+            codec::<Msg, Msg>(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..5 {
+        tx.send(msg(&format!("m{i}"))).await.unwrap();
+        let m = tokio::time::timeout(limit, replies.message())
+            .await
+            .expect("a bidi reply while the upload is open")
+            .unwrap()
+            .expect("a reply");
+        assert_eq!(m.text, format!("re:m{i}"));
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+
+    // Client streaming past the replay bound (3 × 40 KiB, sent as the client
+    // produces them): the whole upload arrives.
+    let mut c = client(&ch);
+    c.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+    let call = tokio::spawn(async move {
+        c.client_streaming(
+            Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            PathAndQuery::from_static("/test.Echo/ClientStream"),
+            codec::<Msg, Msg>(),
+        )
+        .await
+    });
+    for i in 0..3 {
+        tx.send(sized("", 40 << 10, i)).await.unwrap();
+    }
+    drop(tx);
+    let r = tokio::time::timeout(limit, call)
+        .await
+        .expect("the client-streaming call ends")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.text.as_str(), r.n), ("3", 3 * (40 << 10)));
+    assert_eq!(retries_total(p.admin_addr).await, 0);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_unavailable_still_counts_against_its_backend() {
+    let (_good, bad, p) = good_and_broken(
+        "  attempts: 1\n  on_grpc_status: [14]\noutlier_detection:\n  consecutive_failures: 2\n  base_ejection_time: \"60s\"\n  max_ejection_percent: 50\n",
+    )
+    .await;
+    let ch = channel(p.proxy_addr).await;
+    // Every call succeeds for the client, yet the broken backend's answers are
+    // its failures: it is ejected.
+    for i in 0..20u8 {
+        let r = call_unary(&ch, sized("", 64, i)).await.unwrap();
+        assert_eq!(r.into_inner().text, "good");
+        if bad.state.calls.load(Ordering::Relaxed) >= 2 {
+            break;
+        }
+    }
+    let v = backend_view(p.admin_addr, &bad.url()).await.unwrap();
+    assert_eq!(v["ejected"], true, "{v}");
+    let reason = v["ejection"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("grpc-status 14 (UNAVAILABLE)"), "{v}");
     p.shutdown().await;
 }

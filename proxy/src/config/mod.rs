@@ -25,7 +25,8 @@ pub use dns::{DiscoverConfig, DnsConfig};
 pub use locate::LineIndex;
 pub use routes::{DEFAULT_SERVICE, RouteConfig, ServiceConfig, StickyKey};
 pub use types::{
-    Cidr, Count, Dur, HealthKind, Int, Percent, Positive, Protocol, Ratio, Strategy, Url, Weight,
+    Cidr, Count, Dur, GrpcCode, HealthKind, Int, Percent, Positive, Protocol, Ratio, Strategy, Url,
+    Weight,
 };
 
 /// The whole, validated configuration. Immutable once built; a reload builds a new one.
@@ -274,6 +275,17 @@ pub struct Retries {
     /// without a body (e.g. `[502, 503, 504]`; Envoy's `retry_on: 5xx`). The
     /// backend's answer is dropped, not shown to the client, unless no attempt is left.
     pub on_status: Vec<Int<100, 599>>,
+    /// gRPC calls answered trailers-only (no response message) with one of these
+    /// `grpc-status` codes are replayed on another backend, when the whole request
+    /// body was kept (see `replay_buffer_bytes`); e.g. `[14]` or `[UNAVAILABLE]`
+    /// (Envoy's `retry_on: unavailable`, gRPC's `retryableStatusCodes`). Empty (the
+    /// default): no call is replayed, as a non-idempotent method may have acted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_grpc_status: Vec<GrpcCode>,
+    /// Largest request body, bytes, kept for replaying a gRPC call when
+    /// `on_grpc_status` is set: a copy of what is forwarded, dropped past this
+    /// (the call then is not replayed).
+    pub replay_buffer_bytes: Int<0, 16_777_216>,
 }
 
 impl Default for Retries {
@@ -281,6 +293,8 @@ impl Default for Retries {
         Self {
             attempts: Int(1),
             on_status: Vec::new(),
+            on_grpc_status: Vec::new(),
+            replay_buffer_bytes: Int(64 * 1024),
         }
     }
 }

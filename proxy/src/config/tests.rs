@@ -445,3 +445,69 @@ fn bad_consistent_hash_settings_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn grpc_retries_load_by_code_or_name_and_default_off() {
+    let c = parse("", "c.yaml").unwrap();
+    assert!(c.retries.on_grpc_status.is_empty());
+    assert_eq!(c.retries.replay_buffer_bytes, Int(65_536));
+    let c = parse(
+        "retries:\n  attempts: 2\n  on_grpc_status: [14, unavailable, RESOURCE_EXHAUSTED]\n  replay_buffer_bytes: 1024\nservices:\n  api:\n    backends: []\n    retries: { on_grpc_status: [UNAVAILABLE] }\nroutes:\n  - match: { path_prefix: /x }\n    service: api\n    retries: { attempts: 1, on_grpc_status: [13] }\n",
+        "c.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.retries.on_grpc_status,
+        [GrpcCode(14), GrpcCode(14), GrpcCode(8)]
+    );
+    assert_eq!(c.retries.replay_buffer_bytes, Int(1024));
+    let svc = c.services["api"].retries.as_ref().unwrap();
+    assert_eq!(svc.on_grpc_status, [GrpcCode(14)]);
+    assert_eq!(svc.replay_buffer_bytes, Int(65_536), "the default");
+    let route = c.routes[0].retries.as_ref().unwrap();
+    assert_eq!(route.on_grpc_status, [GrpcCode(13)]);
+    // The existing keys are unchanged.
+    let c = parse("retries:\n  attempts: 2\n  on_status: [503]\n", "c.yaml").unwrap();
+    assert_eq!(c.retries.on_status, [Int(503)]);
+    assert!(c.retries.on_grpc_status.is_empty());
+}
+
+#[test]
+fn bad_grpc_retry_settings_are_refused() {
+    for (bad, says) in [
+        ("[0]", "from 1 to 16 (0 is OK"),
+        ("[17]", "from 1 to 16"),
+        ("[-1]", "from 1 to 16"),
+        ("[OK]", "`OK`: not a gRPC status code other than OK"),
+        ("[NOPE]", "`NOPE`: not a gRPC status code"),
+        ("[1.5]", "from 1 to 16"),
+        ("14", "a sequence"),
+    ] {
+        let e = err(&format!("retries:\n  on_grpc_status: {bad}\n"));
+        assert!(
+            e.field
+                .as_deref()
+                .is_some_and(|f| f.starts_with("retries.on_grpc_status")),
+            "{bad}: {e}"
+        );
+        assert!(e.reason.contains(says), "{bad}: {e}");
+        assert_eq!(e.line, Some(2), "{bad}: {e}");
+    }
+    for bad in ["-1", "16777217", "64KiB"] {
+        let e = err(&format!("retries:\n  replay_buffer_bytes: {bad}\n"));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("retries.replay_buffer_bytes"),
+            "{bad}: {e}"
+        );
+        assert!(e.reason.contains("from 0 to 16777216"), "{bad}: {e}");
+    }
+    let e = err("services:\n  api:\n    backends: []\n    retries:\n      on_grpc_status: [99]\n");
+    assert!(
+        e.field
+            .as_deref()
+            .unwrap_or_default()
+            .contains("on_grpc_status"),
+        "{e}"
+    );
+}

@@ -236,6 +236,80 @@ impl Serialize for Positive {
     }
 }
 
+// === impl GrpcCode ===
+
+/// The names of the gRPC status codes, by code (`grpc/doc/statuscodes.md`).
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// A gRPC status code other than `OK`: a number from 1 to 16 (`14`) or its name
+/// in any case (`UNAVAILABLE`, as gRPC's service config writes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcCode(pub u32);
+
+impl<'de> Deserialize<'de> for GrpcCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = GrpcCode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a gRPC status code: 1 to 16 or a name such as UNAVAILABLE")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<GrpcCode, E> {
+                match u32::try_from(v) {
+                    Ok(c @ 1..=16) => Ok(GrpcCode(c)),
+                    _ => Err(E::custom(format!(
+                        "must be a gRPC status code from 1 to 16 (0 is OK, never retried), got {v}"
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<GrpcCode, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<GrpcCode, E> {
+                Err(E::custom(format!(
+                    "must be a gRPC status code from 1 to 16, got {v}"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<GrpcCode, E> {
+                match GRPC_CODE_NAMES
+                    .iter()
+                    .position(|n| n.eq_ignore_ascii_case(v.trim()))
+                {
+                    Some(c @ 1..) => Ok(GrpcCode(c as u32)),
+                    _ => Err(E::custom(format!(
+                        "`{v}`: not a gRPC status code other than OK (e.g. UNAVAILABLE or 14)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for GrpcCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
 // === impl Weight ===
 
 /// A backend weight, 1..=1000.

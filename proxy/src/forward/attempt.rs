@@ -28,6 +28,7 @@ use super::grpc::{self, Pending};
 use super::h2::H2Answer;
 use super::headers::Forwarded;
 use super::pool::{self, ConnectError};
+use super::replay::Replay;
 use super::trace::Trace;
 use crate::backend::{Backend, Outcome};
 use crate::config::Config;
@@ -45,6 +46,9 @@ pub(super) struct Outgoing<'a> {
     pub body: Option<ReqBody>,
     /// Can be sent again as it is (idempotent, no body).
     pub replayable: bool,
+    /// A gRPC call's body, kept as it is sent, for a replay on a retryable
+    /// `grpc-status` (only with `retries.on_grpc_status`).
+    pub replay: Option<Replay>,
     /// The client asked to switch protocols.
     pub upgrade: bool,
     /// The request's hash key, when its service hashes requests

@@ -28,8 +28,10 @@ pub enum ReqBody {
     Incoming(Incoming),
     /// An HTTP/1.1 client's body (our server), streamed.
     Client(ClientBody),
-    /// A body the proxy made (a gRPC health check's request).
+    /// A body the proxy made (a gRPC health check's request, a replayed call's).
     Full(Option<Bytes>),
+    /// A gRPC call's body kept for a replay as it is sent (`retries.on_grpc_status`).
+    Teed(Box<super::replay::Tee>),
 }
 
 impl ReqBody {
@@ -71,6 +73,7 @@ impl Body for ReqBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(ClientBodyError::Client))),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ReqBody::Teed(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -80,6 +83,7 @@ impl Body for ReqBody {
             ReqBody::Incoming(b) => b.is_end_stream(),
             ReqBody::Client(b) => b.is_end_stream(),
             ReqBody::Full(b) => b.is_none(),
+            ReqBody::Teed(b) => b.is_end_stream(),
         }
     }
 
@@ -89,6 +93,7 @@ impl Body for ReqBody {
             ReqBody::Incoming(b) => b.size_hint(),
             ReqBody::Client(b) => b.size_hint(),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Teed(b) => b.size_hint(),
         }
     }
 }

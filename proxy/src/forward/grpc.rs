@@ -31,6 +31,16 @@ pub fn status(headers: &HeaderMap) -> Option<u32> {
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
+/// The `grpc-status` of a trailers-only answer (a gRPC head that ended the
+/// stream: no message reached the client, so the call may be replayed).
+pub fn trailers_only_status<B: http_body::Body>(resp: &http::Response<B>) -> Option<u32> {
+    let headers = resp.headers();
+    if !resp.body().is_end_stream() || !is_grpc(headers) {
+        return None;
+    }
+    status(headers)
+}
+
 /// `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit of H, M, S, m,
 /// u or n), or `None` when absent or malformed (then the call has no deadline of
 /// its own, as gRPC servers treat it).

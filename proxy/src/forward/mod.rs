@@ -6,16 +6,22 @@
 //!   ([`SendError::Stale`], the body handed back untouched): tried again on a
 //!   fresh connection, not counted as an attempt nor held against the backend;
 //! - a connection lost after sending, only for idempotent requests without a body
-//!   (the request can be replayed exactly).
+//!   (the request can be replayed exactly);
+//! - an answer whose status is in `retries.on_status`, for those same requests;
+//! - a gRPC call answered trailers-only with a `grpc-status` in
+//!   `retries.on_grpc_status` (an HTTP/2 backend's answer: gRPC needs HTTP/2),
+//!   when its whole body was kept for the replay (see [`replay`]).
 //!
-//! A backend that answers, even with a 5xx, is not retried: the answer goes to the
-//! client and the failure to the passive-health and circuit accounting.
+//! Any other answer, even a 5xx, is not retried: it goes to the client and the
+//! failure to the passive-health and circuit accounting (a retried answer is
+//! accounted too).
 
 mod attempt;
 pub mod body;
 pub mod grpc;
 pub mod h2;
 pub mod pool;
+mod replay;
 mod routed;
 pub mod tls;
 pub mod trace;
@@ -315,11 +321,30 @@ impl<'a> Outgoing<'a> {
             // A request that can be sent again as it is: on another backend after a
             // lost connection, or on a fresh connection after a stale pooled one.
             replayable: bodiless && is_idempotent(&parts.method),
+            replay: None,
             parts,
             forwarded,
             body: Some(if bodiless { ReqBody::Empty } else { incoming }),
             upgrade,
             hash_key: None,
+        }
+    }
+}
+
+impl Outgoing<'_> {
+    /// Keeps the body of a gRPC call as it is sent, up to `limit` bytes, when it
+    /// may be replayed: a call with a body, on a service with HTTP/2 backends.
+    fn keep_for_replay(&mut self, snap: &Service, limit: usize) {
+        if self.replayable
+            || !grpc::is_grpc(&self.parts.headers)
+            || !snap.members.iter().any(|m| m.protocol.is_h2())
+        {
+            return;
+        }
+        if let Some(body) = self.body.take() {
+            let (replay, body) = replay::Replay::keep(body, limit);
+            self.replay = Some(replay);
+            self.body = Some(body);
         }
     }
 }
@@ -338,7 +363,14 @@ async fn forward(
     let cfg = &*snap.config;
     // A route's retries override the service's (looked up where used: the future
     // holds no more across its awaits).
-    let max_attempts = 1 + retries_of(route, cfg).attempts.as_usize();
+    let max_attempts = {
+        let retries = retries_of(route, cfg);
+        let max_attempts = 1 + retries.attempts.as_usize();
+        if max_attempts > 1 && !retries.on_grpc_status.is_empty() {
+            out.keep_for_replay(snap, retries.replay_buffer_bytes.as_usize());
+        }
+        max_attempts
+    };
     let mut attempts = 0usize;
     // Indexes not to pick again: tried, or refused by their circuit.
     let mut excluded: SmallVec<[usize; 4]> = SmallVec::new();
@@ -404,6 +436,22 @@ async fn forward(
         let resp = match ended {
             Ended::Answered(resp, _) => resp,
             Ended::AnsweredH2(answer) => {
+                if let Some(replay) = &out.replay
+                    && attempts < max_attempts
+                    && let Some(code) = grpc::trailers_only_status(&answer.resp)
+                    && retries_of(route, cfg)
+                        .on_grpc_status
+                        .iter()
+                        .any(|c| c.0 == code)
+                    && another_available(snap, &excluded)
+                    && let Some(body) = replay.body()
+                {
+                    // Nothing of the answer reached the client, and the whole call
+                    // is here to send again.
+                    debug!(backend = %backend.url, code, "replaying a gRPC call");
+                    out.body = Some(body);
+                    continue;
+                }
                 let status = answer.resp.status();
                 if retry_on_status(route, cfg, out, status, attempts, max_attempts)
                     && another_available(snap, &excluded)
