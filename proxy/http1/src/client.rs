@@ -4,7 +4,9 @@
 //! channels: per request a channel send, a oneshot, a body channel and two or three
 //! extra task wake-ups (profiled at about a third of our user-space instructions per
 //! request). Here an [`Exchange`] writes the request head straight to the socket,
-//! parses the response head with httparse into the `HeaderMap` the client side
+//! with whatever of the body is already at hand in the same write (a 4 KiB POST
+//! read whole goes out in one send, as HAProxy's does: issue #24,
+//! docs/benchmarks.md §13), parses the response head with httparse into the `HeaderMap` the client side
 //! needs (hop-by-hop headers dropped on the way), and [`UpstreamBody`] reads the body
 //! only as fast as the client side takes it. The request body is pumped from the
 //! same polls, so a backend may answer while it is still reading (full duplex).
@@ -43,6 +45,12 @@ use crate::flush;
 const HEAD_READ: usize = 8 * 1024;
 /// Read size for response bodies (one frame to the client at most this big).
 const BODY_READ: usize = 32 * 1024;
+/// Request bytes queued from the body before they are written (a body that is
+/// all at hand goes out in writes of about this size, not a frame at a time).
+const GATHER_BYTES: usize = 64 * 1024;
+/// Buffers queued before they are written (a chunk is three: its size line, its
+/// data and the CRLF), well under the kernel's 1,024 per vectored write.
+const GATHER_BUFS: usize = 16;
 
 /// An error of a request body's source, boxed (the client's side, not the backend).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -184,6 +192,22 @@ impl AsyncWrite for Io {
     }
 }
 
+/// Where a request is written: a backend connection (or, in tests, a recorder of
+/// the writes).
+trait Sink: AsyncWrite + Unpin {
+    /// The plain socket, which the turn's flusher can write to.
+    fn plain(&self) -> Option<&Arc<TcpStream>>;
+}
+
+impl Sink for Io {
+    fn plain(&self) -> Option<&Arc<TcpStream>> {
+        match self {
+            Io::Plain(s) => Some(s),
+            Io::Tls(_) => None,
+        }
+    }
+}
+
 /// One keep-alive connection to a backend with its buffers (kept across exchanges,
 /// so a warm connection allocates nothing for a request head).
 pub struct Conn {
@@ -276,7 +300,7 @@ where
     /// offered to the flusher once.
     fn poll_deferred(
         &mut self,
-        io: &Io,
+        io: &impl Sink,
         cx: &mut Context<'_>,
     ) -> Option<Poll<Result<(), UpstreamError>>> {
         if let Some(p) = self.deferred.take() {
@@ -301,9 +325,7 @@ where
         if self.offered || !self.body_done || self.queue.is_empty() {
             return None;
         }
-        let Io::Plain(s) = io else {
-            return None;
-        };
+        let s = io.plain()?;
         self.offered = true;
         let p = flush::defer(s, &mut self.queue, cx.waker())?;
         self.deferred = Some(p);
@@ -337,17 +359,88 @@ where
         }
     }
 
-    /// Sends the request, through the flusher when it can.
-    fn poll_out(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+    /// Sends the request, through the flusher when it can. What the body has at
+    /// hand is queued first, so a head goes out together with the body bytes read
+    /// with it (a whole small request: one send, through the flusher).
+    fn poll_out(
+        &mut self,
+        io: &mut impl Sink,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UpstreamError>> {
+        let mut waiting = false;
+        if self.deferred.is_none() {
+            match self.gather(cx) {
+                Ok(w) => waiting = w,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
         match self.poll_deferred(io, cx) {
             Some(p) => p,
-            None => self.poll_send(io, cx),
+            None => self.poll_send(io, cx, waiting),
         }
     }
 
+    /// Queues the body's frames for as long as they are ready at once, up to
+    /// [`GATHER_BYTES`] queued (or [`GATHER_BUFS`] buffers): the next write then
+    /// carries them with what is queued before them (the head, on the first).
+    /// Stops when the body is complete or must be waited for (true: it said so,
+    /// and wakes the task when it has more).
+    fn gather(&mut self, cx: &mut Context<'_>) -> Result<bool, UpstreamError> {
+        while !self.body_done
+            && self.queue.len() < GATHER_BUFS
+            && self.queue.iter().map(Bytes::len).sum::<usize>() < GATHER_BYTES
+        {
+            let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
+                return Ok(true);
+            };
+            self.take_frame(frame)?;
+        }
+        Ok(false)
+    }
+
+    /// Queues one frame of the body (`None`: its end).
+    fn take_frame(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, B::Error>>,
+    ) -> Result<(), UpstreamError> {
+        match frame {
+            None => {
+                match self.framing {
+                    Out::Chunked => self.queue.push(LAST_CHUNK),
+                    Out::Length(0) => {}
+                    Out::Length(_) => {
+                        return Err(UpstreamError::RequestBody(
+                            "shorter than its content-length",
+                        ));
+                    }
+                }
+                self.body_done = true;
+            }
+            Some(Err(e)) => return Err(UpstreamError::Client(e.into())),
+            Some(Ok(frame)) => {
+                self.touched = true;
+                match frame.into_data() {
+                    Ok(data) => self.queue_data(data)?,
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.queue_trailers(&trailers)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes what is queued and pulls the client's body until the request is
-    /// complete (Ready(Ok)) or something must be waited for.
-    fn poll_send(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+    /// complete (Ready(Ok)) or something must be waited for (`waiting`: the body
+    /// was just polled and has nothing at hand).
+    fn poll_send(
+        &mut self,
+        io: &mut impl Sink,
+        cx: &mut Context<'_>,
+        mut waiting: bool,
+    ) -> Poll<Result<(), UpstreamError>> {
         loop {
             while !self.queue.is_empty() {
                 let polled = if self.queue.len() == 1 {
@@ -370,31 +463,12 @@ where
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                None => {
-                    match self.framing {
-                        Out::Chunked => self.queue.push(LAST_CHUNK),
-                        Out::Length(0) => {}
-                        Out::Length(_) => {
-                            return Poll::Ready(Err(UpstreamError::RequestBody(
-                                "shorter than its content-length",
-                            )));
-                        }
-                    }
-                    self.body_done = true;
-                }
-                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::Client(e.into()))),
-                Some(Ok(frame)) => {
-                    self.touched = true;
-                    match frame.into_data() {
-                        Ok(data) => self.queue_data(data)?,
-                        Err(frame) => {
-                            if let Ok(trailers) = frame.into_trailers() {
-                                self.queue_trailers(&trailers)?;
-                            }
-                        }
-                    }
-                }
+            if waiting {
+                return Poll::Pending;
+            }
+            waiting = self.gather(cx)?;
+            if self.queue.is_empty() && !self.body_done {
+                return Poll::Pending;
             }
         }
     }
@@ -607,7 +681,10 @@ where
                 Poll::Ready(Err(e)) => {
                     let stalled =
                         matches!(&e, UpstreamError::Io(io) if io.kind() == io::ErrorKind::TimedOut);
-                    if e.is_client() || stalled {
+                    // A body found broken before anything went out (its bytes at
+                    // hand were gathered first): the backend got nothing to answer.
+                    let unsent = matches!(e, UpstreamError::RequestBody(_)) && !this.written;
+                    if e.is_client() || stalled || unsent {
                         return Poll::Ready(Err(SendError::Failed(e)));
                     }
                     if let UpstreamError::Io(io) = &e

@@ -101,8 +101,11 @@ pub struct Limits {
     pub http2: bool,
 }
 
-/// First read of a request head (most requests fit several times over).
-const HEAD_READ: usize = 4 * 1024;
+/// First read of a request: room for its head and a small body read with it, so
+/// a request that arrived whole is read in one call and forwarded in one send
+/// (issue #24: a 4 KiB POST took two reads at 4 KiB). Only a connection with a
+/// request in hand holds it; an idle one holds no buffer (see [`spare`]).
+const HEAD_READ: usize = 16 * 1024;
 /// Largest unread request body rest read and dropped to keep a connection.
 const DRAIN_MAX: u64 = 256 * 1024;
 /// Largest read of a request body at once.
@@ -654,8 +657,8 @@ impl Body for ClientBody {
 // === responses ===
 
 /// Read buffers of waiting connections, kept per thread for the next connection that
-/// reads: a request then costs no 4 KiB allocation, and an idle connection still
-/// holds no buffer.
+/// reads: a request then costs no allocation, and an idle connection still holds
+/// no buffer.
 mod spare {
     use std::cell::RefCell;
 
@@ -663,8 +666,8 @@ mod spare {
 
     use super::HEAD_READ;
 
-    /// Most buffers kept per thread (256 KiB).
-    const MAX: usize = 64;
+    /// Most buffers kept per thread (512 KiB).
+    const MAX: usize = 32;
 
     thread_local! {
         static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

@@ -1419,12 +1419,17 @@ async fn pooled_connection_reset_hands_the_untouched_body_back() {
     drop(srv);
     readable(&conn).await;
 
-    let (body, _feed) = incoming(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+    // The client has sent none of its body yet: nothing of it is taken before
+    // the head is written. (Bytes at hand would go out with the head, and once
+    // taken they could not be handed back: forward::checkout's `still_open`
+    // keeps such a connection from being used at all.)
+    let (body, mut feed) = incoming(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").await;
     let post = req(Method::POST, "/upload", &[("host", "h")]);
     // Not replayable, but nothing could be written: safe to send again.
     let ex = start(conn, &post, ReqBody::Incoming(body));
     let body = stale(within(ex).await);
     assert!(matches!(body, ReqBody::Incoming(_)));
+    feed.src.write(b"hello").await;
 
     // On a fresh connection the whole body still goes out.
     let (conn, mut srv) = pair().await;
@@ -1769,15 +1774,25 @@ async fn request_body_longer_than_declared_fails() {
         &[("host", "h"), ("content-length", "2")],
     );
     let (conn, mut srv) = pair().await;
+    // The body is at hand: read before the head goes out, and found too long.
+    let ex = start(conn, &post, ReqBody::Incoming(body));
+    assert_eq!(
+        request_body_error(failed(within(ex).await)),
+        "longer than its content-length"
+    );
+    assert_eq!(srv.read_to_end().await, b"", "nothing went out");
+
+    // Found too long after the head went out: no body byte follows it.
+    let (body, mut feed) = incoming(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").await;
+    let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    let head = head_while(&mut ex, &mut srv, "the write error", |ex| {
-        ex.write_error.is_some()
-    })
-    .await;
+    let head = head_while(&mut ex, &mut srv, "the head went out", |ex| ex.written).await;
     assert_eq!(
         head,
         "POST /u HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\n"
     );
+    feed.src.write(b"hello").await;
+    drive_until(&mut ex, "the write error", |ex| ex.write_error.is_some()).await;
     within(srv.stream.shutdown()).await.expect("close");
     assert_eq!(
         request_body_error(failed(within(ex).await)),
@@ -1795,16 +1810,26 @@ async fn request_body_shorter_than_declared_fails() {
         &[("host", "h"), ("content-length", "10")],
     );
     let (conn, mut srv) = pair().await;
+    // The whole (short) body is at hand: found short before anything goes out.
+    let ex = start(conn, &post, ReqBody::Incoming(body));
+    assert_eq!(
+        request_body_error(failed(within(ex).await)),
+        "shorter than its content-length"
+    );
+    assert_eq!(srv.read_to_end().await, b"", "nothing went out");
+
+    // It ends short after the head went out.
+    let (body, mut feed) = incoming(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n").await;
+    let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    let head = head_while(&mut ex, &mut srv, "the write error", |ex| {
-        ex.write_error.is_some()
-    })
-    .await;
+    let head = head_while(&mut ex, &mut srv, "the head went out", |ex| ex.written).await;
     assert_eq!(
         head,
         "POST /u HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\n"
     );
-    assert_eq!(srv.read_exact(3).await, b"abc");
+    // (What came with the end is not sent: the request is broken either way.)
+    feed.src.write(b"abc").await;
+    drive_until(&mut ex, "the write error", |ex| ex.write_error.is_some()).await;
     within(srv.stream.shutdown()).await.expect("close");
     assert_eq!(
         request_body_error(failed(within(ex).await)),
@@ -1814,7 +1839,8 @@ async fn request_body_shorter_than_declared_fails() {
 
 #[tokio::test]
 async fn answer_after_a_request_write_error_is_delivered_but_not_reused() {
-    let (body, _feed) = incoming(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+    // The body comes after the head went out, and turns out too long.
+    let (body, mut feed) = incoming(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").await;
     let post = req(
         Method::POST,
         "/u",
@@ -1822,12 +1848,11 @@ async fn answer_after_a_request_write_error_is_delivered_but_not_reused() {
     );
     let (conn, mut srv) = pair().await;
     let mut ex = start(conn, &post, ReqBody::Incoming(body));
-    within(async {
-        tokio::join!(
-            drive_until(&mut ex, "the write error", |ex| ex.write_error.is_some()),
-            srv.read_head()
-        )
-    })
+    head_while(&mut ex, &mut srv, "the head went out", |ex| ex.written).await;
+    feed.src.write(b"hello").await;
+    within(drive_until(&mut ex, "the write error", |ex| {
+        ex.write_error.is_some()
+    }))
     .await;
     srv.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\nbad")
         .await;
@@ -2495,3 +2520,5 @@ fn upstream_error_texts_and_kinds() {
         SendError::Failed(UpstreamError::Closed)
     ));
 }
+
+mod gather;
