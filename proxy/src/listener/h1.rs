@@ -139,9 +139,13 @@ mod tests {
         let (_client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
         let (server, peer) = server.expect("accept");
         let (_tx, rx) = watch::channel(false);
-        let handler = Proxy::new(plane, Peer::new(peer), &limits);
+        let handler = Proxy::new(plane.clone(), Peer::new(peer), &limits);
         let conn = switchyard_http1::server::serve(server, handler, limits, rx);
         let size = std::mem::size_of_val(&conn);
         assert!(size <= 1024, "connection future is {size} bytes");
+        // As the listener spawns it, with its guard: not twice the size.
+        let task = super::super::guarded(conn, super::super::ConnGuard::new(plane));
+        let spawned = std::mem::size_of_val(&task);
+        assert!(spawned <= size + 16, "spawned future is {spawned} bytes");
     }
 }

@@ -83,10 +83,7 @@ pub async fn serve(
             limits.clone(),
             stop.clone(),
         );
-        tracker.spawn(async move {
-            conn.await;
-            drop(guard);
-        });
+        tracker.spawn(crate::listener::guarded(conn, guard));
     }
     drop(listener);
     tracker.close();
