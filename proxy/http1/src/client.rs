@@ -229,6 +229,17 @@ impl Conn {
         })
     }
 
+    /// Lets go of the buffers while the connection waits in a pool (they are
+    /// allocated again by its next exchange). Only when nothing is buffered.
+    pub fn shed_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
     /// Whether this connection served an exchange before.
     pub fn reused(&self) -> bool {
         self.served > 0
@@ -569,6 +580,10 @@ where
         body: B,
         replayable: bool,
     ) -> Result<Self, UpstreamError> {
+        if conn.wbuf.capacity() == 0 {
+            // Its buffers were let go while it waited in the pool.
+            conn.wbuf.reserve(1024);
+        }
         let framing = codec::encode_request(&mut conn.wbuf, parts, host, extra, forwarded, &body)
             .map_err(UpstreamError::RequestBody)?;
         let head = conn.wbuf.split().freeze();

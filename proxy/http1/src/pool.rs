@@ -79,8 +79,14 @@ impl Pool {
     /// [`Pool::keep`] for how many are kept per worker).
     pub fn put(&self, conn: Box<Conn>, max: usize, now: Instant) {
         let keep = self.keep(max);
+        let mut conn = conn;
         let mut idle = self.mine().lock();
         if idle.len() < keep {
+            if idle.len() >= max {
+                // Kept for demand beyond the configured maximum: without its
+                // buffers (9 KiB), taken again when it is used.
+                conn.shed_buffers();
+            }
             idle.push(Idle { conn, since: now });
         }
     }
@@ -223,6 +229,13 @@ mod tests {
             pool.put(c, 2, now);
         }
         assert_eq!(pool.idle_count(), 5);
+        // The three kept beyond the maximum of 2 hold no buffers; the first two do.
+        let mut capacities: Vec<usize> = std::iter::from_fn(|| pool.take())
+            .map(|c| c.rbuf.capacity())
+            .collect();
+        capacities.reverse();
+        assert!(capacities[..2].iter().all(|&c| c > 0), "{capacities:?}");
+        assert!(capacities[2..].iter().all(|&c| c == 0), "{capacities:?}");
         pool.demand(usize::MAX);
         assert_eq!(pool.keep(2), DEMAND_BOUND);
         let pool = Pool::default();
