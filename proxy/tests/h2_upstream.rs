@@ -508,3 +508,129 @@ async fn a_client_stalling_its_maximum_of_streams_does_not_block_others() {
     }
     p.shutdown().await;
 }
+
+/// A client HTTP/2 connection's streams run on the connection's own task (not a
+/// task each): many at once are all served while one of them waits on its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_streams_on_one_connection_are_served_beside_a_waiting_one() {
+    let b = H2Backend::start().await;
+    let p = proxy(&h2c_yaml(b.addr, "")).await;
+    let mut send = h2_client(p.proxy_addr).await;
+    let slow = Request::get(format!("http://{}/slow", p.proxy_addr))
+        .body(frames(vec![]))
+        .unwrap();
+    let slow = tokio::spawn(send.send_request(slow));
+    let seen = b.slow_seen.clone();
+    wait_until(
+        Duration::from_secs(20),
+        "the slow stream at the backend",
+        || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    // 200 streams at once on the same connection, the slow one still open.
+    let many: Vec<_> = (0..200)
+        .map(|i| {
+            let req = Request::get(format!("http://{}/fast?{i}", p.proxy_addr))
+                .body(frames(vec![]))
+                .unwrap();
+            let resp = send.send_request(req);
+            async move {
+                let r = resp.await.unwrap();
+                let status = r.status();
+                (status, r.into_body().collect().await.unwrap().to_bytes())
+            }
+        })
+        .collect();
+    let served = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(many),
+    )
+    .await
+    .expect("the 200 streams were served");
+    for (status, body) in served {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, Bytes::from_static(b"ok"));
+    }
+    assert!(!slow.is_finished(), "the slow stream waits for its backend");
+    b.release.notify_one();
+    let r = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("the slow stream completes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, Bytes::from_static(b"slow done"));
+    p.shutdown().await;
+}
+
+/// Shutting the proxy down sends the client GOAWAY and lets the streams in flight
+/// on the connection finish (they run on the connection's task, which keeps
+/// driving them after the GOAWAY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_client_streams_in_flight_finish() {
+    let b = H2Backend::start().await;
+    // A grace period longer than the test waits: the proxy stops because its
+    // connections end, not because the grace period ran out.
+    let yaml = format!(
+        "{}  grace_period: \"120s\"\n  header_read_timeout: \"120s\"\nbackends:\n  - url: \"http://{}\"\n    protocol: h2c\n",
+        server_yaml(),
+        b.addr
+    );
+    let p = proxy(&yaml).await;
+    let addr = p.proxy_addr;
+    // An idle connection (one request served) must go away too.
+    let mut idle = h2_client(addr).await;
+    let req = Request::get(format!("http://{addr}/fast"))
+        .body(frames(vec![]))
+        .unwrap();
+    assert_eq!(
+        idle.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut send = h2_client(addr).await;
+    let slow = Request::get(format!("http://{addr}/slow"))
+        .body(frames(vec![]))
+        .unwrap();
+    let slow = tokio::spawn(send.send_request(slow));
+    let seen = b.slow_seen.clone();
+    wait_until(
+        Duration::from_secs(20),
+        "the slow stream at the backend",
+        || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    let stopping = tokio::spawn(p.shutdown());
+    // Until the connection's GOAWAY has come: a new stream on it is refused.
+    wait_until(Duration::from_secs(20), "GOAWAY on the connection", || {
+        let req = Request::get(format!("http://{addr}/fast"))
+            .body(frames(vec![]))
+            .unwrap();
+        let resp = send.send_request(req);
+        async move { resp.await.is_err() }
+    })
+    .await;
+    assert!(!slow.is_finished(), "the slow stream waits for its backend");
+    b.release.notify_one();
+    let r = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("the slow stream completes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, Bytes::from_static(b"slow done"));
+    // Within 20 s: before hyper's keep-alive PING (every 30 s) would wake a
+    // connection whose GOAWAY was queued but never sent.
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the proxy stopped once the stream was done, the idle connection gone")
+        .unwrap();
+    drop(idle);
+}

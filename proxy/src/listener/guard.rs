@@ -19,17 +19,22 @@
 //!
 //! The frame-level parts read the client's bytes on their way to hyper ([`Frames`]):
 //! frame headers only, payloads pass untouched (one copy through a small buffer).
+//!
+//! An HTTP/2 connection's streams run on the connection's own task ([`Local`],
+//! [`Driven`]), not one tokio task each (issue #24).
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -583,20 +588,147 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Frames<T> {
     }
 }
 
+// === the connection's streams ===
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// hyper's executor for one client HTTP/2 connection: the stream futures hyper
+/// starts (one per request, and the send half of an extended CONNECT) are queued
+/// for the connection's own task, which [`Driven`] polls beside the connection,
+/// instead of a tokio task each (spawn, schedule and the task's own polls: −1.3 %
+/// instructions per h2c request in callgrind, docs/benchmarks.md §9).
+#[derive(Clone)]
+pub struct Local(Arc<Inner>);
+
+struct Inner {
+    new: Mutex<Vec<StreamFuture>>,
+    /// The connection future's waker fired: poll it again.
+    woken: AtomicBool,
+    /// [`Driven`] is being polled: a wake or a queued stream is seen before the
+    /// poll ends, the task needs no wake.
+    polling: AtomicBool,
+    /// The connection task.
+    task: AtomicWaker,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Self(Arc::new(Inner {
+            new: Mutex::new(Vec::new()),
+            woken: AtomicBool::new(true),
+            polling: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        }))
+    }
+}
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Local {
+    fn execute(&self, fut: F) {
+        self.0.new.lock().push(Box::pin(fut));
+        if !self.0.polling.load(SeqCst) {
+            self.0.task.wake();
+        }
+    }
+}
+
+/// The waker the connection future is polled with: a stream's wake (its own
+/// waker, from [`FuturesUnordered`]) does not poll the connection, only the
+/// connection's does.
+impl Wake for Inner {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, SeqCst);
+        if !self.polling.load(SeqCst) {
+            self.task.wake();
+        }
+    }
+}
+
+/// Rounds of (connection, streams) in one poll before the task yields.
+const ROUNDS: usize = 4;
+
+/// A hyper HTTP/2 connection and its streams (queued by [`Local`]), driven by one
+/// task: the connection when its waker fired, then the streams that are ready. It
+/// ends when the connection ends; streams still running then are dropped with it
+/// — the client connection is gone, so nothing they produce could reach it, and
+/// dropping them ends their backend exchanges at once, as a client's RST_STREAM
+/// would. (A graceful shutdown does not get there early: h2 keeps the connection
+/// open while a stream's handles are alive, and they are driven here until they
+/// finish.) All the streams of a connection run on its task's thread.
+pub struct Driven<'a, C> {
+    conn: Pin<&'a mut C>,
+    local: Local,
+    conn_waker: Waker,
+    running: FuturesUnordered<StreamFuture>,
+}
+
+impl<'a, C: Future> Driven<'a, C> {
+    pub fn new(conn: Pin<&'a mut C>, local: Local) -> Self {
+        Self {
+            conn,
+            conn_waker: Waker::from(local.0.clone()),
+            local,
+            running: FuturesUnordered::new(),
+        }
+    }
+
+    /// The connection itself (for its graceful shutdown), to be polled next: what
+    /// is done to it outside a poll (a GOAWAY queued) wakes nothing.
+    pub fn conn(&mut self) -> Pin<&mut C> {
+        self.local.0.woken.store(true, SeqCst);
+        self.conn.as_mut()
+    }
+}
+
+impl<C: Future> Future for Driven<'_, C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        let inner = &*this.local.0;
+        inner.task.register(cx.waker());
+        for _ in 0..ROUNDS {
+            inner.polling.store(true, SeqCst);
+            if inner.woken.swap(false, SeqCst) {
+                let mut conn_cx = Context::from_waker(&this.conn_waker);
+                if let Poll::Ready(out) = this.conn.as_mut().poll(&mut conn_cx) {
+                    return Poll::Ready(out);
+                }
+            }
+            this.running.extend(inner.new.lock().drain(..));
+            // Until every stream is pending (or FuturesUnordered yields, having
+            // woken the task, after a round of them).
+            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {}
+            inner.polling.store(false, SeqCst);
+            // Wakes while polling (a stream's frame for the connection to send,
+            // a stream queued by another) are picked up here.
+            if !inner.woken.load(SeqCst) && inner.new.lock().is_empty() {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// hyper's HTTP/2 server as Switchyard runs it for clients (h2c and TLS alike):
 /// `server.http2_max_concurrent_streams` streams at once, header lists up to
-/// `max_head` bytes, PING every 30 s.
+/// `max_head` bytes, PING every 30 s; the streams go to `exec` (see [`Driven`]).
 pub fn h2_builder(
     plane: &DataPlane,
     max_head: usize,
-) -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    exec: Local,
+) -> hyper::server::conn::http2::Builder<Local> {
     let streams = plane
         .snapshot()
         .config
         .server
         .http2_max_concurrent_streams
         .as_u32();
-    let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut b = hyper::server::conn::http2::Builder::new(exec);
     b.timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(streams)
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))

@@ -196,11 +196,14 @@ async fn connection(
     let metrics = &plane.metrics;
     if h2 {
         let io = TokioIo::new(guard::Frames::new(stream, shared.clone()));
-        let conn = guard::h2_builder(&plane, limits.max_head).serve_connection(io, svc);
+        let exec = guard::Local::default();
+        let conn =
+            guard::h2_builder(&plane, limits.max_head, exec.clone()).serve_connection(io, svc);
         let conn = std::pin::pin!(conn);
+        let mut conn = guard::Driven::new(conn, exec);
         guard::run(
-            conn,
-            |c| c.graceful_shutdown(),
+            std::pin::Pin::new(&mut conn),
+            |d| d.get_mut().conn().graceful_shutdown(),
             &shared,
             timeouts,
             true,
