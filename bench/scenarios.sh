@@ -5,7 +5,7 @@
 #
 #   bench/scenarios.sh get        # small GETs, keep-alive, one worker each (pinned)
 #   bench/scenarios.sh workers2   # 2 workers each, unpinned, wrk 2 threads; ours2 = switchyard with 1 worker
-#   bench/scenarios.sh post1k     # 1 KiB POSTs, keep-alive
+#   bench/scenarios.sh post1k     # 1 KiB POSTs, keep-alive (nginx backends: the default one refuses bodies)
 #   bench/scenarios.sh post4k     # 4 KiB POSTs, keep-alive
 #   bench/scenarios.sh h2c        # client-side h2c, 10 connections x 100 streams (h2load)
 #   bench/scenarios.sh close      # Connection: close on every request
@@ -23,8 +23,8 @@ targets="haproxy,nginx,ours"
 case "$name" in
   get) args=() ;;
   workers2) args=(--workers 2 --pin off --wrk-threads 2); targets="haproxy,ours,ours2" ;;
-  post1k) args=(--method POST --req-body 1024) ;;
-  post4k) args=(--method POST --req-body 4096) ;;
+  post1k) args=(--method POST --req-body 1024 --backend nginx) ;;
+  post4k) args=(--method POST --req-body 4096 --backend nginx) ;;
   h2c) args=(--load h2load --h2 --connections 10 --h2-streams 100) ;;
   close) args=(--close) ;;
   clients1000) args=(--connections 1000) ;;
