@@ -44,3 +44,30 @@ NGINX
 post_lua() {
   printf 'wrk.method = "POST"\nwrk.body = string.rep("a", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' "$2" > "$1"
 }
+
+# `haproxy_config LISTEN_PORT B1 B2 B3` prints the HAProxy peer's config: one
+# thread, round-robin over three loopback backends, keep-alive both sides.
+haproxy_config() {
+  local lp="$1" b1="$2" b2="$3" b3="$4"
+  cat <<CFG
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$lp backlog 4096
+  default_backend be
+backend be
+  balance roundrobin
+  server b1 127.0.0.1:$b1
+  server b2 127.0.0.1:$b2
+  server b3 127.0.0.1:$b3
+CFG
+}

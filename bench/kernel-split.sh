@@ -12,6 +12,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
+. "$here/backends.sh"
 backend_bin=/tmp/peerbench/target-backend/release/peerbench-backend
 [ -x "$backend_bin" ] || cargo build --release -q --manifest-path "$root/../shared/bench/backend-rs/Cargo.toml" --target-dir /tmp/peerbench/target-backend
 cargo build --release -q --manifest-path "$root/Cargo.toml" --bin switchyard
@@ -27,27 +28,7 @@ measure() {
   b1=$(port); b2=$(port); b3=$(port); lp=$(port)
   taskset -c 1 "$backend_bin" "$b1" "$b2" "$b3" 2>/dev/null & bp=$!; pids+=("$bp")
   if [ "$who" = haproxy ]; then
-    cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$lp backlog 4096
-  default_backend be
-backend be
-  balance roundrobin
-  server b1 127.0.0.1:$b1
-  server b2 127.0.0.1:$b2
-  server b3 127.0.0.1:$b3
-CFG
+    haproxy_config "$lp" "$b1" "$b2" "$b3" > "$work/haproxy.cfg"
     taskset -c 0 haproxy -f "$work/haproxy.cfg" > /dev/null 2>&1 & pp=$!
   else
     taskset -c 0 "${BIN:-$root/target/release/switchyard}" --config "$here/configs/plain.yaml" \

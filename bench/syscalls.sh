@@ -32,27 +32,7 @@ case "$target" in
       --backend "127.0.0.1:$b1,127.0.0.1:$b2,127.0.0.1:$b3" --threads 1 > "$work/proxy.log" 2>&1 &
     proxy=$! ;;
   haproxy)
-    cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$lp backlog 4096
-  default_backend be
-backend be
-  balance roundrobin
-  server b1 127.0.0.1:$b1
-  server b2 127.0.0.1:$b2
-  server b3 127.0.0.1:$b3
-CFG
+    haproxy_config "$lp" "$b1" "$b2" "$b3" > "$work/haproxy.cfg"
     haproxy -db -f "$work/haproxy.cfg" > "$work/proxy.log" 2>&1 &
     proxy=$! ;;
   *) echo "unknown target $target" >&2; exit 2 ;;

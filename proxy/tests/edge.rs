@@ -17,36 +17,12 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// Sends raw bytes and returns everything the proxy answers until it closes (or
-/// 10 s pass).
+/// Sends raw bytes and returns the proxy's answer: one response, or what came
+/// before it closed or 10 s passed.
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => all.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-        // One whole response is enough.
-        let text = String::from_utf8_lossy(&all);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_string)
-                })
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if len.is_some_and(|n| all.len() >= end + 4 + n) {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&all).into_owned()
+    read_one_response(&mut s, Duration::from_secs(10)).await
 }
 
 fn status(answer: &str) -> &str {

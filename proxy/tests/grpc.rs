@@ -766,6 +766,23 @@ fn sized(text: &str, len: usize, seed: u8) -> Msg {
     }
 }
 
+/// Four unary calls of `size` bytes: each answered by the good backend or with
+/// the broken one's UNAVAILABLE; how many were the latter.
+async fn unavailable_answers(ch: &Channel, size: usize) -> usize {
+    let mut unavailable = 0;
+    for i in 0..4u8 {
+        match call_unary(ch, sized("", size, i)).await {
+            Ok(r) => assert_eq!(r.into_inner().text, "good"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                assert_eq!(e.message(), "bad is down");
+                unavailable += 1;
+            }
+        }
+    }
+    unavailable
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_is_replayed_on_another_backend_only_when_opted_in() {
     let (good, bad, p) = good_and_broken("  attempts: 1\n  on_grpc_status: [UNAVAILABLE]\n").await;
@@ -787,17 +804,7 @@ async fn unavailable_is_replayed_on_another_backend_only_when_opted_in() {
     // Without the opt-in the same answer reaches the client.
     let (_good, bad, p) = good_and_broken("  attempts: 1\n  on_status: [503]\n").await;
     let ch = channel(p.proxy_addr).await;
-    let mut unavailable = 0;
-    for i in 0..4u8 {
-        match call_unary(&ch, sized("", 100, i)).await {
-            Ok(r) => assert_eq!(r.into_inner().text, "good"),
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unavailable);
-                assert_eq!(e.message(), "bad is down");
-                unavailable += 1;
-            }
-        }
-    }
+    let unavailable = unavailable_answers(&ch, 100).await;
     assert!(unavailable >= 1);
     assert_eq!(unavailable, bad.state.calls.load(Ordering::Relaxed));
     assert_eq!(retries_total(p.admin_addr).await, 0);
@@ -811,17 +818,7 @@ async fn a_call_larger_than_the_replay_buffer_is_not_replayed() {
             .await;
     let ch = channel(p.proxy_addr).await;
     // 4 KiB each: the broken backend's answer reaches the client.
-    let mut unavailable = 0;
-    for i in 0..4u8 {
-        match call_unary(&ch, sized("", 4096, i)).await {
-            Ok(r) => assert_eq!(r.into_inner().text, "good"),
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unavailable);
-                assert_eq!(e.message(), "bad is down");
-                unavailable += 1;
-            }
-        }
-    }
+    let unavailable = unavailable_answers(&ch, 4096).await;
     assert!(unavailable >= 1);
     assert_eq!(unavailable, bad.state.calls.load(Ordering::Relaxed));
     assert_eq!(retries_total(p.admin_addr).await, 0);

@@ -179,6 +179,22 @@ async fn raw(addr: SocketAddr, req: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A spawned request's answer, within 20 s: a 200 with `body`.
+async fn answered(
+    h: tokio::task::JoinHandle<Result<Response<Incoming>, hyper::Error>>,
+    what: &str,
+    body: &'static [u8],
+) {
+    let r = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 20 s"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{what}");
+    let got = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, Bytes::from_static(body), "{what}");
+}
+
 /// An HTTP/2 (prior knowledge) client connection to `addr`.
 async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Out> {
     let s = TcpStream::connect(addr).await.unwrap();
@@ -497,14 +513,7 @@ async fn a_client_stalling_its_maximum_of_streams_does_not_block_others() {
         drop(tx);
     }
     for h in held {
-        let r = tokio::time::timeout(Duration::from_secs(20), h)
-            .await
-            .expect("held stream completes")
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let body = r.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, Bytes::from_static(b"partial"));
+        answered(h, "held stream completes", b"partial").await;
     }
     p.shutdown().await;
 }
@@ -556,14 +565,7 @@ async fn many_streams_on_one_connection_are_served_beside_a_waiting_one() {
     }
     assert!(!slow.is_finished(), "the slow stream waits for its backend");
     b.release.notify_one();
-    let r = tokio::time::timeout(Duration::from_secs(20), slow)
-        .await
-        .expect("the slow stream completes")
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let body = r.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, Bytes::from_static(b"slow done"));
+    answered(slow, "the slow stream completes", b"slow done").await;
     p.shutdown().await;
 }
 
@@ -618,14 +620,7 @@ async fn shutdown_lets_a_client_streams_in_flight_finish() {
     .await;
     assert!(!slow.is_finished(), "the slow stream waits for its backend");
     b.release.notify_one();
-    let r = tokio::time::timeout(Duration::from_secs(20), slow)
-        .await
-        .expect("the slow stream completes")
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let body = r.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, Bytes::from_static(b"slow done"));
+    answered(slow, "the slow stream completes", b"slow done").await;
     // Within 20 s: before hyper's keep-alive PING (every 30 s) would wake a
     // connection whose GOAWAY was queued but never sent.
     tokio::time::timeout(Duration::from_secs(20), stopping)

@@ -616,7 +616,7 @@ async fn two_workers_share_the_port_and_both_serve() {
             s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
                 .await
                 .unwrap();
-            let got = read_response(&mut s).await;
+            let got = read_one_response(&mut s, Duration::from_secs(10)).await;
             assert!(got.starts_with("HTTP/1.1 200"), "connection {i}: {got:?}");
             assert!(got.contains("x-backend: w"), "connection {i}: {got:?}");
         }
@@ -638,31 +638,6 @@ async fn two_workers_share_the_port_and_both_serve() {
     assert!(w0 > 0 && w1 > 0, "worker 0: {w0}, worker 1: {w1}");
     assert!(!text.contains("switchyard_worker_connections_total{worker=\"2\"}"));
     p.shutdown().await;
-}
-
-/// One response off `s`: head and a `Content-Length` body, as text.
-async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or_else(|| panic!("no content-length: {text:?}"));
-            if got.len() >= end + 4 + len {
-                return text;
-            }
-        }
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed mid-response: {text:?}");
-        got.extend_from_slice(&buf[..n]);
-    }
 }
 
 /// A backend that answers nothing until `wave` requests are in: every wave of
@@ -739,7 +714,7 @@ async fn the_idle_pool_follows_the_peak_in_flight() {
                     s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
                         .await
                         .unwrap();
-                    let got = read_response(&mut s).await;
+                    let got = read_one_response(&mut s, Duration::from_secs(10)).await;
                     assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
                     s
                 })

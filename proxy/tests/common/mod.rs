@@ -229,6 +229,36 @@ pub async fn proxy(yaml: &str) -> Running {
         .unwrap()
 }
 
+/// Reads one HTTP/1.1 response off `s` (its head and a `Content-Length` body), as
+/// text; what arrived when the peer closed or `limit` passed if it is not whole.
+pub async fn read_one_response(s: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => all.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        let text = String::from_utf8_lossy(&all);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| all.len() >= end + 4 + n) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
 pub fn url(addr: SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
