@@ -33,7 +33,7 @@ sed -e "s|@REDIS@|unix://$work/redis.sock|g" "$config" > "$work/config.yaml"
 # A private vgdb prefix: a `callgrind_control` run elsewhere on the machine (with
 # no pid it zeroes and dumps every callgrind it finds) cannot reach this one.
 vg="$work/vgdb"
-valgrind --tool=callgrind --vgdb-prefix="$vg" --callgrind-out-file="$work/cg.out" --collect-atstart=yes \
+valgrind --tool=callgrind ${VG_EXTRA:-} --vgdb-prefix="$vg" --callgrind-out-file="$work/cg.out" --collect-atstart=yes \
   "$bin" --config "$work/config.yaml" --listen "127.0.0.1:$lp" \
   --admin-listen 127.0.0.1:0 --backend "127.0.0.1:$b1,127.0.0.1:$b2,127.0.0.1:$b3" --threads 1 \
   > "$work/proxy.log" 2>&1 & cg=$!; pids+=("$cg")

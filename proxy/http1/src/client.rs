@@ -217,6 +217,9 @@ pub struct Conn {
     wbuf: BytesMut,
     /// Exchanges completed on this connection (0: fresh).
     served: u32,
+    /// The timer of an exchange's deadline, kept between exchanges (see
+    /// [`Exchange::poll_deadline`]).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -226,6 +229,7 @@ impl Conn {
             rbuf: BytesMut::with_capacity(HEAD_READ),
             wbuf: BytesMut::with_capacity(1024),
             served: 0,
+            deadline: None,
         })
     }
 
@@ -624,6 +628,35 @@ where
             w.send_timeout = Some(limit);
         }
         self
+    }
+
+    /// Polls the deadline `at` of this exchange's answer: ready once it has
+    /// passed. Call it after [`Exchange`] itself was polled and is pending.
+    ///
+    /// The timer is the connection's, kept from one exchange to the next and
+    /// moved only when it must: a timer set up and torn down for every request
+    /// costs a timer-wheel insert and removal each time (~300 instructions, 1.5 %
+    /// of a small GET's). With one timeout, deadlines only grow, so the timer
+    /// stays armed at an older one; when that fires early it is moved on to the
+    /// deadline in force. A shorter deadline moves it at once.
+    pub fn poll_deadline(&mut self, cx: &mut Context<'_>, at: tokio::time::Instant) -> Poll<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            // Not reached: a pending exchange has its connection.
+            return Poll::Ready(());
+        };
+        let timer = conn
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() > at {
+            timer.as_mut().reset(at);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if timer.deadline() >= at {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(at);
+        }
     }
 
     /// Whether a close without an answer may be retried on a fresh connection.

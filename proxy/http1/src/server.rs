@@ -429,6 +429,8 @@ impl<H: Handler> Connection<H> {
             trailers,
             &mut keep,
         );
+        // Its lines are written: the map goes back for the next head.
+        codec::recycled::give_back(parts.headers);
         // A whole response on a connection that goes on can wait for the end of
         // this turn; the connection then waits for the next request.
         let defer = keep && !upgrading;

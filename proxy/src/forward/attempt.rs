@@ -160,33 +160,30 @@ pub(super) fn send(
     let timeout = timeout.unwrap_or(cfg.timeouts.request.get());
     Ok(Answer {
         exchange,
-        expiry: tokio::time::sleep_until(ready + timeout),
+        deadline: ready + timeout,
         timeout,
         upgrade: req.upgrade,
     })
 }
 
-pin_project_lite::pin_project! {
-    /// An exchange and its deadline, polled together: how the attempt ends.
-    pub(super) struct Answer {
-        #[pin]
-        exchange: Exchange<ReqBody>,
-        #[pin]
-        expiry: tokio::time::Sleep,
-        timeout: Duration,
-        // The client asked to switch protocols.
-        upgrade: bool,
-    }
+/// An exchange and its deadline (on the connection's timer), polled together:
+/// how the attempt ends.
+pub(super) struct Answer {
+    exchange: Exchange<ReqBody>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    // The client asked to switch protocols.
+    upgrade: bool,
 }
 
 impl Future for Answer {
     type Output = Ended;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
-        let this = self.project();
-        if let Poll::Ready(r) = this.exchange.poll(cx) {
+        let this = self.get_mut();
+        if let Poll::Ready(r) = Pin::new(&mut this.exchange).poll(cx) {
             return Poll::Ready(match r {
-                Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !*this.upgrade => {
+                Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !this.upgrade => {
                     Ended::Unexpected101
                 }
                 Ok(resp) => Ended::Answered(resp, Instant::now()),
@@ -195,9 +192,9 @@ impl Future for Answer {
                 Err(SendError::Failed(e)) => Ended::Lost(e),
             });
         }
-        this.expiry
-            .poll(cx)
-            .map(|()| Ended::TimedOut(*this.timeout))
+        this.exchange
+            .poll_deadline(cx, this.deadline)
+            .map(|()| Ended::TimedOut(this.timeout))
     }
 }
 

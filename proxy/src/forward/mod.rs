@@ -176,6 +176,8 @@ pub async fn handle(
             // is moved into this one, and this one into the connection's).
             let r = forward(&plane, svc, route, &mut out, upgrade, started, &mut trace).await;
             let grpc = r.is_err() && grpc::is_grpc(&out.parts.headers);
+            // Its lines went out: the map goes back for the next head read.
+            switchyard_http1::codec::recycled::give_back(std::mem::take(&mut out.parts.headers));
             (r, grpc)
         }
     };

@@ -9,6 +9,7 @@
 //! Heads are read zero-copy: httparse finds the lines, the head is split off the
 //! read buffer once, and every header value is a slice of it.
 
+pub mod recycled;
 mod request;
 mod response;
 
@@ -267,6 +268,56 @@ pub(crate) fn slice(head: &[u8], (at, len): (u32, u32)) -> &[u8] {
     &head[at as usize..(at + len) as usize]
 }
 
+/// Whether the token `raw` is `lower` in any case. `raw` is a header name httparse
+/// accepted (a token), so setting each byte's 0x20 bit lower-cases its letters
+/// and maps nothing else onto a lower-case letter or `-` (only CR, 0x0D, would
+/// become `-`, and it is no token byte). Branch-free over the fixed length.
+fn is_name<const N: usize>(raw: &[u8], lower: &[u8; N]) -> bool {
+    raw.len() == N
+        && raw
+            .iter()
+            .zip(lower)
+            .fold(0u8, |diff, (&b, &l)| diff | ((b | 0x20) ^ l))
+            == 0
+}
+
+/// The name and role of a header every other message carries, found without
+/// http's general parse (a lower-casing copy, then a lookup: ~150 instructions a
+/// line); `None` for the rest, which take that path.
+pub(crate) fn known_name(raw: &[u8]) -> Option<(HeaderName, Role)> {
+    use http::header as h;
+    let found = match raw.len() {
+        2 if is_name(raw, b"te") => (h::TE, Role::Te),
+        4 if is_name(raw, b"host") => (h::HOST, Role::Host),
+        4 if is_name(raw, b"date") => (h::DATE, Role::Other),
+        4 if is_name(raw, b"etag") => (h::ETAG, Role::Other),
+        4 if is_name(raw, b"vary") => (h::VARY, Role::Other),
+        6 if is_name(raw, b"server") => (h::SERVER, Role::Other),
+        6 if is_name(raw, b"accept") => (h::ACCEPT, Role::Other),
+        6 if is_name(raw, b"cookie") => (h::COOKIE, Role::Other),
+        6 if is_name(raw, b"expect") => (h::EXPECT, Role::Expect),
+        7 if is_name(raw, b"upgrade") => (h::UPGRADE, Role::Upgrade),
+        7 if is_name(raw, b"trailer") => (h::TRAILER, Role::HopByHop),
+        8 if is_name(raw, b"location") => (h::LOCATION, Role::Other),
+        10 if is_name(raw, b"connection") => (h::CONNECTION, Role::Connection),
+        10 if is_name(raw, b"user-agent") => (h::USER_AGENT, Role::Other),
+        10 if is_name(raw, b"set-cookie") => (h::SET_COOKIE, Role::Other),
+        12 if is_name(raw, b"content-type") => (h::CONTENT_TYPE, Role::Other),
+        13 if is_name(raw, b"cache-control") => (h::CACHE_CONTROL, Role::Other),
+        13 if is_name(raw, b"authorization") => (h::AUTHORIZATION, Role::Other),
+        13 if is_name(raw, b"last-modified") => (h::LAST_MODIFIED, Role::Other),
+        14 if is_name(raw, b"content-length") => (h::CONTENT_LENGTH, Role::ContentLength),
+        15 if is_name(raw, b"accept-encoding") => (h::ACCEPT_ENCODING, Role::Other),
+        15 if is_name(raw, b"accept-language") => (h::ACCEPT_LANGUAGE, Role::Other),
+        16 if is_name(raw, b"content-encoding") => (h::CONTENT_ENCODING, Role::Other),
+        17 if is_name(raw, b"transfer-encoding") => {
+            (h::TRANSFER_ENCODING, Role::TransferEncoding)
+        }
+        _ => return None,
+    };
+    Some(found)
+}
+
 /// Reads a head's header lines (`spans` of `head`) into a header map whose values
 /// are slices of the head, with room for `extra` more, keeping the lines `keep`
 /// accepts; `facts` gets what the framing rules need from every line.
@@ -277,10 +328,17 @@ pub(crate) fn read_lines(
     facts: &mut Facts,
     keep: impl Fn(Role) -> bool,
 ) -> Result<HeaderMap, LineError> {
-    let mut map = HeaderMap::with_capacity(spans.len() + extra);
+    let mut map = recycled::header_map(spans.len() + extra);
     for s in spans {
-        let name = HeaderName::from_bytes(slice(head, (s.0, s.1))).map_err(|_| LineError::Name)?;
-        let role = role(&name);
+        let raw = slice(head, (s.0, s.1));
+        let (name, role) = match known_name(raw) {
+            Some(known) => known,
+            None => {
+                let name = HeaderName::from_bytes(raw).map_err(|_| LineError::Name)?;
+                let role = role(&name);
+                (name, role)
+            }
+        };
         facts.note(role, slice(head, (s.2, s.3)), (s.2, s.3));
         if keep(role) {
             let value =
