@@ -20,6 +20,16 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 /// or only `Connection`), and only those are removed: no allocation, no hashed
 /// removal of names that are absent.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    strip(headers, upgrade, false);
+}
+
+/// [`strip_hop_by_hop`] for a request on its way to a backend: `Expect` goes too
+/// (the proxy answers `100-continue` itself), found in the same pass.
+pub fn strip_for_backend(headers: &mut HeaderMap, upgrade: bool) {
+    strip(headers, upgrade, true);
+}
+
+fn strip(headers: &mut HeaderMap, upgrade: bool, expect: bool) {
     let mut present: SmallVec<[HeaderName; 4]> = SmallVec::new();
     let mut connection: Option<HeaderValue> = None;
     for (name, value) in headers.iter() {
@@ -27,7 +37,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             // Several Connection lines are rare; the first one names the extra headers.
             connection.get_or_insert_with(|| value.clone());
         }
-        if hop_by_hop(name, upgrade) && !present.contains(name) {
+        let drop = hop_by_hop(name, upgrade) || (expect && name == header::EXPECT);
+        if drop && !present.contains(name) {
             present.push(name.clone());
         }
     }
@@ -182,6 +193,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn a_request_for_a_backend_loses_expect_too() {
+        let mut h = map(&[
+            ("expect", "100-continue"),
+            ("connection", "close"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h.clone(), false);
+        strip_for_backend(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+        // Between other hops, Expect stays.
+        let mut h = map(&[("expect", "100-continue")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["expect"], "100-continue");
     }
 
     #[test]

@@ -607,9 +607,9 @@ fn prepare<'a>(parts: &mut Parts, peer: &'a Peer, cfg: &Config, upgrade: bool) -
     {
         parts.headers.insert(header::HOST, h.clone());
     }
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    // We answer `Expect: 100-continue` ourselves (hyper does when the body is read).
-    parts.headers.remove(header::EXPECT);
+    // Hop-by-hop lines go, and `Expect`: we answer `100-continue` ourselves
+    // (hyper does when the body is read).
+    headers::strip_for_backend(&mut parts.headers, upgrade);
     parts.version = Version::HTTP_11;
     Forwarded {
         ip: &peer.ip,
