@@ -1496,6 +1496,72 @@ async fn pooled_connection_closed_after_an_answer_is_not_stale() {
     assert!(matches!(failed(res), UpstreamError::Closed));
 }
 
+/// Polls `ex` beside its deadline `at` (as the proxy's attempt does): its
+/// outcome, or `None` once the deadline passed.
+async fn until_deadline(ex: &mut Exchange<ReqBody>, at: tokio::time::Instant) -> Option<Outcome> {
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = Pin::new(&mut *ex).poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        ex.poll_deadline(cx, at).map(|()| None)
+    })
+    .await
+}
+
+/// One answered exchange on `conn` with the deadline `at`: the connection back.
+async fn answered_by(conn: Box<Conn>, srv: &mut Server, at: tokio::time::Instant) -> Box<Conn> {
+    let mut ex = start(conn, &get("/first"), ReqBody::Empty);
+    let answer = async {
+        srv.read_until(b"\r\n\r\n").await;
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        srv.stream.write_all(raw).await.expect("answer");
+    };
+    let (got, ()) = tokio::join!(until_deadline(&mut ex, at), answer);
+    let mut resp = ok(got.expect("answered before the deadline"));
+    resp.body_mut().take_reusable().expect("reusable")
+}
+
+/// The deadline's timer belongs to the connection and outlives an exchange (so
+/// requests do not each set one up): armed at one exchange's deadline, it ends
+/// the next exchange at that exchange's own deadline, whether it is later (the
+/// timer fires early and is moved on) or sooner (the timer is moved back). On
+/// the runtime's paused clock: the times compared are the runtime's own.
+#[tokio::test(start_paused = true)]
+async fn an_exchange_ends_at_its_own_deadline_on_a_reused_connections_timer() {
+    let secs = Duration::from_secs;
+    // Armed at +2 s by the first exchange; the second's deadline is +6 s.
+    let (conn, mut srv) = pair().await;
+    let t0 = tokio::time::Instant::now();
+    let conn = answered_by(conn, &mut srv, t0 + secs(2)).await;
+    let mut ex = start(conn, &get("/second"), ReqBody::Empty);
+    // The backend reads the request and never answers.
+    let (got, _) = tokio::join!(
+        until_deadline(&mut ex, t0 + secs(6)),
+        srv.read_until(b"\r\n\r\n")
+    );
+    assert!(got.is_none(), "a silent backend ends in the deadline");
+    assert!(
+        tokio::time::Instant::now() >= t0 + secs(6),
+        "not at the older, earlier deadline"
+    );
+
+    // Armed at +60 s; the second's deadline is +3 s.
+    let (conn, mut srv) = pair().await;
+    let t0 = tokio::time::Instant::now();
+    let conn = answered_by(conn, &mut srv, t0 + secs(60)).await;
+    let mut ex = start(conn, &get("/second"), ReqBody::Empty);
+    let (got, _) = tokio::join!(
+        until_deadline(&mut ex, t0 + secs(3)),
+        srv.read_until(b"\r\n\r\n")
+    );
+    assert!(got.is_none(), "a silent backend ends in the deadline");
+    let now = tokio::time::Instant::now();
+    assert!(
+        now >= t0 + secs(3) && now < t0 + secs(60),
+        "at its own deadline, not the timer's"
+    );
+}
+
 // ===========================================================================
 // Request encoding.
 // ===========================================================================
