@@ -3,7 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::Duration;
 
 use switchyard_shared::ConfigSourceView;
@@ -32,6 +33,8 @@ pub struct Running {
     https: Option<JoinHandle<()>>,
     /// Proxy workers beyond this runtime's (`server.threads`).
     workers: Vec<Worker>,
+    /// Counts the proxies (this runtime's and the workers') still draining.
+    drained: Arc<AllDrained>,
     admin: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
 }
@@ -213,6 +216,7 @@ pub async fn start_with_store(
     // Worker 0 is this runtime; the others run on threads of their own.
     app.plane().metrics.worker_connections.size(workers);
     let mut extra = Vec::with_capacity(proxy_listeners.len());
+    let drained = Arc::new(AllDrained::new(1 + proxy_listeners.len()));
     for (i, proxy) in proxy_listeners.into_iter().enumerate() {
         let https = match &edge {
             Some(edge) if !https_listeners.is_empty() => {
@@ -230,6 +234,7 @@ pub async fn start_with_store(
             listeners,
             app.plane().clone(),
             stop_rx.clone(),
+            drained.clone(),
         )?);
     }
     let proxy = tokio::spawn(listener::serve(
@@ -301,6 +306,7 @@ pub async fn start_with_store(
         proxy,
         https,
         workers: extra,
+        drained,
         admin,
         background,
     })
@@ -341,12 +347,53 @@ struct Worker {
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// How many proxies (the main runtime's and each worker's) are still draining
+/// their connections at shutdown. A worker whose own connections have ended keeps
+/// its runtime up until every proxy has drained: HTTP/2 upstream connections are
+/// pooled for all workers but run on the runtime that dialed them, so another
+/// worker's streams in flight may still need this one's.
+struct AllDrained {
+    left: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl AllDrained {
+    fn new(proxies: usize) -> Self {
+        Self {
+            left: AtomicUsize::new(proxies),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// One proxy has drained.
+    fn one_done(&self) {
+        if self.left.fetch_sub(1, AcqRel) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Until every proxy has drained.
+    async fn all(&self) {
+        loop {
+            let notified = self.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check: a last `one_done` in between still wakes it.
+            notified.as_mut().enable();
+            if self.left.load(Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 impl Worker {
     fn spawn(
         id: usize,
         listeners: WorkerListeners,
         plane: Arc<crate::dataplane::DataPlane>,
         stop: watch::Receiver<bool>,
+        drained: Arc<AllDrained>,
     ) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -357,7 +404,11 @@ impl Worker {
             .name(format!("switchyard-w{id}"))
             .spawn(move || {
                 switchyard_http1::worker::enter(id);
-                runtime.block_on(run_worker(listeners, plane, stop));
+                runtime.block_on(async {
+                    run_worker(listeners, plane, stop).await;
+                    drained.one_done();
+                    drained.all().await;
+                });
                 drop(runtime);
                 let _ = done_tx.send(());
             })
@@ -416,6 +467,7 @@ impl Running {
         if let Some(h) = self.https {
             let _ = h.await;
         }
+        self.drained.one_done();
         for w in self.workers {
             w.finished().await;
         }
