@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::Duration;
 
 use switchyard_shared::ConfigSourceView;
@@ -229,13 +229,22 @@ pub async fn start_with_store(
             https,
             intercept: intercept.clone(),
         };
-        extra.push(Worker::spawn(
+        let spawned = Worker::spawn(
             i + 1,
             listeners,
             app.plane().clone(),
             stop_rx.clone(),
             drained.clone(),
-        )?);
+        );
+        match spawned {
+            Ok(w) => extra.push(w),
+            Err(e) => {
+                // The workers already running must not wait for proxies that
+                // never will.
+                drained.abandon();
+                return Err(e);
+            }
+        }
     }
     let proxy = tokio::spawn(listener::serve(
         proxy_listener,
@@ -370,6 +379,12 @@ impl AllDrained {
         if self.left.fetch_sub(1, AcqRel) == 1 {
             self.done.notify_waiters();
         }
+    }
+
+    /// Start failed part way: nobody waits for the proxies that never ran.
+    fn abandon(&self) {
+        self.left.store(0, Release);
+        self.done.notify_waiters();
     }
 
     /// Until every proxy has drained.
