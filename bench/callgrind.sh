@@ -6,6 +6,8 @@
 #   bench/callgrind.sh [config.yaml] [seconds]
 #   REQ_BODY=4096 bench/callgrind.sh        # POSTs of 4 KiB (nginx backends)
 #   SWITCHYARD_BIN=/tmp/old bench/callgrind.sh   # another build, no cargo build
+#   H2C=1 bench/callgrind.sh                # client-side h2c: h2load, 10 connections x 100 streams, 60,000 requests
+#   VG_EXTRA=--cache-sim=yes bench/callgrind.sh   # also cache misses (callgrind_annotate on the dump)
 #
 # Starts three loopback backends (the peerbench backend for GETs, nginx for POSTs:
 # see backends.sh) and switchyard (release, one worker) under callgrind, warms up,
@@ -38,11 +40,23 @@ valgrind --tool=callgrind ${VG_EXTRA:-} --vgdb-prefix="$vg" --callgrind-out-file
   --admin-listen 127.0.0.1:0 --backend "127.0.0.1:$b1,127.0.0.1:$b2,127.0.0.1:$b3" --threads 1 \
   > "$work/proxy.log" 2>&1 & cg=$!; pids+=("$cg")
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$lp/" >/dev/null && break; sleep 0.1; done
-wrk -t1 -c16 -d2s "${lua[@]}" "http://127.0.0.1:$lp/" > /dev/null
+if [ -n "${H2C:-}" ]; then
+  h2load -c10 -m100 -n20000 "http://127.0.0.1:$lp/" > /dev/null
+else
+  wrk -t1 -c16 -d2s "${lua[@]}" "http://127.0.0.1:$lp/" > /dev/null
+fi
 callgrind_control --vgdb-prefix="$vg" -z "$cg" > /dev/null 2>&1
-out=$(wrk -t1 -c16 -d"${secs}s" "${lua[@]}" "http://127.0.0.1:$lp/")
+if [ -n "${H2C:-}" ]; then
+  out=$(h2load -c10 -m100 -n60000 "http://127.0.0.1:$lp/")
+else
+  out=$(wrk -t1 -c16 -d"${secs}s" "${lua[@]}" "http://127.0.0.1:$lp/")
+fi
 callgrind_control --vgdb-prefix="$vg" -d "$cg" > /dev/null 2>&1
-reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+if [ -n "${H2C:-}" ]; then
+  reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
+else
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+fi
 dump="$work/cg.out.1"
 ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
 echo "requests: $reqs"
