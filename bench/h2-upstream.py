@@ -29,16 +29,22 @@ def free_port():
     return p
 
 
-def cpu_ticks(pids):
-    t = 0
+def cpu_split(pids):
+    """(user, system) clock ticks of all of pids."""
+    u = s = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            t += int(fields[11]) + int(fields[12])
+            u += int(fields[11])
+            s += int(fields[12])
         except OSError:
             pass
-    return t
+    return u, s
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
 
 
 def session_pids(leader):
@@ -185,14 +191,18 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_concurrent_streams
         for rep in range(args.reps):
             for t in targets:
                 pids = session_pids(leaders[t].pid)
-                c0 = cpu_ticks(pids)
+                u0, s0 = cpu_split(pids)
                 rps, done, failed, ok, out = h2load(ports[t], args.duration, args.connections, args.streams)
-                c1 = cpu_ticks(pids)
+                u1, s1 = cpu_split(pids)
                 hz = os.sysconf("SC_CLK_TCK")
-                cpu100k = (c1 - c0) / hz / max(done, 1) * 1e5
+                per100k = 1 / hz / max(done, 1) * 1e5
+                cpu100k = (u1 - u0 + s1 - s0) * per100k
                 runs.append({"rep": rep, "target": t, "rps": rps, "done": done, "failed": failed,
-                             "2xx": ok, "cpu_s_per_100k": cpu100k})
-                print(f"rep {rep} {t:8s} {rps:10.0f} req/s  cpu {cpu100k:6.3f} s/100k  "
+                             "2xx": ok, "cpu_s_per_100k": cpu100k,
+                             "user_s_per_100k": (u1 - u0) * per100k,
+                             "sys_s_per_100k": (s1 - s0) * per100k})
+                print(f"rep {rep} {t:8s} {rps:10.0f} req/s  cpu {cpu100k:6.3f} s/100k "
+                      f"(user {(u1 - u0) * per100k:.3f}, sys {(s1 - s0) * per100k:.3f})  "
                       f"failed {failed}", file=sys.stderr, flush=True)
                 time.sleep(1)
         load_after = open("/proc/loadavg").read().split()[:3]

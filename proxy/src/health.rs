@@ -210,7 +210,7 @@ async fn grpc_probe(
     h2cfg: &UpstreamHttp2,
 ) -> Result<&'static str, String> {
     let work = async {
-        let mut send = h2::dial_once(backend, timeout, h2cfg)
+        let send = h2::dial_once(backend, timeout, h2cfg)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let scheme = match backend.target.scheme {
@@ -228,7 +228,9 @@ async fn grpc_probe(
             .header(header::USER_AGENT, "switchyard-health-check")
             .body(ReqBody::Full(Some(grpc_health_request(service))))
             .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = h2::request_once(&send, req)
+            .await
+            .map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status().as_u16()));
         }

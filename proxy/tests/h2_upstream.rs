@@ -629,3 +629,100 @@ async fn shutdown_lets_a_client_streams_in_flight_finish() {
         .unwrap();
     drop(idle);
 }
+
+/// A backend on the `h2` crate's server that resets every stream of its first
+/// connection with REFUSED_STREAM and answers `second` on the later ones.
+async fn refusing_backend() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let nth = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if nth == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    if let Ok(mut tx) = respond.send_response(Response::new(()), false) {
+                        let _ = tx.send_data(Bytes::from_static(b"second"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, task)
+}
+
+/// A stream the backend refused (REFUSED_STREAM: RFC 9113 §8.7, not processed)
+/// goes again on a fresh connection; the client sees only the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_on_a_fresh_connection() {
+    let (addr, conns, task) = refusing_backend().await;
+    let p = proxy(&h2c_yaml(addr, "retries:\n  attempts: 1\n")).await;
+    let r = get(&url(p.proxy_addr, "/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, "second");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    p.shutdown().await;
+    task.abort();
+}
+
+/// A backend connection that stops answering PINGs (the peer's process hangs,
+/// its socket stays open) is closed after `keepalive_timeout`, not kept until
+/// its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_answering_pings_is_dropped() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answered = Arc::new(Notify::new());
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = answered.clone();
+    let backend = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        // A second handle on the socket, to see the proxy close it once this
+        // side no longer reads its frames.
+        let std = s.into_std().unwrap();
+        let mut watch = TcpStream::from_std(std.try_clone().unwrap()).unwrap();
+        let s = TcpStream::from_std(std).unwrap();
+        let mut conn = h2::server::handshake(s).await.unwrap();
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                next = conn.accept() => {
+                    let Some(Ok((_req, mut respond))) = next else { return };
+                    let mut tx = respond.send_response(Response::new(()), false).unwrap();
+                    tx.send_data(Bytes::from_static(b"pong"), true).unwrap();
+                }
+            }
+        }
+        // Hung: the connection is kept, never polled again (no PONG).
+        let mut sink = vec![0u8; 4096];
+        while watch.read(&mut sink).await.map(|n| n > 0).unwrap_or(false) {}
+        let _ = closed_tx.send(());
+        drop(conn);
+    });
+    let p = proxy(&h2c_yaml(
+        addr,
+        "upstream:\n  http2:\n    keepalive_interval: \"200ms\"\n    keepalive_timeout: \"300ms\"\n    idle_timeout: \"1h\"\n",
+    ))
+    .await;
+    let r = get(&url(p.proxy_addr, "/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, "pong");
+    answered.notify_one();
+    tokio::time::timeout(Duration::from_secs(20), closed_rx)
+        .await
+        .expect("the proxy closed the silent connection within 20 s")
+        .unwrap();
+    p.shutdown().await;
+    backend.abort();
+}
