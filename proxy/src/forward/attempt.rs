@@ -223,9 +223,11 @@ pub(super) fn settle(
             let status = a.resp.status();
             let ttfb = a.at.saturating_duration_since(started);
             let headers = a.resp.headers();
-            let outcome = match grpc::status(headers) {
-                Some(code) if grpc::is_grpc(headers) => Outcome::Grpc { status, code, ttfb },
-                None if status.is_success() && grpc::is_grpc(headers) => {
+            // The `content-type` first: most HTTP/2 answers are not gRPC.
+            let grpc = grpc::is_grpc(headers);
+            let outcome = match grpc.then(|| grpc::status(headers)) {
+                Some(Some(code)) => Outcome::Grpc { status, code, ttfb },
+                Some(None) if status.is_success() => {
                     Trace::attempt_done(&span, Some(status), None);
                     plane.metrics.record_backend_latency(&backend.key, ttfb);
                     let probe = probe.consume();

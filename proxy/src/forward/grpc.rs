@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Outcome};
@@ -25,9 +25,13 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The names as constants: a lookup by `&str` parses the name first.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The `grpc-status` of a head or trailers, if it has a valid one.
 pub fn status(headers: &HeaderMap) -> Option<u32> {
-    let v = headers.get("grpc-status")?;
+    let v = headers.get(&GRPC_STATUS)?;
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
@@ -45,7 +49,7 @@ pub fn trailers_only_status<B: http_body::Body>(resp: &http::Response<B>) -> Opt
 /// u or n), or `None` when absent or malformed (then the call has no deadline of
 /// its own, as gRPC servers treat it).
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    let v = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

@@ -640,12 +640,13 @@ fn request(
         parts.headers.remove(header::UPGRADE);
     }
     // The forwarding lines, as the HTTP/1.1 path writes them into the head.
-    let mut add: SmallVec<[(&'static [u8], Vec<u8>); 3]> = SmallVec::new();
+    // Names as constants (no parse), values moved in (no copy).
+    let mut add: SmallVec<[(HeaderName, Vec<u8>); 3]> = SmallVec::new();
     out.forwarded.write(&parts.headers, |name, value| {
-        let name: &'static [u8] = match name {
-            b"x-forwarded-for" => b"x-forwarded-for",
-            b"x-forwarded-proto" => b"x-forwarded-proto",
-            _ => b"x-forwarded-host",
+        let name = match name {
+            b"x-forwarded-for" => HeaderName::from_static("x-forwarded-for"),
+            b"x-forwarded-proto" => HeaderName::from_static("x-forwarded-proto"),
+            _ => HeaderName::from_static("x-forwarded-host"),
         };
         add.push((name, value.concat()));
     });
@@ -659,11 +660,8 @@ fn request(
         parts.headers.remove(n);
     }
     for (name, value) in add {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(&value),
-        ) {
-            parts.headers.append(n, v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            parts.headers.append(name, v);
         }
     }
     parts
