@@ -196,51 +196,55 @@ enum Next {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(mut self) {
-        loop {
-            let read = self.read_head().await;
-            // Whatever comes next goes out after the last response: a pipelined
-            // request's answer, a refusal, the close.
-            if !self.settle().await {
-                return;
-            }
-            let head = match read {
-                Read::Head(h) => h,
-                Read::Gone => return Box::pin(self.close(false)).await,
-                // The rare endings are boxed too (a refusal holds a whole response).
-                Read::Refused(r) => return Box::pin(self.refuse(r)).await,
-                // Boxed: hyper's HTTP/2 connection state would otherwise make every
-                // HTTP/1.1 connection's task kilobytes larger, idle or not.
-                Read::H2 => return Box::pin(self.serve_h2()).await,
-            };
-            self.first = false;
-            // Boxed, and the request's whole future with it: between requests the
-            // task keeps only what waiting for the next head needs.
-            // Built in its box (allocated first, so the future is not built on the
-            // stack and then copied in).
-            let exchange = Box::write(Box::new_uninit(), self.exchange(*head));
-            match Box::into_pin(exchange).await {
-                Next::KeepAlive => {}
-                Next::Close { linger } => {
-                    if !self.settle().await {
-                        return;
-                    }
-                    return Box::pin(self.close(linger)).await;
+    /// Not an `async fn`: its argument would be kept twice in the future (the
+    /// argument and the local it is moved to), in every idle connection's task.
+    fn run(mut self) -> impl Future<Output = ()> {
+        async move {
+            loop {
+                let read = self.read_head().await;
+                // Whatever comes next goes out after the last response: a pipelined
+                // request's answer, a refusal, the close.
+                if !self.settle().await {
+                    return;
                 }
-                Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
-                    Ok(io) => {
-                        let early = self.buf.freeze();
-                        let _ = tx.send(Upgraded {
-                            io: Box::new(io),
-                            early,
-                        });
-                        return;
+                let head = match read {
+                    Read::Head(h) => h,
+                    Read::Gone => return Box::pin(self.close(false)).await,
+                    // The rare endings are boxed too (a refusal holds a whole response).
+                    Read::Refused(r) => return Box::pin(self.refuse(r)).await,
+                    // Boxed: hyper's HTTP/2 connection state would otherwise make every
+                    // HTTP/1.1 connection's task kilobytes larger, idle or not.
+                    Read::H2 => return Box::pin(self.serve_h2()).await,
+                };
+                self.first = false;
+                // Boxed, and the request's whole future with it: between requests the
+                // task keeps only what waiting for the next head needs.
+                // Built in its box (allocated first, so the future is not built on the
+                // stack and then copied in).
+                let exchange = Box::write(Box::new_uninit(), self.exchange(*head));
+                match Box::into_pin(exchange).await {
+                    Next::KeepAlive => {}
+                    Next::Close { linger } => {
+                        if !self.settle().await {
+                            return;
+                        }
+                        return Box::pin(self.close(linger)).await;
                     }
-                    Err(_) => {
-                        debug!("upgraded connection still shared; closed");
-                        return;
-                    }
-                },
+                    Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
+                        Ok(io) => {
+                            let early = self.buf.freeze();
+                            let _ = tx.send(Upgraded {
+                                io: Box::new(io),
+                                early,
+                            });
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("upgraded connection still shared; closed");
+                            return;
+                        }
+                    },
+                }
             }
         }
     }
@@ -345,7 +349,9 @@ impl<H: Handler> Connection<H> {
                                 return Read::Gone;
                             }
                         }
-                        r = self.io.readable() => if r.is_err() { return Read::Gone },
+                        // Readiness in the socket's own reader slot (no waiter node
+                        // kept in the task, as `readable()` has).
+                        r = poll_fn(|cx| self.io.poll_read_ready(cx)) => if r.is_err() { return Read::Gone },
                         _ = timer.as_mut() => {
                             // Armed for an earlier wait (deadlines only move later).
                             if Instant::now() < at {

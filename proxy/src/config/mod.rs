@@ -338,8 +338,8 @@ pub struct UpstreamHttp2 {
     /// Connections kept per backend at most; past them, streams wait on the least
     /// loaded one.
     pub max_connections_per_backend: Int<1, 1000>,
-    /// PING sent after this long without frames; no answer within
-    /// `keepalive_timeout` closes the connection.
+    /// A PING sent this often; no answer within `keepalive_timeout` closes the
+    /// connection.
     pub keepalive_interval: Dur,
     pub keepalive_timeout: Dur,
     /// A backend connection with no stream for this long is closed.

@@ -149,7 +149,7 @@ mod tests {
         let handler = Proxy::new(plane.clone(), Peer::new(peer), &limits);
         let conn = switchyard_http1::server::serve(server, handler, limits, rx);
         let size = std::mem::size_of_val(&conn);
-        assert!(size <= 1024, "connection future is {size} bytes");
+        assert!(size <= 640, "connection future is {size} bytes");
         // As the listener spawns it, with its guard: not twice the size.
         let task = super::super::guarded(conn, super::super::ConnGuard::new(plane));
         let spawned = std::mem::size_of_val(&task);

@@ -529,7 +529,7 @@ async fn a_connection_task_stays_small() {
     let (_tx, rx) = watch::channel(false);
     let conn = serve(server, Fixed, Arc::new(limits()), rx);
     let size = std::mem::size_of_val(&conn);
-    assert!(size <= 1024, "connection future is {size} bytes");
+    assert!(size <= 512, "connection future is {size} bytes");
 }
 
 /// A waiting connection's read buffer is kept for the next read only once no
