@@ -198,6 +198,7 @@ enum Next {
 impl<H: Handler> Connection<H> {
     /// Not an `async fn`: its argument would be kept twice in the future (the
     /// argument and the local it is moved to), in every idle connection's task.
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
     fn run(mut self) -> impl Future<Output = ()> {
         async move {
             loop {
