@@ -631,8 +631,11 @@ async fn shutdown_lets_a_client_streams_in_flight_finish() {
 }
 
 /// A backend on the `h2` crate's server that resets every stream of its first
-/// connection with REFUSED_STREAM and answers `second` on the later ones.
-async fn refusing_backend() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+/// connection (of all, with `always`) with REFUSED_STREAM and answers `second` on
+/// the later ones.
+async fn refusing_backend(
+    always: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
@@ -646,7 +649,7 @@ async fn refusing_backend() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinH
                     return;
                 };
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    if nth == 0 {
+                    if nth == 0 || always {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
                     }
@@ -664,7 +667,7 @@ async fn refusing_backend() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinH
 /// goes again on a fresh connection; the client sees only the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_is_sent_again_on_a_fresh_connection() {
-    let (addr, conns, task) = refusing_backend().await;
+    let (addr, conns, task) = refusing_backend(false).await;
     let p = proxy(&h2c_yaml(addr, "retries:\n  attempts: 1\n")).await;
     let r = get(&url(p.proxy_addr, "/")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -725,4 +728,21 @@ async fn a_backend_that_stops_answering_pings_is_dropped() {
         .unwrap();
     p.shutdown().await;
     backend.abort();
+}
+
+/// A backend that refuses every stream, on fresh connections too, gets a bounded
+/// number of tries (a refusal on a fresh connection counts as a failed attempt),
+/// and the client an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_every_stream_is_not_redialled_without_end() {
+    let (addr, conns, task) = refusing_backend(true).await;
+    let p = proxy(&h2c_yaml(addr, "retries:\n  attempts: 1\n")).await;
+    let r = tokio::time::timeout(Duration::from_secs(20), get(&url(p.proxy_addr, "/")))
+        .await
+        .expect("an answer within 20 s");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    let opened = conns.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&opened), "{opened} connections");
+    p.shutdown().await;
+    task.abort();
 }

@@ -536,6 +536,12 @@ pub(super) async fn attempt(
         Err((e, body)) => {
             debug!(error = %e, "HTTP/2 stream not opened");
             lease.0.closed.store(true, Relaxed);
+            if fresh {
+                // Not even a new connection takes it (a backend going away at
+                // once): a failure, or this would dial again and again.
+                out.body = Some(body);
+                return Ended::Lost(UpstreamError::Io(std::io::Error::other(e)));
+            }
             return Ended::Stale(body);
         }
     };
@@ -562,7 +568,9 @@ pub(super) async fn attempt(
                 // The backend did not process it; a fresh connection may
                 // take it, if nothing of the body is lost.
                 lease.0.closed.store(true, Relaxed);
-                if out.replayable {
+                // Once: a backend that refuses on a fresh connection too is
+                // failing (the attempt counts, and retries are bounded).
+                if out.replayable && !fresh {
                     return Ended::Stale(ReqBody::Empty);
                 }
             }
