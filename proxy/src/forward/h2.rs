@@ -574,8 +574,9 @@ pub(super) async fn attempt(
                     return Ended::Stale(ReqBody::Empty);
                 }
             }
-            if e.is_reset() && !e.is_remote() && !e.is_go_away() {
-                // Reset by the proxy itself: the client's body broke off.
+            if e.is_reset() && !e.is_remote() && !e.is_library() {
+                // Reset by the proxy's own pipe: the client's body broke off. (A
+                // reset `h2` made for a backend's protocol error is the backend's.)
                 Ended::ClientAborted(UpstreamError::Client(Box::new(e)))
             } else {
                 Ended::Lost(UpstreamError::Io(std::io::Error::other(e)))
