@@ -669,7 +669,9 @@ async fn refusing_backend(
 async fn a_refused_stream_is_sent_again_on_a_fresh_connection() {
     let (addr, conns, task) = refusing_backend(false).await;
     let p = proxy(&h2c_yaml(addr, "retries:\n  attempts: 1\n")).await;
-    let r = get(&url(p.proxy_addr, "/")).await;
+    let r = tokio::time::timeout(Duration::from_secs(20), get(&url(p.proxy_addr, "/")))
+        .await
+        .expect("an answer within 20 s");
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body, "second");
     assert_eq!(conns.load(Ordering::SeqCst), 2);
@@ -718,7 +720,9 @@ async fn a_backend_that_stops_answering_pings_is_dropped() {
         "upstream:\n  http2:\n    keepalive_interval: \"200ms\"\n    keepalive_timeout: \"300ms\"\n    idle_timeout: \"1h\"\n",
     ))
     .await;
-    let r = get(&url(p.proxy_addr, "/")).await;
+    let r = tokio::time::timeout(Duration::from_secs(20), get(&url(p.proxy_addr, "/")))
+        .await
+        .expect("an answer within 20 s");
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body, "pong");
     answered.notify_one();

@@ -8,7 +8,7 @@
 //! with fewer than `upstream.http2.max_concurrent_streams` streams, and a new one
 //! is opened (one at a time per backend) when all are full, up to
 //! `max_connections_per_backend` (past that, streams queue on the least loaded
-//! one, and hyper never opens more than the backend's own SETTINGS allow). PING
+//! one, and `h2` never opens more than the backend's own SETTINGS allow). PING
 //! keepalive finds dead connections; a connection without streams for
 //! `idle_timeout` is closed. After a GOAWAY, in-flight streams finish on the old
 //! connection and new ones go to another: a stream `h2` refuses to open (nothing
@@ -539,7 +539,6 @@ pub(super) async fn attempt(
             if fresh {
                 // Not even a new connection takes it (a backend going away at
                 // once): a failure, or this would dial again and again.
-                out.body = Some(body);
                 return Ended::Lost(UpstreamError::Io(std::io::Error::other(e)));
             }
             return Ended::Stale(body);
