@@ -279,8 +279,23 @@ impl Leases {
             }
             l.refresh_credit(grant.remaining, live, now);
             let mut tokens = grant.granted;
-            let asked_for = if fetch { l.asked } else { 0 };
-            l.asked = 0;
+            if !fetch && l.asked > 0 {
+                // A sync that was sent before a fetch and answers first: the waiters
+                // are the fetch's, whose answer brings their tokens. Serving them on
+                // credit now would charge the bucket twice for them (the fetch's
+                // tokens and the debt), refusing later requests it had room for.
+                l.avail += tokens;
+                if grant.remaining < 1.0 && l.avail == 0 && l.credit == 0 {
+                    l.mark_dry(grant.remaining, now);
+                }
+                continue;
+            }
+            // Only a fetch's answer ends the fetch in flight.
+            let asked_for = if fetch {
+                std::mem::take(&mut l.asked)
+            } else {
+                0
+            };
             // Tokens to the waiters in arrival order (also those that came while
             // the call was in flight), then credit, then the verdict.
             let mut served = Vec::new();
@@ -356,5 +371,60 @@ fn evict(shard: &mut Shard, cap: usize, now: Instant) {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn grant(granted: u32, remaining: f64) -> [TokenGrant; 1] {
+        [TokenGrant { granted, remaining }]
+    }
+
+    fn wait(leases: &Leases, key: u64, limit: Limit, now: Instant) -> oneshot::Receiver<bool> {
+        match leases.take(key, limit, now, || {}) {
+            Take::Wait(rx) => rx,
+            _ => panic!("a request of a key without tokens or credit waits"),
+        }
+    }
+
+    /// A sync sent before a fetch answers first: the fetch's waiters get the
+    /// fetch's tokens, not credit on top (which would charge the bucket twice).
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_answering_before_a_fetch_leaves_its_waiters_to_it() {
+        let leases = Leases::new(100);
+        let limit = Limit {
+            rate: 1000.0,
+            burst: 200.0,
+        };
+        let (key, live, now) = (7, 2, Instant::now());
+        let first: Vec<_> = (0..5).map(|_| wait(&leases, key, limit, now)).collect();
+        let fetch = leases.fetch_requests();
+        assert_eq!(fetch[0].1.want, 5);
+        leases.apply(&fetch, Some(&grant(5, 195.0)), live, now, || {});
+        for mut rx in first {
+            assert_eq!(rx.try_recv(), Ok(true));
+        }
+        // The sync round goes out; then ten more requests, and their fetch.
+        let sync = leases.sync_requests(now);
+        assert_eq!((sync[0].1.want, sync[0].1.debt), (0, 0));
+        let later: Vec<_> = (0..10).map(|_| wait(&leases, key, limit, now)).collect();
+        let fetch = leases.fetch_requests();
+        assert_eq!(fetch[0].1.want, 10);
+        // The sync's answer comes first, and extends credit (15 requests this period).
+        leases.apply(&sync, Some(&grant(0, 195.0)), live, now, || {});
+        leases.apply(&fetch, Some(&grant(10, 185.0)), live, now, || {});
+        for mut rx in later {
+            assert_eq!(rx.try_recv(), Ok(true));
+        }
+        let shard = leases.shards[shard_of(key)].lock();
+        let l = &shard[&key];
+        assert_eq!(
+            (l.debt, l.avail, l.asked),
+            (0, 0, 0),
+            "fifteen requests, fifteen tokens taken from the store"
+        );
     }
 }
