@@ -233,8 +233,9 @@ impl Conn {
         })
     }
 
-    /// Lets go of the buffers while the connection waits in a pool (they are
-    /// allocated again by its next exchange). Only when nothing is buffered.
+    /// Lets go of the buffers and the deadline timer while the connection waits
+    /// in a pool (they are made again by its next exchange). Buffers only when
+    /// nothing is buffered.
     pub fn shed_buffers(&mut self) {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
@@ -242,6 +243,12 @@ impl Conn {
         if self.wbuf.is_empty() {
             self.wbuf = BytesMut::new();
         }
+        self.deadline = None;
+    }
+
+    /// Whether the connection holds buffers (or a timer) while it waits.
+    pub fn holds_buffers(&self) -> bool {
+        self.rbuf.capacity() > 0 || self.wbuf.capacity() > 0 || self.deadline.is_some()
     }
 
     /// Whether this connection served an exchange before.
