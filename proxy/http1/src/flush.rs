@@ -32,33 +32,86 @@ pub type Bufs = SmallVec<[Bytes; 4]>;
 
 thread_local! {
     static TURN: RefCell<Turn> = const {
-        RefCell::new(Turn { flusher: None, queued: Vec::new(), spare: Vec::new() })
+        RefCell::new(Turn { flusher: None, slots: None, queued: Vec::new() })
     };
 }
 
 /// This thread's flusher and the sends waiting for it.
 struct Turn {
     flusher: Option<Waker>,
-    queued: Vec<Arc<Slot>>,
-    /// Slots whose message is over, kept for the next ones (a hand-over then
-    /// allocates nothing).
-    spare: Vec<Arc<Slot>>,
+    /// The messages handed over and not finished, shared with their owners.
+    slots: Option<Arc<Mutex<Slots>>>,
+    /// Slots to send in this turn (index, generation), in hand-over order.
+    queued: Vec<(u32, u64)>,
 }
 
-/// Most slots kept for reuse per thread (about the messages one turn hands over).
-const SPARE_MAX: usize = 256;
+/// The messages of one thread's flusher. A slot is taken for each message and
+/// freed as soon as nobody needs it: by the flusher when the message went out
+/// whole (the usual case), else by the owner when it takes the outcome or gives
+/// up. Owners and the flusher's queue name a slot by index and generation, so a
+/// freed slot is reused at once without confusing them: an owner that finds its
+/// slot's generation moved on knows its message went out whole. A connection
+/// between requests thus holds no slot (it held one per connection, 192 bytes,
+/// until its next wake-up), and a steady stream of messages allocates nothing.
+#[derive(Default)]
+struct Slots {
+    entries: Vec<Slot>,
+    free: Vec<u32>,
+}
 
-struct Slot(Mutex<State>);
+struct Slot {
+    generation: u64,
+    state: State,
+}
 
 enum State {
+    Free,
     Queued {
         io: Arc<TcpStream>,
         bufs: Bufs,
         owner: Waker,
     },
+    /// The flusher could not send all of it: the outcome, for the owner.
     Sent(Sent),
-    /// The outcome was taken, or the owner gave up before the flusher ran.
-    Over,
+}
+
+impl Slots {
+    fn take(&mut self, state: State) -> (u32, u64) {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.entries.push(Slot {
+                    generation: 0,
+                    state: State::Free,
+                });
+                u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let slot = &mut self.entries[index as usize];
+        slot.state = state;
+        (index, slot.generation)
+    }
+
+    /// The slot `(index, generation)` names, while it is still that message's.
+    fn get(&mut self, index: u32, generation: u64) -> Option<&mut Slot> {
+        self.entries
+            .get_mut(index as usize)
+            .filter(|s| s.generation == generation && !matches!(s.state, State::Free))
+    }
+
+    fn release(&mut self, index: u32) {
+        if let Some(slot) = self.entries.get_mut(index as usize) {
+            slot.generation = slot.generation.wrapping_add(1);
+            slot.state = State::Free;
+            self.free.push(index);
+        }
+    }
+
+    /// Messages handed over and not finished.
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
 }
 
 /// What the flusher did with a message.
@@ -73,28 +126,19 @@ pub struct Sent {
 }
 
 impl Sent {
-    /// The outcome of a message whose slot is gone.
-    fn broken() -> Self {
+    /// The outcome of a message that went out whole.
+    fn whole() -> Self {
         Self {
             rest: Vec::new(),
-            any: false,
-            error: Some(io::ErrorKind::Other.into()),
-        }
-    }
-
-    /// Moves the outcome out, leaving an empty one.
-    fn take(&mut self) -> Self {
-        Self {
-            rest: std::mem::take(&mut self.rest),
-            any: self.any,
-            error: self.error.take(),
+            any: true,
+            error: None,
         }
     }
 }
 
 /// A message handed to the flusher. Dropping it before the flusher ran cancels it.
-/// (`None` only while it is being dropped.)
-pub struct Pending(Option<Arc<Slot>>);
+/// (`None` only once its outcome was taken.)
+pub struct Pending(Option<(Arc<Mutex<Slots>>, u32, u64)>);
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,6 +162,7 @@ pub fn start() {
         // Claimed at once so a second `start` does not spawn another; sends
         // deferred before the flusher's first poll wait for that poll.
         t.flusher = Some(Waker::noop().clone());
+        t.slots = Some(Arc::default());
         true
     });
     if fresh {
@@ -132,95 +177,93 @@ pub fn defer(io: &Arc<TcpStream>, bufs: &mut Bufs, owner: &Waker) -> Option<Pend
     TURN.with(|t| {
         let mut t = t.try_borrow_mut().ok()?;
         let flusher = t.flusher.as_ref()?;
+        let slots = t.slots.clone()?;
         if t.queued.is_empty() {
             flusher.wake_by_ref();
         }
-        let state = State::Queued {
+        let (index, generation) = slots.lock().take(State::Queued {
             io: io.clone(),
             bufs: std::mem::take(bufs),
             owner: owner.clone(),
-        };
-        // A spare slot is only ever held by the list, so it is ours alone.
-        let slot = match t.spare.pop() {
-            Some(mut slot) => match Arc::get_mut(&mut slot) {
-                Some(only) => {
-                    *only.0.get_mut() = state;
-                    slot
-                }
-                None => Arc::new(Slot(Mutex::new(state))),
-            },
-            None => Arc::new(Slot(Mutex::new(state))),
-        };
-        t.queued.push(slot.clone());
-        Some(Pending(Some(slot)))
+        });
+        t.queued.push((index, generation));
+        Some(Pending(Some((slots, index, generation))))
     })
 }
 
 impl Pending {
     /// What became of the message; `Err(self)` while it waits for the flusher.
-    pub fn outcome(self) -> Result<Sent, Pending> {
-        let Some(slot) = self.0.as_deref() else {
-            return Ok(Sent::broken());
+    pub fn outcome(mut self) -> Result<Sent, Pending> {
+        let Some((slots, index, generation)) = self.0.take() else {
+            return Ok(Sent::whole());
         };
-        let taken = match &mut *slot.0.lock() {
-            State::Sent(sent) => Some(sent.take()),
-            State::Over => Some(Sent::broken()),
-            State::Queued { .. } => None,
+        let mut s = slots.lock();
+        let sent = match s.get(index, generation) {
+            // Freed by the flusher: it went out whole.
+            None => Sent::whole(),
+            Some(Slot {
+                state: State::Queued { .. },
+                ..
+            }) => {
+                drop(s);
+                self.0 = Some((slots, index, generation));
+                return Err(self);
+            }
+            Some(slot) => {
+                let State::Sent(sent) = std::mem::replace(&mut slot.state, State::Free) else {
+                    return Ok(Sent::whole());
+                };
+                s.release(index);
+                sent
+            }
         };
-        taken.ok_or(self)
+        Ok(sent)
     }
 
     /// The outcome now: a message the flusher has not sent yet is taken back
     /// whole (for the owner to write before anything that must follow it).
-    pub fn settle(self) -> Sent {
-        let Some(slot) = self.0.as_deref() else {
-            return Sent::broken();
+    pub fn settle(mut self) -> Sent {
+        let Some((slots, index, generation)) = self.0.take() else {
+            return Sent::whole();
         };
-        let mut s = slot.0.lock();
-        let sent = match &mut *s {
-            State::Sent(sent) => sent.take(),
+        let mut s = slots.lock();
+        let Some(slot) = s.get(index, generation) else {
+            return Sent::whole();
+        };
+        let sent = match std::mem::replace(&mut slot.state, State::Free) {
+            State::Sent(sent) => sent,
             State::Queued { bufs, .. } => Sent {
-                rest: std::mem::take(bufs).into_vec(),
+                rest: bufs.into_vec(),
                 any: false,
                 error: None,
             },
-            State::Over => Sent::broken(),
+            State::Free => Sent::whole(),
         };
-        // Not sent by the flusher now, if it still holds the slot.
-        *s = State::Over;
+        // Freed: the flusher's queue names an older generation now and skips it.
+        s.release(index);
         sent
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(mut slot) = self.0.take() else {
+        let Some((slots, index, generation)) = self.0.take() else {
             return;
         };
-        match Arc::get_mut(&mut slot) {
-            // The flusher is done with it: kept for the next message.
-            Some(only) => {
-                *only.0.get_mut() = State::Over;
-                let _ = TURN.try_with(|t| {
-                    if let Ok(mut t) = t.try_borrow_mut()
-                        && t.flusher.is_some()
-                        && t.spare.len() < SPARE_MAX
-                    {
-                        t.spare.push(slot);
-                    }
-                });
-            }
-            // Still queued: cancelled (the flusher skips it, then frees it).
-            None => *slot.0.lock() = State::Over,
+        let mut s = slots.lock();
+        // Queued: cancelled (the flusher skips it); sent in part: nobody wants the rest.
+        if s.get(index, generation).is_some() {
+            s.release(index);
         }
     }
 }
 
-impl Slot {
-    fn send(&self) {
-        let mut s = self.0.lock();
-        let State::Queued { io, bufs, owner } = &mut *s else {
-            return;
+impl Slots {
+    /// Sends one queued message; the owner's waker when it is to be woken.
+    fn send(&mut self, index: u32, generation: u64) -> Option<Waker> {
+        let slot = self.get(index, generation)?;
+        let State::Queued { io, bufs, .. } = &mut slot.state else {
+            return None;
         };
         let (any, error) = match crate::sockio::try_write_bufs(io, bufs) {
             Ok(n) => {
@@ -230,19 +273,22 @@ impl Slot {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, None),
             Err(e) => (false, Some(e)),
         };
-        let done = bufs.is_empty() && error.is_none();
-        let (rest, wake) = if done {
-            (Vec::new(), None)
-        } else {
-            let owner = std::mem::replace(owner, Waker::noop().clone());
-            (std::mem::take(bufs).into_vec(), Some(owner))
-        };
-        // Drops the socket handle and the owner's waker with the queued state.
-        *s = State::Sent(Sent { rest, any, error });
-        drop(s);
-        if let Some(owner) = wake {
-            owner.wake();
+        if bufs.is_empty() && error.is_none() {
+            // Whole: the owner learns it from the generation, and is not woken.
+            self.release(index);
+            return None;
         }
+        // Drops the socket handle with the queued state.
+        let State::Queued { bufs, owner, .. } = std::mem::replace(&mut slot.state, State::Free)
+        else {
+            return None;
+        };
+        slot.state = State::Sent(Sent {
+            rest: bufs.into_vec(),
+            any,
+            error,
+        });
+        Some(owner)
     }
 }
 
@@ -255,8 +301,8 @@ impl Drop for Registered {
         let _ = TURN.try_with(|t| {
             if let Ok(mut t) = t.try_borrow_mut() {
                 t.flusher = None;
+                t.slots = None;
                 t.queued.clear();
-                t.spare.clear();
             }
         });
     }
@@ -265,20 +311,30 @@ impl Drop for Registered {
 /// The flusher: each time it is woken, sends what was deferred since.
 async fn run() {
     let _registered = Registered;
-    let mut batch: Vec<Arc<Slot>> = Vec::new();
+    let mut batch: Vec<(u32, u64)> = Vec::new();
+    let mut woken: Vec<Waker> = Vec::new();
     poll_fn(|cx| {
-        TURN.with(|t| {
+        let slots = TURN.with(|t| {
             // Never borrowed elsewhere while this runs (one thread, no re-entry).
             let Ok(mut t) = t.try_borrow_mut() else {
-                return;
+                return None;
             };
             if !t.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 t.flusher = Some(cx.waker().clone());
             }
             std::mem::swap(&mut t.queued, &mut batch);
+            t.slots.clone()
         });
-        for slot in batch.drain(..) {
-            slot.send();
+        if let Some(slots) = slots {
+            let mut s = slots.lock();
+            for (index, generation) in batch.drain(..) {
+                woken.extend(s.send(index, generation));
+            }
+        }
+        batch.clear();
+        // Owners are woken once the slots are let go of.
+        for w in woken.drain(..) {
+            w.wake();
         }
         Poll::<()>::Pending
     })

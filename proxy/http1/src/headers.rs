@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
@@ -91,7 +92,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 pub struct Forwarded<'a> {
     /// The peer's address as a header value (made once per connection, see
     /// `forward::Peer`).
-    pub ip: &'a HeaderValue,
+    pub ip: &'a [u8],
     pub trusted: bool,
     /// The request's host, for `X-Forwarded-Host`.
     pub host: Option<HeaderValue>,
@@ -114,8 +115,8 @@ impl Extra for Forwarded<'_> {
             .then(|| headers.get(&X_FORWARDED_FOR))
             .flatten()
         {
-            Some(prev) => put(name, &[prev.as_bytes(), b", ", self.ip.as_bytes()]),
-            None => put(name, &[self.ip.as_bytes()]),
+            Some(prev) => put(name, &[prev.as_bytes(), b", ", self.ip]),
+            None => put(name, &[self.ip]),
         }
         if !(self.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             let proto: &[u8] = if self.https { b"https" } else { b"http" };
@@ -130,13 +131,13 @@ impl Extra for Forwarded<'_> {
 }
 
 /// A client address as a header value (IPv4-mapped IPv6 shown as IPv4).
-pub fn ip_value(ip: IpAddr) -> HeaderValue {
+pub fn ip_value(ip: IpAddr) -> Bytes {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
     // An IP address always renders as a valid header value.
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+    Bytes::from(ip.to_string())
 }
 
 /// The client address as the trust rules allow: the right-most untrusted entry of
@@ -236,7 +237,7 @@ mod tests {
         map(&pairs)
     }
 
-    fn fwd<'a>(ip: &'a HeaderValue, trusted: bool, host: Option<&'static str>) -> Forwarded<'a> {
+    fn fwd<'a>(ip: &'a [u8], trusted: bool, host: Option<&'static str>) -> Forwarded<'a> {
         Forwarded {
             ip,
             trusted,

@@ -60,13 +60,19 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    pub ip: HeaderValue,
+    /// The address as `X-Forwarded-For` writes it (a `Bytes`, not a `HeaderValue`:
+    /// 8 bytes less in every connection's task).
+    pub ip: bytes::Bytes,
     /// The connection came through the HTTPS listener (`X-Forwarded-Proto: https`).
     pub https: bool,
     /// What a plain-HTTP client gets answered without a backend, when the TLS edge
     /// installed something (ACME HTTP-01, the redirect to HTTPS).
-    pub intercept: Option<Arc<dyn PlainIntercept>>,
+    pub intercept: Option<Intercept>,
 }
+
+/// A listener's [`PlainIntercept`], made once and shared by its connections: a
+/// thin pointer, 8 bytes in every connection's [`Peer`] where `Arc<dyn _>` is 16.
+pub type Intercept = Arc<Arc<dyn PlainIntercept>>;
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,7 +103,7 @@ impl Peer {
     }
 
     /// A plain-HTTP client whose requests `intercept` sees first.
-    pub fn intercepted(mut self, intercept: Option<Arc<dyn PlainIntercept>>) -> Self {
+    pub fn intercepted(mut self, intercept: Option<Intercept>) -> Self {
         self.intercept = intercept;
         self
     }

@@ -35,6 +35,7 @@ pub async fn serve(
     let limits = Arc::new(h1::limits(&config.server));
     let max_conns = config.server.max_connections.as_u64();
     drop(config);
+    let intercept: Option<forward::Intercept> = intercept.map(Arc::new);
     let tracker = TaskTracker::new();
     // One worker: this turn's writes leave together (see `flush`).
     switchyard_http1::flush::start();
@@ -59,7 +60,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(plane.clone());
         let peer = forward::Peer::new(peer).intercepted(intercept.clone());
-        let handler = h1::Proxy::new(plane.clone(), peer, &limits);
+        let handler = h1::Proxy::new(plane.clone(), peer);
         let conn = switchyard_http1::server::serve(stream, handler, limits.clone(), stop.clone());
         tracker.spawn(guarded(conn, guard));
     }

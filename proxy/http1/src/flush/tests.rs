@@ -147,50 +147,86 @@ fn a_runtime_that_ends_takes_its_flusher_with_it() {
     });
 }
 
-fn slot_ptr(p: &Pending) -> *const Slot {
-    Arc::as_ptr(p.0.as_ref().expect("a slot"))
+fn slot_of(p: &Pending) -> (u32, u64) {
+    let (_, index, generation) = p.0.as_ref().expect("a slot");
+    (*index, *generation)
 }
 
-fn spares() -> usize {
-    TURN.with(|t| t.borrow().spare.len())
+/// Messages handed over and not finished on this thread.
+fn live() -> usize {
+    TURN.with(|t| t.borrow().slots.as_ref().map_or(0, |s| s.lock().live()))
 }
 
-/// A message whose outcome was taken leaves its slot for the next one: a steady
+/// A message that went out whole frees its slot at once, before its owner looks
+/// (an idle connection holds none), and the next message reuses it: a steady
 /// stream of messages allocates no slots.
 #[tokio::test]
-async fn a_finished_slot_carries_the_next_message() {
+async fn a_message_sent_whole_frees_its_slot_for_the_next() {
     start();
     let (a, mut b) = pair().await;
     let waker = Waker::from(Arc::new(Owner::default()));
     let first = defer(&a, &mut bufs(&[b"one"]), &waker).expect("a flusher");
-    let ptr = slot_ptr(&first);
+    let (index, generation) = slot_of(&first);
+    assert_eq!(live(), 1);
     tokio::task::yield_now().await;
-    assert!(first.outcome().expect("sent").rest.is_empty());
-    assert_eq!(spares(), 1);
+    assert_eq!(
+        live(),
+        0,
+        "freed by the flusher, the owner still holding its handle"
+    );
     let second = defer(&a, &mut bufs(&[b"two"]), &waker).expect("a flusher");
-    assert_eq!(slot_ptr(&second), ptr, "the same slot, reused");
-    assert_eq!(spares(), 0);
+    assert_eq!(
+        slot_of(&second),
+        (index, generation + 1),
+        "the same slot, reused"
+    );
+    // The first owner's handle names the old generation: sent whole.
+    let sent = first.outcome().expect("sent");
+    assert!(sent.any && sent.rest.is_empty() && sent.error.is_none());
+    assert_eq!(live(), 1, "the second message's slot is untouched");
     tokio::task::yield_now().await;
     let sent = second.outcome().expect("sent");
     assert!(sent.any && sent.rest.is_empty() && sent.error.is_none());
     assert_eq!(read_exact(&mut b, 6).await, b"onetwo");
+    assert_eq!(live(), 0);
 }
 
-/// A message cancelled while queued is not reused before the flusher let go of
-/// it, and is not sent either.
+/// A message cancelled while queued frees its slot at once; the next message may
+/// take it, and the flusher sends only that one.
 #[tokio::test]
-async fn a_cancelled_slot_is_not_reused_while_queued() {
+async fn a_cancelled_slot_is_reused_and_only_the_new_message_is_sent() {
     start();
     let (a, mut b) = pair().await;
     let waker = Waker::from(Arc::new(Owner::default()));
-    let before = spares();
     let p = defer(&a, &mut bufs(&[b"cancelled"]), &waker).expect("a flusher");
-    let ptr = slot_ptr(&p);
+    let (index, generation) = slot_of(&p);
     drop(p);
-    assert_eq!(spares(), before, "still held by the flusher's queue");
+    assert_eq!(live(), 0);
     let next = defer(&a, &mut bufs(&[b"next"]), &waker).expect("a flusher");
-    assert_ne!(slot_ptr(&next), ptr);
+    assert_eq!(slot_of(&next), (index, generation + 1));
     tokio::task::yield_now().await;
     assert!(next.outcome().expect("sent").rest.is_empty());
-    assert_eq!(read_exact(&mut b, 4).await, b"next");
+    a.try_write(b"!").expect("write");
+    assert_eq!(read_exact(&mut b, 5).await, b"next!");
+}
+
+/// What the flusher could not send stays in the slot for its owner, who frees it
+/// by taking it (or by dropping the handle).
+#[tokio::test]
+async fn a_partly_sent_message_is_kept_until_its_owner_takes_it() {
+    start();
+    let (a, _b) = pair().await;
+    let waker = Waker::from(Arc::new(Owner::default()));
+    let big = Bytes::from(vec![7u8; 64 << 20]);
+    let p = defer(&a, &mut std::iter::once(big.clone()).collect(), &waker).expect("a flusher");
+    tokio::task::yield_now().await;
+    assert_eq!(live(), 1, "the rest waits for its owner");
+    assert!(!p.outcome().expect("the flusher ran").rest.is_empty());
+    assert_eq!(live(), 0);
+    let (c, _d) = pair().await;
+    let q = defer(&c, &mut std::iter::once(big).collect(), &waker).expect("a flusher");
+    tokio::task::yield_now().await;
+    assert_eq!(live(), 1);
+    drop(q);
+    assert_eq!(live(), 0);
 }

@@ -518,7 +518,7 @@ impl Handler for Fixed {
         Response::new(full("no"))
     }
 
-    async fn serve_h2(&self, _io: Rewind, _stop: watch::Receiver<bool>) {}
+    async fn serve_h2(&self, _io: Rewind, _limits: &Limits, _stop: watch::Receiver<bool>) {}
 }
 
 /// An idle connection costs its task's size; keep it small (the HTTP/2 handler's
