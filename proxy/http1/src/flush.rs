@@ -57,7 +57,14 @@ struct Turn {
 struct Slots {
     entries: Vec<Slot>,
     free: Vec<u32>,
+    /// The generation a new entry starts at: above every generation any entry
+    /// had before the table last shrank, so no handle from then names a new one.
+    next_generation: u64,
 }
+
+/// Entries the table keeps when all are free; beyond that it lets go of them (a
+/// burst of messages in one turn does not leave its peak allocated).
+const KEEP: usize = 256;
 
 struct Slot {
     generation: u64,
@@ -81,7 +88,7 @@ impl Slots {
             Some(i) => i,
             None => {
                 self.entries.push(Slot {
-                    generation: 0,
+                    generation: self.next_generation,
                     state: State::Free,
                 });
                 u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
@@ -101,9 +108,15 @@ impl Slots {
 
     fn release(&mut self, index: u32) {
         if let Some(slot) = self.entries.get_mut(index as usize) {
-            slot.generation = slot.generation.wrapping_add(1);
+            slot.generation += 1;
             slot.state = State::Free;
             self.free.push(index);
+        }
+        if self.free.len() == self.entries.len() && self.entries.len() > KEEP {
+            let newest = self.entries.iter().map(|s| s.generation).max();
+            self.next_generation = newest.unwrap_or(0).max(self.next_generation);
+            self.entries = Vec::with_capacity(KEEP);
+            self.free = Vec::with_capacity(KEEP);
         }
     }
 

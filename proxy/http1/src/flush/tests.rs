@@ -230,3 +230,35 @@ async fn a_partly_sent_message_is_kept_until_its_owner_takes_it() {
     drop(q);
     assert_eq!(live(), 0);
 }
+
+/// After a burst of more messages in one turn than the table keeps, it lets go of
+/// its entries once all are free, and a handle from before names no new message.
+#[tokio::test]
+async fn the_table_shrinks_after_a_burst_and_old_handles_stay_whole() {
+    start();
+    let (a, mut b) = pair().await;
+    let waker = Waker::from(Arc::new(Owner::default()));
+    let burst: Vec<Pending> = (0..KEEP + 44)
+        .map(|_| defer(&a, &mut bufs(&[b"x"]), &waker).expect("a flusher"))
+        .collect();
+    let old = slot_of(&burst[0]);
+    tokio::task::yield_now().await;
+    assert_eq!(live(), 0);
+    let entries = TURN.with(|t| {
+        t.borrow()
+            .slots
+            .as_ref()
+            .map_or(0, |s| s.lock().entries.len())
+    });
+    assert_eq!(entries, 0, "all free past {KEEP}: let go of");
+    let next = defer(&a, &mut bufs(&[b"y"]), &waker).expect("a flusher");
+    assert_eq!(slot_of(&next).0, old.0, "index 0 again");
+    assert!(slot_of(&next).1 > old.1, "at a newer generation");
+    for p in burst {
+        let sent = p.outcome().expect("sent");
+        assert!(sent.rest.is_empty() && sent.error.is_none());
+    }
+    tokio::task::yield_now().await;
+    assert!(next.outcome().expect("sent").rest.is_empty());
+    assert_eq!(read_exact(&mut b, KEEP + 45).await.len(), KEEP + 45);
+}
