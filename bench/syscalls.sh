@@ -6,6 +6,7 @@
 #
 # With a body size the requests are POSTs of that many bytes (keep-alive, 16
 # connections) to nginx backends; 0 is a plain GET to the peerbench backend. SWITCHYARD_BIN runs another build of ours.
+# CLOSE=1 sends `Connection: close` on every request (a new client connection each).
 # Prints requests, the strace table and receives/sends per request.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -40,9 +41,12 @@ esac
 pids+=("$proxy")
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$lp/" >/dev/null && break; sleep 0.1; done
 lua=()
+if [ -n "${CLOSE:-}" ]; then
+  lua=(-H "Connection: close")
+fi
 if [ "$body" -gt 0 ]; then
   post_lua "$work/post.lua" "$body"
-  lua=(-s "$work/post.lua")
+  lua+=(-s "$work/post.lua")
 fi
 wrk -t1 -c16 -d2s "${lua[@]}" "http://127.0.0.1:$lp/" > /dev/null
 strace -f -c -o "$work/strace.txt" -p "$proxy" 2>/dev/null & st=$!
