@@ -6,6 +6,7 @@
 #   bench/callgrind.sh [config.yaml] [seconds]
 #   REQ_BODY=4096 bench/callgrind.sh        # POSTs of 4 KiB (nginx backends)
 #   SWITCHYARD_BIN=/tmp/old bench/callgrind.sh   # another build, no cargo build
+#   CLOSE=1 bench/callgrind.sh              # `Connection: close` on every request (a new connection each)
 #   H2C=1 bench/callgrind.sh                # client-side h2c: h2load, 10 connections x 100 streams, 60,000 requests
 #   VG_EXTRA=--cache-sim=yes bench/callgrind.sh   # also cache misses (callgrind_annotate on the dump)
 #
@@ -31,6 +32,7 @@ b1=$(port); b2=$(port); b3=$(port); lp=$(port)
 start_backends "$work" "$body" "$b1" "$b2" "$b3"
 lua=()
 if [ "$body" -gt 0 ]; then post_lua "$work/post.lua" "$body"; lua=(-s "$work/post.lua"); fi
+if [ -n "${CLOSE:-}" ]; then lua+=(-H "Connection: close"); fi
 sed -e "s|@REDIS@|unix://$work/redis.sock|g" "$config" > "$work/config.yaml"
 # A private vgdb prefix: a `callgrind_control` run elsewhere on the machine (with
 # no pid it zeroes and dumps every callgrind it finds) cannot reach this one.

@@ -31,7 +31,10 @@
 //! - `101 Switching Protocols`: the connection is handed to the tunnel
 //!   ([`Upgraded`]);
 //! - graceful shutdown: idle connections close at once, busy ones after the
-//!   response in hand (which then says `Connection: close`).
+//!   response in hand (which then says `Connection: close`);
+//! - a connection from the listener ([`serve_fresh`]) enters the reactor only
+//!   when it has to wait: a `Connection: close` request that is there when it is
+//!   accepted, answered at once, costs no `epoll_ctl`.
 
 use std::future::poll_fn;
 use std::io;
@@ -166,6 +169,247 @@ pub fn serve<H: Handler>(
     conn.run()
 }
 
+/// Serves a connection as [`serve`] does, from a socket not yet registered with
+/// the reactor (non-blocking; see [`sockio::Acceptor`]).
+///
+/// The first read is tried at once. A request that is already there whole, with
+/// no body, which will not keep the connection (`Connection: close`, HTTP/1.0) and
+/// whose answer the socket takes at once, is served and closed without the socket
+/// ever entering epoll: no `epoll_ctl` to add it, none to remove it (HAProxy's
+/// speculative I/O does the same; a `Connection: close` request made ten system
+/// calls, two of them these). Everything else registers the socket and goes on as
+/// [`serve`], with what was read.
+pub fn serve_fresh<H: Handler>(
+    stream: std::net::TcpStream,
+    handler: H,
+    limits: Arc<Limits>,
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    // Not one `async` block: it would keep the handler and limits beside the
+    // connection loop that took them, in every idle connection's task.
+    first(stream, handler, limits, stop).then(|conn| match conn {
+        Some(conn) => Either::Left(conn.run()),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// Resolves to the connection to go on with (`None`: it ended).
+type First<H> = futures_util::future::Either<
+    std::future::Ready<Option<Connection<H>>>,
+    Pin<Box<dyn Future<Output = Option<Connection<H>>> + Send>>,
+>;
+
+/// The first request of a fresh connection: served without registering the
+/// socket when it can be; otherwise the connection to go on with, its first
+/// request served when it was there whole. Whatever has to wait is boxed, so the
+/// task keeps no more than the connection loop.
+fn first<H: Handler>(
+    io: std::net::TcpStream,
+    handler: H,
+    limits: Arc<Limits>,
+    stop: watch::Receiver<bool>,
+) -> First<H> {
+    use futures_util::future::Either;
+    let ended = || Either::Left(std::future::ready(None));
+    let mut buf = spare::take();
+    match sockio::read_plain(&io, &mut buf, HEAD_READ) {
+        Ok(0) => return ended(),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(_) => return ended(),
+    }
+    // Nothing yet, or the start of an HTTP/2 preface: the connection loop reads on.
+    let n = buf.len().min(H2_PREFACE.len());
+    let parsed = if n == 0 || (limits.http2 && buf[..n] == H2_PREFACE[..n]) {
+        None
+    } else {
+        Some(codec::parse_request(
+            &mut buf,
+            limits.max_head,
+            limits.max_headers,
+        ))
+    };
+    let parsed = match parsed {
+        Some(Ok(Some(head))) if head.is_last() && !*stop.borrow() => {
+            spare::give(buf);
+            // Built in its box (allocated first: the request's future is not
+            // built on the stack and then copied in).
+            let last = Box::write(Box::new_uninit(), async move {
+                last(io, head, &handler, &limits).await;
+                None
+            });
+            return Either::Right(Box::into_pin(last));
+        }
+        p => p,
+    };
+    let Ok(io) = register(io) else {
+        return ended();
+    };
+    let mut conn = Connection {
+        io: Arc::new(io),
+        handler,
+        limits,
+        stop,
+        buf,
+        first: true,
+        pending: None,
+        timer: None,
+    };
+    match parsed {
+        // An incomplete head (or one too large: the loop's parse refuses it).
+        None | Some(Ok(None)) => Either::Left(std::future::ready(Some(conn))),
+        Some(Err(r)) => Either::Right(Box::pin(async move {
+            conn.refuse(r).await;
+            None
+        })),
+        Some(Ok(Some(head))) => {
+            let first = Box::write(Box::new_uninit(), async move {
+                conn.first = false;
+                match conn.exchange(head).await {
+                    Next::KeepAlive => Some(conn),
+                    next => {
+                        conn.end(next).await;
+                        None
+                    }
+                }
+            });
+            Either::Right(Box::into_pin(first))
+        }
+    }
+}
+
+/// Serves a request that ends its connection ([`RequestHead::is_last`]) on a
+/// socket not registered with the reactor, and closes it; the socket is registered
+/// only if the answer has to wait for it.
+async fn last<H: Handler>(
+    io: std::net::TcpStream,
+    head: RequestHead,
+    handler: &H,
+    limits: &Limits,
+) {
+    let RequestHead {
+        parts, trailers, ..
+    } = head;
+    let head_request = parts.method == Method::HEAD;
+    let version = parts.version;
+    let resp = handler.call(parts, None, None).await;
+    let (parts, mut body) = resp.into_parts();
+    let mut keep = false;
+    let out = encode_response(
+        &parts,
+        &body,
+        head_request,
+        version,
+        false,
+        trailers,
+        &mut keep,
+    );
+    codec::recycled::give_back(parts.headers);
+    let mut io = Fresh::Plain(io);
+    let written = write_response(&mut io, out, &mut body, false, limits.send_timeout).await;
+    drop(body);
+    match written {
+        Ok(_) => io.shutdown(),
+        Err(WriteError::Stalled) => handler.send_timed_out(),
+        Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Fresh sockets this thread registered with the reactor.
+    static REGISTERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Registers a fresh socket with the calling runtime's reactor.
+fn register(io: std::net::TcpStream) -> io::Result<TcpStream> {
+    #[cfg(test)]
+    REGISTERED.with(|r| r.set(r.get() + 1));
+    TcpStream::from_std(io)
+}
+
+/// A client socket that is registered with the reactor only once it has to wait.
+enum Fresh {
+    Plain(std::net::TcpStream),
+    Registered(TcpStream),
+    Gone,
+}
+
+impl Fresh {
+    /// FIN (a `shutdown`, as [`Connection::close`] without lingering).
+    fn shutdown(&self) {
+        let _ = match self {
+            Fresh::Plain(io) => io.shutdown(std::net::Shutdown::Write),
+            Fresh::Registered(io) => socket2::SockRef::from(io).shutdown(std::net::Shutdown::Write),
+            Fresh::Gone => Ok(()),
+        };
+    }
+}
+
+/// Where a response is written: a connection's registered socket, or a fresh one.
+trait Sink {
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// As [`sockio::try_write_bufs`].
+    fn try_write_bufs(&mut self, bufs: &[Bytes]) -> io::Result<usize>;
+    /// Hands a whole response to this turn's flusher (see [`flush::defer`]).
+    fn defer(&mut self, bufs: &mut flush::Bufs, owner: &std::task::Waker)
+    -> Option<flush::Pending>;
+}
+
+impl Sink for &Arc<TcpStream> {
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
+    }
+
+    fn try_write_bufs(&mut self, bufs: &[Bytes]) -> io::Result<usize> {
+        sockio::try_write_bufs(self, bufs)
+    }
+
+    fn defer(
+        &mut self,
+        bufs: &mut flush::Bufs,
+        owner: &std::task::Waker,
+    ) -> Option<flush::Pending> {
+        flush::defer(self, bufs, owner)
+    }
+}
+
+impl Sink for Fresh {
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            // Writable until a write says otherwise (a new connection's send
+            // buffer is empty).
+            Fresh::Plain(_) => Poll::Ready(Ok(())),
+            Fresh::Registered(io) => io.poll_write_ready(cx),
+            Fresh::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn try_write_bufs(&mut self, bufs: &[Bytes]) -> io::Result<usize> {
+        match self {
+            Fresh::Plain(io) => match sockio::write_bufs_plain(io, bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The client is not taking it as fast: wait in epoll from now on.
+                    let Fresh::Plain(io) = std::mem::replace(self, Fresh::Gone) else {
+                        return Err(e);
+                    };
+                    *self = Fresh::Registered(register(io)?);
+                    Err(e)
+                }
+                r => r,
+            },
+            Fresh::Registered(io) => sockio::try_write_bufs(io, bufs),
+            Fresh::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn defer(&mut self, _: &mut flush::Bufs, _: &std::task::Waker) -> Option<flush::Pending> {
+        None
+    }
+}
+
 struct Connection<H> {
     io: Arc<TcpStream>,
     handler: H,
@@ -231,28 +475,32 @@ impl<H: Handler> Connection<H> {
                 let exchange = Box::write(Box::new_uninit(), self.exchange(*head));
                 match Box::into_pin(exchange).await {
                     Next::KeepAlive => {}
-                    Next::Close { linger } => {
-                        if !self.settle().await {
-                            return;
-                        }
-                        return Box::pin(self.close(linger)).await;
-                    }
-                    Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
-                        Ok(io) => {
-                            let early = self.buf.freeze();
-                            let _ = tx.send(Upgraded {
-                                io: Box::new(io),
-                                early,
-                            });
-                            return;
-                        }
-                        Err(_) => {
-                            debug!("upgraded connection still shared; closed");
-                            return;
-                        }
-                    },
+                    next => return Box::pin(self.end(next)).await,
                 }
             }
+        }
+    }
+
+    /// Ends the connection after an exchange that does not keep it: closes it
+    /// once the response is out, or hands it to the tunnel.
+    async fn end(mut self, next: Next) {
+        match next {
+            Next::KeepAlive => {}
+            Next::Close { linger } => {
+                if self.settle().await {
+                    self.close(linger).await;
+                }
+            }
+            Next::Upgrade(tx) => match Arc::try_unwrap(self.io) {
+                Ok(io) => {
+                    let early = self.buf.freeze();
+                    let _ = tx.send(Upgraded {
+                        io: Box::new(io),
+                        early,
+                    });
+                }
+                Err(_) => debug!("upgraded connection still shared; closed"),
+            },
         }
     }
 
@@ -446,8 +694,14 @@ impl<H: Handler> Connection<H> {
         // A whole response on a connection that goes on can wait for the end of
         // this turn; the connection then waits for the next request.
         let defer = keep && !upgrading;
-        let written =
-            write_response(&self.io, out, &mut body, defer, self.limits.send_timeout).await;
+        let written = write_response(
+            &mut &self.io,
+            out,
+            &mut body,
+            defer,
+            self.limits.send_timeout,
+        )
+        .await;
         drop(body);
         match written {
             Ok(p) => self.pending = p,
@@ -534,8 +788,14 @@ impl<H: Handler> Connection<H> {
             false,
             &mut keep,
         );
-        let written =
-            write_response(&self.io, out, &mut body, false, self.limits.send_timeout).await;
+        let written = write_response(
+            &mut &self.io,
+            out,
+            &mut body,
+            false,
+            self.limits.send_timeout,
+        )
+        .await;
         drop(body);
         if written.is_ok() {
             self.close(true).await;
@@ -778,8 +1038,8 @@ enum WriteError {
 
 /// Writes a response: the head, then the body as it comes, several frames per
 /// write when they are ready together.
-async fn write_response<B: Body<Data = Bytes> + Unpin>(
-    io: &Arc<TcpStream>,
+async fn write_response<S: Sink, B: Body<Data = Bytes> + Unpin>(
+    io: &mut S,
     out: Encoded,
     body: &mut B,
     defer: bool,
@@ -859,7 +1119,7 @@ async fn write_response<B: Body<Data = Bytes> + Unpin>(
                 queue.seal();
                 if queue.parts.len() <= 4 {
                     let mut bufs: flush::Bufs = queue.parts.drain(..).collect();
-                    if let Some(p) = flush::defer(io, &mut bufs, cx.waker()) {
+                    if let Some(p) = io.defer(&mut bufs, cx.waker()) {
                         return Poll::Ready(Ok(Some(p)));
                     }
                     queue.parts.extend(bufs);
@@ -871,7 +1131,7 @@ async fn write_response<B: Body<Data = Bytes> + Unpin>(
                 Poll::Pending => return stall.poll(cx).map(|r| r.map(|()| None)),
             }
             queue.seal();
-            match sockio::try_write_bufs(io, &queue.parts) {
+            match io.try_write_bufs(&queue.parts) {
                 Ok(0) => return Poll::Ready(Err(WriteError::Io)),
                 Ok(n) => {
                     queue.consume(n);

@@ -64,6 +64,79 @@ pub fn try_write_bufs(io: &TcpStream, bufs: &[bytes::Bytes]) -> io::Result<usize
     io.try_write_vectored(&slices)
 }
 
+/// [`try_write_bufs`] on a socket not registered with the reactor (see
+/// [`Acceptor`]): `WouldBlock` when it takes nothing.
+pub fn write_bufs_plain(io: &std::net::TcpStream, bufs: &[bytes::Bytes]) -> io::Result<usize> {
+    use std::io::Write;
+    let mut io = io;
+    if let [one] = bufs {
+        return io.write(one);
+    }
+    let slices: smallvec::SmallVec<[io::IoSlice<'_>; 6]> =
+        bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+    io.write_vectored(&slices)
+}
+
+/// Reads what a socket not registered with the reactor has, into `buf` (up to
+/// `max` bytes): through a scratch area of the thread's, as `BytesMut`'s spare room
+/// cannot be handed to `read` without `unsafe`; the copy is the bytes read, not the
+/// room offered. `WouldBlock` when nothing is there yet.
+pub fn read_plain(io: &std::net::TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    use std::cell::RefCell;
+    use std::io::Read;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.try_borrow_mut().map_err(|_| io::ErrorKind::WouldBlock)?;
+        if s.len() < max {
+            s.resize(max, 0);
+        }
+        let mut io = io;
+        let n = io.read(&mut s[..max])?;
+        buf.extend_from_slice(&s[..n]);
+        Ok(n)
+    })
+}
+
+/// A listening socket whose connections come out as plain (non-blocking) std
+/// sockets, not registered with the reactor: a connection whose request is already
+/// there and whose answer goes out at once is served and closed without ever
+/// entering epoll (no `epoll_ctl` to add it and none to remove it: what HAProxy
+/// does, and two of the ten system calls a `Connection: close` request cost). The
+/// server registers the socket as soon as it has to wait on it.
+pub struct Acceptor(tokio::io::unix::AsyncFd<mio::net::TcpListener>);
+
+impl Acceptor {
+    /// Takes over a listening socket of the calling runtime's.
+    #[allow(
+        deprecated,
+        reason = "deprecated as unsound for a `T` that may close its fd while registered; \
+                  a mio listener owns its fd and the AsyncFd owns it, and the safe \
+                  replacement is an `unsafe fn` (this workspace forbids `unsafe`)"
+    )]
+    pub fn new(listener: tokio::net::TcpListener) -> io::Result<Self> {
+        let l = mio::net::TcpListener::from_std(listener.into_std()?);
+        tokio::io::unix::AsyncFd::with_interest(l, Interest::READABLE).map(Self)
+    }
+
+    /// The next connection: non-blocking, close-on-exec (`accept4`).
+    pub async fn accept(&self) -> io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.try_io(|l| l.get_ref().accept()) {
+                Ok(r) => return r.map(|(s, a)| (std::net::TcpStream::from(s), a)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+}
+
 /// Drops the first `n` bytes of a write queue (what the socket accepted).
 pub fn consume<A: smallvec::Array<Item = bytes::Bytes>>(
     queue: &mut smallvec::SmallVec<A>,

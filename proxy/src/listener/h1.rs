@@ -138,9 +138,11 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let (_client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
         let (server, peer) = server.expect("accept");
+        let server = server.into_std().expect("plain socket");
         let (_tx, rx) = watch::channel(false);
         let handler = Proxy::new(plane.clone(), Peer::new(peer));
-        let conn = switchyard_http1::server::serve(server, handler, limits, rx);
+        // As the listener starts it: from a socket not yet registered.
+        let conn = switchyard_http1::server::serve_fresh(server, handler, limits, rx);
         let size = std::mem::size_of_val(&conn);
         // With the listener's guard and task tracker the task cell is 640 bytes
         // (header 32, core 560, trailer 48; `-Zprint-type-sizes`, release): a few

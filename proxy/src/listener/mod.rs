@@ -39,6 +39,15 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     // One worker: this turn's writes leave together (see `flush`).
     switchyard_http1::flush::start();
+    // Connections come out unregistered: the server registers one only once it
+    // has to wait on it (see `serve_fresh`).
+    let listener = match switchyard_http1::sockio::Acceptor::new(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "proxy listener not started");
+            return;
+        }
+    };
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -54,14 +63,17 @@ pub async fn serve(
         };
         if plane.metrics.connections_active.load(Relaxed) >= max_conns {
             plane.metrics.connections_rejected.fetch_add(1, Relaxed);
-            tokio::spawn(reject(stream));
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                tokio::spawn(reject(stream));
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(plane.clone());
         let peer = forward::Peer::new(peer).intercepted(intercept.clone());
         let handler = h1::Proxy::new(plane.clone(), peer);
-        let conn = switchyard_http1::server::serve(stream, handler, limits.clone(), stop.clone());
+        let conn =
+            switchyard_http1::server::serve_fresh(stream, handler, limits.clone(), stop.clone());
         tracker.spawn(guarded(conn, guard));
     }
     drop(listener);

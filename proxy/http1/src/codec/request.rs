@@ -56,6 +56,18 @@ pub struct RequestHead {
     pub trailers: bool,
 }
 
+impl RequestHead {
+    /// The connection's last request with nothing after its head: it does not keep
+    /// the connection (`Connection: close`, HTTP/1.0), has no body, asks for no
+    /// upgrade and no `100 Continue`.
+    pub fn is_last(&self) -> bool {
+        !self.keep_alive
+            && matches!(self.framing, Framing::Length(0))
+            && !self.upgrade
+            && !self.expect_continue
+    }
+}
+
 /// Tries to parse a request head at the start of `buf`, consuming it when
 /// complete. `Ok(None)`: incomplete.
 ///

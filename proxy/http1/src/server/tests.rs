@@ -560,3 +560,167 @@ fn a_read_buffer_is_reused_only_when_nothing_points_into_it() {
     assert_eq!(again.as_ptr(), start, "the same allocation, from its start");
     assert!(again.is_empty() && again.capacity() >= HEAD_READ);
 }
+
+// === fresh connections (`serve_fresh`) ===
+
+/// Answers every request with the same body.
+struct Answer(Bytes);
+
+impl Handler for Answer {
+    type Body = TestBody;
+
+    async fn call(
+        &self,
+        _head: http::request::Parts,
+        _body: Option<ClientBody>,
+        _upgrade: Option<ClientUpgrade>,
+    ) -> Response<TestBody> {
+        Response::new(Full::new(self.0.clone()))
+    }
+
+    fn refuse(&self, _refusal: Refusal) -> Response<TestBody> {
+        let mut r = Response::new(full("refused"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        r
+    }
+
+    async fn serve_h2(&self, _io: Rewind, _limits: &Limits, _stop: watch::Receiver<bool>) {}
+}
+
+fn registered() -> u64 {
+    REGISTERED.with(|r| r.get())
+}
+
+/// A connected pair whose server end is plain (not registered), as the
+/// listener's acceptor hands it out; `sent` is written by the client first and is
+/// in the server's receive queue before it returns.
+async fn fresh_pair(sent: &[u8]) -> (std::net::TcpStream, TcpStream) {
+    let (server, mut client) = pair().await;
+    client.write_all(sent).await.expect("write");
+    let server = server.into_std().expect("plain");
+    // Loopback delivers at once; make sure it is there (a peek, no wait in epoll).
+    let mut probe = [0u8; 1];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sent.is_empty() && server.peek(&mut probe).map_or(true, |n| n == 0) {
+        assert!(Instant::now() < deadline, "request never arrived");
+        tokio::task::yield_now().await;
+    }
+    (server, client)
+}
+
+/// Serves `server` fresh and reads what the client gets until the server closes.
+async fn answer_of(
+    server: std::net::TcpStream,
+    mut client: TcpStream,
+    body: &'static [u8],
+    later: &[u8],
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (_tx, rx) = watch::channel(false);
+    let conn = serve_fresh(
+        server,
+        Answer(Bytes::from_static(body)),
+        Arc::new(limits()),
+        rx,
+    );
+    let served = tokio::spawn(conn);
+    client.write_all(later).await.expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    served.await.expect("served");
+    got
+}
+
+/// A `Connection: close` request that is there when the connection is accepted
+/// is answered and closed without the socket entering the reactor.
+#[tokio::test]
+async fn a_last_request_already_there_is_served_without_registering() {
+    let before = registered();
+    let (server, client) =
+        fresh_pair(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let got = answer_of(server, client, b"hello", b"").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    assert_eq!(registered() - before, 0, "never registered");
+
+    // HTTP/1.0 without keep-alive is a last request too.
+    let (server, client) = fresh_pair(b"GET / HTTP/1.0\r\n\r\n").await;
+    let got = answer_of(server, client, b"old", b"").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("old"),
+        "{text}"
+    );
+    assert_eq!(registered() - before, 0, "never registered");
+}
+
+/// A keep-alive request goes on on a registered socket: its answer, then the
+/// next request's.
+#[tokio::test]
+async fn a_keep_alive_request_registers_and_the_connection_goes_on() {
+    let before = registered();
+    let (server, client) = fresh_pair(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let got = answer_of(
+        server,
+        client,
+        b"hi",
+        b"GET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert_eq!(registered() - before, 1);
+}
+
+/// Nothing there yet when accepted: the connection registers and waits for it.
+#[tokio::test]
+async fn a_request_not_there_yet_is_waited_for() {
+    let before = registered();
+    let (server, client) = fresh_pair(b"").await;
+    let got = answer_of(
+        server,
+        client,
+        b"late",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("late"),
+        "{text}"
+    );
+    assert_eq!(registered() - before, 1);
+}
+
+/// An answer larger than the socket takes at once: the socket registers when the
+/// write would block, and the rest goes out as the client reads.
+#[tokio::test]
+async fn a_last_answer_the_socket_cannot_take_at_once_is_written_whole() {
+    static BIG: [u8; 8 << 20] = [b'x'; 8 << 20];
+    let before = registered();
+    let (server, client) =
+        fresh_pair(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let got = answer_of(server, client, &BIG, b"").await;
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert_eq!(got.len() - head_end, BIG.len(), "the whole body");
+    assert_eq!(registered() - before, 1, "registered to wait");
+}
+
+/// A malformed head on a fresh socket gets the handler's refusal.
+#[tokio::test]
+async fn a_malformed_first_head_is_refused() {
+    let (server, client) = fresh_pair(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    let got = answer_of(server, client, b"never", b"").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(text.ends_with("refused"), "{text}");
+}
