@@ -202,9 +202,9 @@ type First<H> = futures_util::future::Either<
 >;
 
 /// The first request of a fresh connection: served without registering the
-/// socket when it can be; otherwise the connection to go on with, its first
-/// request served when it was there whole. Whatever has to wait is boxed, so the
-/// task keeps no more than the connection loop.
+/// socket when it is a last request that is there whole; otherwise the
+/// connection to go on with, holding what was read (the loop parses it: only a
+/// head that may be a last one is parsed here, from a copy).
 fn first<H: Handler>(
     io: std::net::TcpStream,
     handler: H,
@@ -220,19 +220,11 @@ fn first<H: Handler>(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(_) => return ended(),
     }
-    // Nothing yet, or the start of an HTTP/2 preface: the connection loop reads on.
-    let n = buf.len().min(H2_PREFACE.len());
-    let parsed = if n == 0 || (limits.http2 && buf[..n] == H2_PREFACE[..n]) {
-        None
-    } else {
-        Some(codec::parse_request(
-            &mut buf,
-            limits.max_head,
-            limits.max_headers,
-        ))
-    };
-    let parsed = match parsed {
-        Some(Ok(Some(head))) if head.is_last() && !*stop.borrow() => {
+    if may_be_last(&buf) && !*stop.borrow() {
+        let mut copy = BytesMut::from(&buf[..]);
+        if let Ok(Some(head)) = codec::parse_request(&mut copy, limits.max_head, limits.max_headers)
+            && head.is_last()
+        {
             spare::give(buf);
             // Built in its box (allocated first: the request's future is not
             // built on the stack and then copied in).
@@ -242,12 +234,11 @@ fn first<H: Handler>(
             });
             return Either::Right(Box::into_pin(last));
         }
-        p => p,
-    };
+    }
     let Ok(io) = register(io) else {
         return ended();
     };
-    let mut conn = Connection {
+    Either::Left(std::future::ready(Some(Connection {
         io: Arc::new(io),
         handler,
         limits,
@@ -256,28 +247,21 @@ fn first<H: Handler>(
         first: true,
         pending: None,
         timer: None,
+    })))
+}
+
+/// Whether a buffered request start may be a last request
+/// ([`RequestHead::is_last`]): HTTP/1.0, or a `close` somewhere (lower, title
+/// or upper case). A quick look, so that a keep-alive request is not parsed
+/// twice; a last request it misses is served all the same, registered.
+fn may_be_last(buf: &[u8]) -> bool {
+    let Some(eol) = memchr::memchr(b'\n', buf) else {
+        return false;
     };
-    match parsed {
-        // An incomplete head (or one too large: the loop's parse refuses it).
-        None | Some(Ok(None)) => Either::Left(std::future::ready(Some(conn))),
-        Some(Err(r)) => Either::Right(Box::pin(async move {
-            conn.refuse(r).await;
-            None
-        })),
-        Some(Ok(Some(head))) => {
-            let first = Box::write(Box::new_uninit(), async move {
-                conn.first = false;
-                match conn.exchange(head).await {
-                    Next::KeepAlive => Some(conn),
-                    next => {
-                        conn.end(next).await;
-                        None
-                    }
-                }
-            });
-            Either::Right(Box::into_pin(first))
-        }
-    }
+    let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
+    line.ends_with(b"HTTP/1.0")
+        || memchr::memmem::find(&buf[eol..], b"lose").is_some()
+        || memchr::memmem::find(&buf[eol..], b"LOSE").is_some()
 }
 
 /// Serves a request that ends its connection ([`RequestHead::is_last`]) on a

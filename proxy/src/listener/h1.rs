@@ -50,6 +50,11 @@ impl Proxy {
 impl Handler for Proxy {
     type Body = ProxyBody;
 
+    // Always inline: the request's future (~2.7 KB) is then built in place in the
+    // connection's exchange, not returned and copied (it has two callers, the
+    // loop and a fresh connection's last request, and was left out of line:
+    // +570 instructions per request, most of them that copy).
+    #[inline(always)]
     fn call(
         &self,
         head: http::request::Parts,

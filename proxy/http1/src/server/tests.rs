@@ -677,6 +677,45 @@ async fn a_keep_alive_request_registers_and_the_connection_goes_on() {
     assert_eq!(registered() - before, 1);
 }
 
+/// A keep-alive request that only looks like a last one (a `close` elsewhere in
+/// its head) is parsed once more by the loop, and the connection goes on.
+#[tokio::test]
+async fn a_keep_alive_request_that_mentions_close_goes_on() {
+    let before = registered();
+    let (server, client) =
+        fresh_pair(b"GET /1 HTTP/1.1\r\nHost: x\r\nX-Note: close enough\r\n\r\n").await;
+    let got = answer_of(
+        server,
+        client,
+        b"hi",
+        b"GET /2 HTTP/1.1\r\nHost: x\r\nCONNECTION: CLOSE\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert_eq!(registered() - before, 1);
+}
+
+#[test]
+fn last_requests_are_told_from_their_first_bytes() {
+    for last in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nConnection: Close\r\nHost: x\r\n\r\n",
+        b"HEAD / HTTP/1.1\nHost: x\nCONNECTION: CLOSE\n\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        assert!(may_be_last(last), "{:?}", String::from_utf8_lossy(last));
+    }
+    for other in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1",
+        b"",
+    ] {
+        assert!(!may_be_last(other), "{:?}", String::from_utf8_lossy(other));
+    }
+}
+
 /// Nothing there yet when accepted: the connection registers and waits for it.
 #[tokio::test]
 async fn a_request_not_there_yet_is_waited_for() {
