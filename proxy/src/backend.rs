@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Protocol};
 use crate::resilience::{Circuit, Outlier, Transition};
-use crate::telemetry::metrics::Histogram;
+use crate::telemetry::metrics::{Histogram, Striped};
 
 /// One upstream server.
 pub struct Backend {
@@ -418,11 +418,11 @@ pub struct Stats {
     /// Requests in flight (response not finished).
     pub active: AtomicU64,
     /// Attempts that got a response.
-    pub requests: AtomicU64,
+    pub requests: Striped,
     /// Failed attempts: connect error, timeout, lost connection, 5xx.
-    pub errors: AtomicU64,
+    pub errors: Striped,
     /// Responses by status class (1xx..5xx).
-    pub status: [AtomicU64; 5],
+    pub status: [Striped; 5],
     /// Time to response headers.
     pub latency: Histogram,
 }

@@ -13,7 +13,7 @@
 //! counter is named without `_total`, which a Prometheus exporter puts back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -723,13 +723,59 @@ pub trait Source: Send + Sync {
     fn read(&self, f: &mut dyn FnMut(&Reading<'_>));
 }
 
+/// Cells of a [`Striped`] counter and of a [`Histogram`]: workers beyond this
+/// many share cells (still correct, only contended again).
+const STRIPES: usize = 4;
+
+/// One worker's cell, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(64))]
+struct Cell(AtomicU64);
+
+/// A counter (or gauge) the request path writes: `AtomicU64`'s calls, with a cell
+/// per worker ([`switchyard_http1::worker::id`]) summed when read. Every worker
+/// writes these on every request; one shared atomic made the cores pass its cache
+/// line back and forth each time (issue #24: two workers cost more per request
+/// than one). Figures, not synchronisation: reads may miss a write in flight.
+#[derive(Default)]
+pub struct Striped([Cell; STRIPES]);
+
+impl Striped {
+    fn cell(&self) -> &AtomicU64 {
+        &self.0[switchyard_http1::worker::id() % STRIPES].0
+    }
+
+    pub fn fetch_add(&self, n: u64, order: Ordering) {
+        self.cell().fetch_add(n, order);
+    }
+
+    /// For a gauge: a decrement may land in another cell than its increment; the
+    /// sum is right all the same (wrapping).
+    pub fn fetch_sub(&self, n: u64, order: Ordering) {
+        self.cell().fetch_sub(n, order);
+    }
+
+    /// The sum of the cells.
+    pub fn load(&self, order: Ordering) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(c.0.load(order)))
+    }
+}
+
+impl std::fmt::Debug for Striped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.load(Relaxed).fmt(f)
+    }
+}
+
 /// Proxy-wide figures.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub in_flight: AtomicU64,
-    pub requests: AtomicU64,
+    pub in_flight: Striped,
+    pub requests: Striped,
     /// Responses to clients by status class (1xx..5xx).
-    pub status: [AtomicU64; 5],
+    pub status: [Striped; 5],
     /// Client-visible duration, until the response body ends.
     pub duration: Histogram,
     /// New upstream connections: time to connect.
@@ -843,15 +889,22 @@ impl Metrics {
     }
 }
 
-/// A fixed-bucket latency histogram ([`LATENCY_BUCKETS_S`] plus +Inf).
-#[derive(Debug)]
+/// A fixed-bucket latency histogram ([`LATENCY_BUCKETS_S`] plus +Inf), a set
+/// of cells per worker as [`Striped`] has.
+#[derive(Debug, Default)]
 pub struct Histogram {
+    cells: [HistogramCell; STRIPES],
+}
+
+#[derive(Debug)]
+#[repr(align(64))]
+struct HistogramCell {
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
     sum_ns: AtomicU64,
     count: AtomicU64,
 }
 
-impl Default for Histogram {
+impl Default for HistogramCell {
     fn default() -> Self {
         Self {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -876,28 +929,66 @@ impl Histogram {
     pub fn record(&self, d: Duration) {
         let ns = d.as_nanos().min(u64::MAX as u128) as u64;
         let idx = BUCKET_NS.partition_point(|&b| b < ns);
-        self.buckets[idx].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-        self.count.fetch_add(1, Relaxed);
+        let cell = &self.cells[switchyard_http1::worker::id() % STRIPES];
+        cell.buckets[idx].fetch_add(1, Relaxed);
+        cell.sum_ns.fetch_add(ns, Relaxed);
+        cell.count.fetch_add(1, Relaxed);
     }
 
     /// Per-bucket (non-cumulative) counts.
     pub fn counts(&self) -> Vec<u64> {
-        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+        (0..LATENCY_BUCKETS_S.len() + 1)
+            .map(|i| self.sum(|c| &c.buckets[i]))
+            .collect()
     }
 
     pub fn sum_seconds(&self) -> f64 {
-        self.sum_ns.load(Relaxed) as f64 / 1e9
+        self.sum(|c| &c.sum_ns) as f64 / 1e9
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+        self.sum(|c| &c.count)
+    }
+
+    fn sum(&self, field: impl Fn(&HistogramCell) -> &AtomicU64) -> u64 {
+        self.cells
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(field(c).load(Relaxed)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What workers write in their own cells reads back as one figure: counters,
+    /// a gauge whose decrement lands in another worker's cell, histograms.
+    #[test]
+    fn striped_figures_sum_the_workers_cells() {
+        let m = Metrics::default();
+        std::thread::scope(|s| {
+            for worker in 0..6 {
+                let m = &m;
+                s.spawn(move || {
+                    switchyard_http1::worker::enter(worker);
+                    for _ in 0..=worker {
+                        m.requests.fetch_add(1, Relaxed);
+                        m.in_flight.fetch_add(1, Relaxed);
+                        m.duration.record(Duration::from_millis(3));
+                    }
+                    // Another worker's requests finishing here.
+                    m.in_flight.fetch_sub(worker as u64, Relaxed);
+                });
+            }
+        });
+        // 1 + 2 + ... + 6 requests; 6 still in flight.
+        assert_eq!(m.requests.load(Relaxed), 21);
+        assert_eq!(m.in_flight.load(Relaxed), 21 - 15);
+        assert_eq!(m.duration.count(), 21);
+        assert_eq!(m.duration.counts().iter().sum::<u64>(), 21);
+        assert!((m.duration.sum_seconds() - 21.0 * 0.003).abs() < 1e-9);
+        assert_eq!(std::mem::align_of::<Cell>(), 64, "a cache line each");
+    }
 
     #[test]
     fn the_table_names_each_family_once_with_prometheus_suffixes() {
