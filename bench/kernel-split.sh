@@ -6,6 +6,7 @@
 #
 #   bench/kernel-split.sh [haproxy|ours ...]     # default: haproxy ours
 #   BIN=/path/to/switchyard bench/kernel-split.sh ours   # another build of ours
+#   CLOSE=1 bench/kernel-split.sh            # `Connection: close` on every request
 #
 # Proxy pinned to cpu0 with one worker; the peerbench backend (three ports) and wrk
 # (64 keep-alive connections, 2 s warm-up + 8 s) on cpu1. Needs perf, haproxy, wrk.
@@ -21,6 +22,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+hdr=()
+if [ -n "${CLOSE:-}" ]; then hdr=(-H "Connection: close"); fi
 switches() { cat /proc/"$1"/task/*/status | awk '/voluntary_ctxt_switches/ {s+=$2} END {print s}'; }
 
 measure() {
@@ -37,12 +40,12 @@ measure() {
   fi
   pids+=("$pp")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$lp/" > /dev/null && break; sleep 0.1; done
-  taskset -c 1 wrk -t1 -c64 -d2s "http://127.0.0.1:$lp/" > /dev/null
+  taskset -c 1 wrk -t1 -c64 -d2s "${hdr[@]}" "http://127.0.0.1:$lp/" > /dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' /proc/$pp/stat)
   local c0 b0; c0=$(switches "$pp"); b0=$(switches "$bp")
   perf stat -e syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait \
     -p "$pp" -o "$work/sc-$who.txt" -- sleep 8 & local sp=$!
-  taskset -c 1 wrk -t1 -c64 -d8s "http://127.0.0.1:$lp/" > "$work/wrk-$who.txt" & local wp=$!
+  taskset -c 1 wrk -t1 -c64 -d8s "${hdr[@]}" "http://127.0.0.1:$lp/" > "$work/wrk-$who.txt" & local wp=$!
   sleep 0.5
   local w w0 w1; w=$(pgrep -n -x wrk); w0=$(switches "$w"); sleep 7; w1=$(switches "$w")
   wait "$wp" "$sp"
