@@ -173,12 +173,13 @@ pub fn serve<H: Handler>(
 /// the reactor (non-blocking; see [`sockio::Acceptor`]).
 ///
 /// The first read is tried at once. A request that is already there whole, with
-/// no body, which will not keep the connection (`Connection: close`, HTTP/1.0) and
-/// whose answer the socket takes at once, is served and closed without the socket
-/// ever entering epoll: no `epoll_ctl` to add it, none to remove it (HAProxy's
-/// speculative I/O does the same; a `Connection: close` request made ten system
-/// calls, two of them these). Everything else registers the socket and goes on as
-/// [`serve`], with what was read.
+/// no body, and which will not keep the connection (`Connection: close`,
+/// HTTP/1.0) is served and closed on the plain socket: when the socket takes the
+/// answer at once, it never enters epoll, with no `epoll_ctl` to add it and none
+/// to remove it (HAProxy's speculative I/O does the same; a `Connection: close`
+/// request made ten system calls, two of them these); an answer it does not take
+/// at once registers it then, to wait. Everything else registers the socket and
+/// goes on as [`serve`], with what was read.
 pub fn serve_fresh<H: Handler>(
     stream: std::net::TcpStream,
     handler: H,
@@ -294,11 +295,11 @@ async fn last<H: Handler>(
     let mut io = Fresh::Plain(io);
     let written = write_response(&mut io, out, &mut body, false, limits.send_timeout).await;
     drop(body);
-    match written {
-        Ok(_) => io.shutdown(),
-        Err(WriteError::Stalled) => handler.send_timed_out(),
-        Err(_) => {}
+    if let Err(WriteError::Stalled) = written {
+        handler.send_timed_out();
     }
+    // As the loop closes: a FIN whether the answer went out whole or not.
+    io.shutdown();
 }
 
 #[cfg(test)]

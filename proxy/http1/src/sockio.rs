@@ -1,4 +1,5 @@
-//! Socket reads that do not end in a wasted `EAGAIN`, and buffer-list writes.
+//! Socket reads that do not end in a wasted `EAGAIN`, buffer-list writes, and the
+//! acceptor whose connections are not registered with the reactor until they wait.
 //!
 //! tokio marks a socket readable when epoll says so and only forgets it when a
 //! read fails with `WouldBlock`, so every wait for the next message costs one read
