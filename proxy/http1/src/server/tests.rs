@@ -634,66 +634,60 @@ async fn answer_of(
     got
 }
 
+/// What a client that sent `sent` before the connection was accepted, and
+/// `later` after, gets back (as text), and how many sockets were registered.
+async fn served(sent: &[u8], body: &'static [u8], later: &[u8]) -> (String, u64) {
+    let before = registered();
+    let (server, client) = fresh_pair(sent).await;
+    let got = answer_of(server, client, body, later).await;
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        registered() - before,
+    )
+}
+
 /// A `Connection: close` request that is there when the connection is accepted
 /// is answered and closed without the socket entering the reactor.
 #[tokio::test]
 async fn a_last_request_already_there_is_served_without_registering() {
-    let before = registered();
-    let (server, client) =
-        fresh_pair(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    let got = answer_of(server, client, b"hello", b"").await;
-    let text = String::from_utf8_lossy(&got);
+    let (text, registrations) = served(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"hello",
+        b"",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("connection: close\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nhello"), "{text}");
-    assert_eq!(registered() - before, 0, "never registered");
+    assert_eq!(registrations, 0, "never registered");
 
     // HTTP/1.0 without keep-alive is a last request too.
-    let (server, client) = fresh_pair(b"GET / HTTP/1.0\r\n\r\n").await;
-    let got = answer_of(server, client, b"old", b"").await;
-    let text = String::from_utf8_lossy(&got);
+    let (text, registrations) = served(b"GET / HTTP/1.0\r\n\r\n", b"old", b"").await;
     assert!(
         text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("old"),
         "{text}"
     );
-    assert_eq!(registered() - before, 0, "never registered");
+    assert_eq!(registrations, 0, "never registered");
 }
 
 /// A keep-alive request goes on on a registered socket: its answer, then the
-/// next request's.
+/// next request's. So does one that only looks like a last one (a `close`
+/// elsewhere in its head: parsed once more by the loop).
 #[tokio::test]
 async fn a_keep_alive_request_registers_and_the_connection_goes_on() {
-    let before = registered();
-    let (server, client) = fresh_pair(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let got = answer_of(
-        server,
-        client,
-        b"hi",
-        b"GET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let text = String::from_utf8_lossy(&got);
-    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
-    assert_eq!(registered() - before, 1);
-}
-
-/// A keep-alive request that only looks like a last one (a `close` elsewhere in
-/// its head) is parsed once more by the loop, and the connection goes on.
-#[tokio::test]
-async fn a_keep_alive_request_that_mentions_close_goes_on() {
-    let before = registered();
-    let (server, client) =
-        fresh_pair(b"GET /1 HTTP/1.1\r\nHost: x\r\nX-Note: close enough\r\n\r\n").await;
-    let got = answer_of(
-        server,
-        client,
-        b"hi",
-        b"GET /2 HTTP/1.1\r\nHost: x\r\nCONNECTION: CLOSE\r\n\r\n",
-    )
-    .await;
-    let text = String::from_utf8_lossy(&got);
-    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
-    assert_eq!(registered() - before, 1);
+    for first in [
+        &b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nX-Note: close enough\r\n\r\n",
+    ] {
+        let (text, registrations) = served(
+            first,
+            b"hi",
+            b"GET /2 HTTP/1.1\r\nHost: x\r\nCONNECTION: CLOSE\r\n\r\n",
+        )
+        .await;
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+        assert_eq!(registrations, 1, "{text}");
+    }
 }
 
 #[test]
@@ -719,21 +713,17 @@ fn last_requests_are_told_from_their_first_bytes() {
 /// Nothing there yet when accepted: the connection registers and waits for it.
 #[tokio::test]
 async fn a_request_not_there_yet_is_waited_for() {
-    let before = registered();
-    let (server, client) = fresh_pair(b"").await;
-    let got = answer_of(
-        server,
-        client,
+    let (text, registrations) = served(
+        b"",
         b"late",
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let text = String::from_utf8_lossy(&got);
     assert!(
         text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("late"),
         "{text}"
     );
-    assert_eq!(registered() - before, 1);
+    assert_eq!(registrations, 1);
 }
 
 /// An answer larger than the socket takes at once: the socket registers when the
@@ -741,25 +731,21 @@ async fn a_request_not_there_yet_is_waited_for() {
 #[tokio::test]
 async fn a_last_answer_the_socket_cannot_take_at_once_is_written_whole() {
     static BIG: [u8; 8 << 20] = [b'x'; 8 << 20];
-    let before = registered();
-    let (server, client) =
-        fresh_pair(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    let got = answer_of(server, client, &BIG, b"").await;
-    let head_end = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert_eq!(got.len() - head_end, BIG.len(), "the whole body");
-    assert_eq!(registered() - before, 1, "registered to wait");
+    let (text, registrations) = served(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        &BIG,
+        b"",
+    )
+    .await;
+    let head_end = text.find("\r\n\r\n").expect("a head") + 4;
+    assert_eq!(text.len() - head_end, BIG.len(), "the whole body");
+    assert_eq!(registrations, 1, "registered to wait");
 }
 
 /// A malformed head on a fresh socket gets the handler's refusal.
 #[tokio::test]
 async fn a_malformed_first_head_is_refused() {
-    let (server, client) = fresh_pair(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
-    let got = answer_of(server, client, b"never", b"").await;
-    let text = String::from_utf8_lossy(&got);
+    let (text, _) = served(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"never", b"").await;
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
     assert!(text.ends_with("refused"), "{text}");
 }
