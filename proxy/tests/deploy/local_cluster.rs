@@ -27,10 +27,16 @@ struct LocalCluster {
 }
 
 /// `base..base+6`, `upstream..upstream+3` and the HTTPS ports `base+20..base+23` all
-/// free (outside 18080-18099, below the ephemeral range).
+/// free (outside 18080-18099, below the ephemeral range). Bases are 30 apart and
+/// taken in turn by this process's tests, from a random first one: two clusters
+/// started at once never get overlapping ranges (random bases 2 apart could, and
+/// both saw the ports free before either bound them).
 fn free_ranges() -> (u16, u16) {
+    use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+    static NEXT: std::sync::LazyLock<AtomicU16> =
+        std::sync::LazyLock::new(|| AtomicU16::new(fastrand::u16(0..260)));
     for _ in 0..50 {
-        let base = 20000 + 2 * fastrand::u16(0..4000);
+        let base = 20000 + 30 * (NEXT.fetch_add(1, Relaxed) % 260);
         let upstream = base + 10;
         let ports: Vec<u16> = (base..base + 6)
             .chain(upstream..upstream + 3)
